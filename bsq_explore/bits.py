@@ -1,0 +1,118 @@
+"""Pure tensor math of bit planes: to_bits, from_bits, the STE quantizer and plane norms."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+MAX_BITS = 16  # float32 holds every integer below 2**24 exactly; 16 bits leaves ample margin
+
+
+def levels(nbits: int) -> int:
+    """Largest magnitude an nbits-bit integer weight can take: 2**nbits - 1."""
+    return 2**nbits - 1
+
+
+def check_nbits(nbits: int) -> int:
+    if isinstance(nbits, bool) or not isinstance(nbits, int) or not 1 <= nbits <= MAX_BITS:
+        raise ValueError(f"nbits must be an integer from 1 to {MAX_BITS}, got {nbits!r}")
+    return nbits
+
+
+def _check_float(t: torch.Tensor, what: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor, got {t.dtype}")
+
+
+def quantize(x: torch.Tensor, nbits: int) -> torch.Tensor:
+    """Q_n(clamp(x, -1, 1)) on the symmetric grid k / (2**n - 1), straight-through gradient.
+
+    The value is exactly the rounded one (q + (x - x.detach()) adds an exact zero), so a
+    converted layer reproduces uniform quantization bit for bit; the gradient is identity.
+    A 0-bit weight is zero.
+    """
+    if nbits == 0:
+        return x * 0
+    n = levels(nbits)
+    q = torch.round(x.detach().clamp(-1, 1) * n) / n
+    return q + (x - x.detach())
+
+
+def integer_weight(w: torch.Tensor, nbits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform symmetric quantization of w: (q, scale) with q integer in [-(2^n-1), 2^n-1], w ~ scale*q/(2^n-1)."""
+    _check_float(w, "weight")
+    check_nbits(nbits)
+    w = w.detach()
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("weight holds NaN or inf values; cannot quantize it")
+    scale = w.abs().amax() if w.numel() else w.new_zeros(())
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w.abs() / safe * levels(nbits)) * torch.sign(w)
+    return q.to(torch.int64), scale
+
+
+def digits(q: torch.Tensor, nbits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary digits of a signed integer tensor as (pos, neg) planes (nbits, *q.shape), LSB first."""
+    shifts = torch.arange(nbits, device=q.device).view(-1, *([1] * q.dim()))
+    bits = (q.abs().unsqueeze(0) >> shifts) & 1  # (nbits, *S)
+    return bits * (q > 0), bits * (q < 0)
+
+
+def to_bits(w: torch.Tensor, nbits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split w into bit planes: pos, neg of shape (nbits, *w.shape) and a scalar scale = max|w|.
+
+    from_bits(*to_bits(w, n)) is exactly the uniform symmetric n-bit quantization of w.
+    The sign lives in which of the two planes holds the digits, so every plane is >= 0.
+    An all-zero w gives all-zero planes and scale 0.
+    """
+    q, scale = integer_weight(w, nbits)
+    pos, neg = digits(q, nbits)
+    return pos.to(w.dtype), neg.to(w.dtype), scale.to(w.dtype)
+
+
+def plane_values(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """x = sum_b 2^b (pos_b - neg_b): the integer-domain value the planes encode (shape S)."""
+    if pos.dtype in (torch.float16, torch.bfloat16):  # they cannot hold 2^16 - 1 exactly
+        pos, neg = pos.float(), neg.float()
+    powers = _powers(pos.shape[0], pos.device, pos.dtype)
+    # two mat-vecs beat forming pos - neg first (no (nbits, *S) temporary)
+    return (powers @ _rows(pos) - powers @ _rows(neg)).view(pos.shape[1:])
+
+
+def from_bits(pos: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Effective weight W = s * Q_n(clamp(x / (2^n - 1), -1, 1)), with x = plane_values(pos, neg).
+
+    Clamp and rounding are straight-through, so dW/dpos_b = s 2^b / (2^n - 1) and
+    dW/dneg_b = -s 2^b / (2^n - 1).
+    """
+    _check_float(pos, "pos")
+    _check_float(neg, "neg")
+    if pos.shape != neg.shape or pos.dim() == 0:
+        raise ValueError(f"pos and neg must share a shape (nbits, *weight_shape), got {tuple(pos.shape)} and {tuple(neg.shape)}")
+    nbits = check_nbits(pos.shape[0])
+    return (scale * quantize(plane_values(pos, neg) / levels(nbits), nbits)).to(pos.dtype)
+
+
+def plane_sq_norms(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Squared group L2 norm of each bit plane, pos and neg together: (nbits,)."""
+    norm = torch.linalg.vector_norm
+    return norm(_rows(pos), dim=1).square() + norm(_rows(neg), dim=1).square()
+
+
+@functools.lru_cache(maxsize=None)
+def _powers(nbits: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return 2.0 ** torch.arange(nbits, device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def bit_table(nbits: int, device: torch.device) -> torch.Tensor:
+    """(2^n, n) float64 table: row v holds the binary digits of v, LSB first."""
+    values = torch.arange(2**nbits, device=device).unsqueeze(1)
+    return ((values >> torch.arange(nbits, device=device)) & 1).double()
+
+
+def _rows(planes: torch.Tensor) -> torch.Tensor:
+    """(nbits, *S) -> (nbits, prod S), also for scalar and empty weights."""
+    return planes.reshape(planes.shape[0], planes.shape[1:].numel())

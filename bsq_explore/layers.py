@@ -1,0 +1,167 @@
+"""Weights made of bit planes (BSQ) or frozen at a precision (finetuning), and convert_ to install them."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bits import check_nbits, digits, from_bits, integer_weight, levels, plane_sq_norms, plane_values, quantize
+
+
+class BitWeight(nn.Module):
+    """A weight tensor stored as trainable bit planes.
+
+    Parameters: pos, neg (nbits, *shape), each entry relaxed to [0, 2], index 0 the least
+    significant bit; scale, a scalar. lsb_offset counts the least significant planes dropped
+    since conversion, so plane b carries bit b + lsb_offset of the original grid.
+    """
+
+    def __init__(self, weight: torch.Tensor, nbits: int, lsb_offset: int = 0):
+        super().__init__()
+        q, scale = integer_weight(weight, nbits)
+        self.set_planes_(q, nbits, scale.to(weight.dtype), lsb_offset)
+
+    @property
+    def nbits(self) -> int:
+        return self.pos.shape[0]
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.pos.shape[1:]
+
+    def set_planes_(self, q: torch.Tensor, nbits: int, scale: torch.Tensor, lsb_offset: int) -> None:
+        """Replace the planes by the binary digits of the integer weight q (new Parameters)."""
+        pos, neg = digits(q, nbits)
+        dtype = scale.dtype
+        self.pos = nn.Parameter(pos.to(dtype))
+        self.neg = nn.Parameter(neg.to(dtype))
+        self.scale = nn.Parameter(scale.detach().clone().reshape(()))
+        self.lsb_offset = int(lsb_offset)
+
+    def forward(self) -> torch.Tensor:
+        return from_bits(self.pos, self.neg, self.scale)
+
+    def integers(self) -> torch.Tensor:
+        """The integer weight the forward pass uses now: clip(round(x), +-(2^n - 1)), int64."""
+        n = levels(self.nbits)
+        return plane_values(self.pos.detach(), self.neg.detach()).round_().clamp_(-n, n).to(torch.int64)
+
+    def plane_norms(self) -> torch.Tensor:
+        return plane_sq_norms(self.pos.detach(), self.neg.detach()).sqrt_()
+
+    def get_extra_state(self) -> dict:
+        return {"lsb_offset": self.lsb_offset}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.lsb_offset = int(state["lsb_offset"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Re-quantization changes the number of planes: take the shapes of the saved ones.
+        for name in ("pos", "neg"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                setattr(self, name, nn.Parameter(torch.empty_like(saved, device=self.scale.device)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"nbits={self.nbits}, shape={tuple(self.pos.shape[1:])}, lsb_offset={self.lsb_offset}"
+
+
+class QuantWeight(nn.Module):
+    """A weight at a frozen precision: W = s * Q_n(clamp(w, -1, 1)), w trained as a float (STE).
+
+    A 0-bit weight (a layer BSQ emptied) is zero and stays zero: w = 0 and scale = 0.
+    """
+
+    def __init__(self, w: torch.Tensor, scale: torch.Tensor, nbits: int, lsb_offset: int = 0):
+        super().__init__()
+        if nbits != 0:
+            check_nbits(nbits)
+        self.w = nn.Parameter(w.detach().clone())
+        self.scale = nn.Parameter(scale.detach().clone().reshape(()))
+        self.nbits = int(nbits)
+        self.lsb_offset = int(lsb_offset)
+
+    @classmethod
+    def from_integers(cls, q: torch.Tensor, scale: torch.Tensor, nbits: int, lsb_offset: int = 0) -> "QuantWeight":
+        w = q.to(scale.dtype) / levels(max(nbits, 1))
+        return cls(w, scale, nbits, lsb_offset)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.w.shape
+
+    def forward(self) -> torch.Tensor:
+        return self.scale * quantize(self.w, self.nbits)
+
+    def integers(self) -> torch.Tensor:
+        return torch.round(self.w.detach().clamp(-1, 1) * levels(self.nbits)).to(torch.int64)
+
+    def plane_norms(self) -> torch.Tensor:
+        pos, neg = digits(self.integers(), self.nbits)
+        return plane_sq_norms(pos.float(), neg.float()).sqrt_()
+
+    def get_extra_state(self) -> dict:
+        return {"nbits": self.nbits, "lsb_offset": self.lsb_offset}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.nbits = int(state["nbits"])
+        self.lsb_offset = int(state["lsb_offset"])
+
+    def extra_repr(self) -> str:
+        return f"nbits={self.nbits}, shape={tuple(self.w.shape)}, lsb_offset={self.lsb_offset}"
+
+
+class BitLayer(nn.Module):
+    """The quantized twin of an nn.Conv2d or nn.Linear: same op, weight from a BitWeight or QuantWeight."""
+
+    def __init__(self, module: nn.Conv2d | nn.Linear, weight: BitWeight | QuantWeight):
+        super().__init__()
+        if isinstance(module, nn.Conv2d):
+            if module.padding_mode != "zeros":
+                raise ValueError(f"only zero-padded convolutions can be converted, not padding_mode={module.padding_mode!r}")
+            self.kind, self.op = "conv", F.conv2d
+            self.op_args = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups)
+        else:
+            self.kind, self.op, self.op_args = "linear", F.linear, {}
+        self.weight = weight
+        self.bias = module.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x, self.weight(), self.bias, **self.op_args)
+
+    @property
+    def numel(self) -> int:
+        return self.weight.shape.numel()
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, " + ", ".join(f"{k}={v}" for k, v in self.op_args.items())
+
+
+def bit_layers(model: nn.Module) -> list[tuple[str, BitLayer]]:
+    """The converted layers of model, in network (registration) order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, BitLayer)]
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)
+
+
+def convert_(model: nn.Module, nbits: int = 8,
+             filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
+    """Swap every nn.Conv2d and nn.Linear (at any depth) for its bit-plane twin, in place.
+
+    Each weight becomes nbits planes holding exactly its uniform symmetric nbits-bit
+    quantization. filter_fn(module, name) -> True selects the layers to convert (torchao style).
+    """
+    check_nbits(nbits)
+    targets = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear)) and (filter_fn is None or filter_fn(m, name))]
+    for name, m in targets:
+        if not name:
+            raise ValueError("convert_ needs a model that contains layers, not a bare layer: wrap it in nn.Sequential")
+        replace_module(model, name, BitLayer(m, BitWeight(m.weight.detach(), nbits)))
+    return model

@@ -1,0 +1,132 @@
+"""Networks of the kit: mlp, lenet5 and the CIFAR ResNets (20/32/56), with optional activation quantization."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bits import quantize
+
+
+class QuantReLU6(nn.Module):
+    """ReLU6, then a k-bit uniform quantizer on [0, batch max] with a straight-through gradient."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu6(x)
+        top = a.detach().amax().clamp_min(1e-8)
+        return top * quantize(a / top, self.bits)
+
+
+class PACT(nn.Module):
+    """PACT (Choi et al. 2018): clip to a learned [0, alpha], then a k-bit uniform quantizer (STE)."""
+
+    def __init__(self, bits: int, alpha: float = 6.0):
+        super().__init__()
+        self.bits = bits
+        self.alpha = nn.Parameter(torch.tensor(alpha))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.minimum(F.relu(x), self.alpha)
+        # straight through the whole quantizer, so d/d alpha = 1 where x > alpha and 0 elsewhere (PACT)
+        return y + (self.alpha * quantize(y / self.alpha, self.bits) - y).detach()
+
+
+def activation(act_bits: int) -> nn.Module:
+    """0: float ReLU; 4 bits or more: ReLU6 + batch-max quantizer (paper); 1-3 bits: PACT clipping."""
+    if act_bits == 0:
+        return nn.ReLU()
+    if not 1 <= act_bits <= 16:
+        raise ValueError(f"act_bits must be 0 (float) or 1..16, got {act_bits!r}")
+    return QuantReLU6(act_bits) if act_bits >= 4 else PACT(act_bits)
+
+
+def mlp(in_features: int = 64, hidden: tuple[int, ...] = (256, 128), num_classes: int = 10,
+        act_bits: int = 0) -> nn.Sequential:
+    """Flatten, then Linear + activation per hidden width, then a Linear classifier."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), activation(act_bits)]
+        in_features = width
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def lenet5(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, act_bits: int = 0) -> nn.Sequential:
+    """LeNet-5 with 'same' 5x5 convolutions, so it fits any image size divisible by 4 (8x8 digits too)."""
+    side = image_size // 4
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, padding=2), activation(act_bits), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, padding=2), activation(act_bits), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * side * side, 120), activation(act_bits),
+        nn.Linear(120, 84), activation(act_bits),
+        nn.Linear(84, num_classes),
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with batch norm; a 1x1 conv + BN 'downsample' shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int, act_bits: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.act1 = activation(act_bits)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else nn.Identity())
+        self.act2 = activation(act_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        return self.act2(self.bn2(self.conv2(out)) + self.downsample(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for 32x32 images (He et al. 2016): 3 stages of 16, 32, 64 channels, (depth - 2) / 6 blocks each."""
+
+    def __init__(self, depth: int, num_classes: int = 10, act_bits: int = 0, in_channels: int = 3):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"a CIFAR ResNet has depth 6n + 2, got {depth}")
+        blocks = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.act1 = activation(act_bits)
+        stages, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            stages.append(nn.Sequential(*[BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, act_bits)
+                                          for i in range(blocks)]))
+            cin = cout
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def resnet20(num_classes: int = 10, act_bits: int = 0) -> CifarResNet:
+    return CifarResNet(20, num_classes, act_bits)
+
+
+def resnet32(num_classes: int = 10, act_bits: int = 0) -> CifarResNet:
+    return CifarResNet(32, num_classes, act_bits)
+
+
+def resnet56(num_classes: int = 10, act_bits: int = 0) -> CifarResNet:
+    return CifarResNet(56, num_classes, act_bits)
+
+
+def not_shortcut(module: nn.Module, name: str) -> bool:
+    """convert_ filter of the paper's ResNet recipe: the 1x1 downsample shortcuts stay in float."""
+    return "downsample" not in name.split(".")

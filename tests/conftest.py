@@ -1,0 +1,37 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+
+class Nested(nn.Module):
+    """Conv with groups, stride and bias; dilated conv without bias; linear layers at two depths."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=True), nn.ReLU(),
+            nn.Sequential(nn.Conv2d(6, 8, 3, padding=2, dilation=2, bias=False), nn.ReLU()),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU())
+        self.out = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.out(self.head(self.features(x)))
+
+
+@pytest.fixture
+def nested():
+    torch.manual_seed(0)
+    return Nested()
+
+
+@pytest.fixture
+def images():
+    torch.manual_seed(1)
+    return torch.randn(3, 4, 8, 8)
+
+
+def clone(model):
+    return copy.deepcopy(model)

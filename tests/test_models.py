@@ -1,0 +1,46 @@
+"""Model shapes and the activation quantizers."""
+import pytest
+import torch
+
+from bsq_explore import models
+
+
+@pytest.mark.parametrize("build, depth_convs", [(models.resnet20, 19), (models.resnet32, 31), (models.resnet56, 55)])
+def test_cifar_resnets(build, depth_convs):
+    model = build(act_bits=4)
+    convs = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and "downsample" not in n]
+    assert len(convs) == depth_convs  # depth = 3x3 convs + the final fc
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert sum(p.numel() for p in models.resnet20().parameters()) == pytest.approx(272_474, rel=0.01)
+
+
+def test_mlp_and_lenet_shapes():
+    assert models.mlp()(torch.randn(5, 64)).shape == (5, 10)
+    assert models.lenet5()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert models.lenet5(image_size=8)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_quant_relu6_lands_on_the_grid_of_the_batch_max():
+    act = models.activation(4)
+    x = torch.tensor([-1.0, 0.5, 1.0, 2.9, 3.0, 9.0], requires_grad=True)
+    y = act(x)
+    grid = 6.0 / 15  # relu6 caps the batch max at 6
+    assert torch.allclose(y / grid, torch.round(y / grid)) and y.max() == 6.0 and y.min() == 0
+    y.sum().backward()
+    assert x.grad.tolist() == [0, 1, 1, 1, 1, 0]  # ReLU6's gradient, rounding straight through
+
+
+def test_pact_learns_its_clip():
+    act = models.activation(2)
+    assert isinstance(act, models.PACT)
+    x = torch.tensor([1.5, 7.0, 8.0])
+    y = act(x)
+    assert y.tolist() == pytest.approx([2.0, 6.0, 6.0])  # grid 6/3 = 2
+    y.sum().backward()
+    assert act.alpha.grad.item() == pytest.approx(2.0)  # one per input clipped at alpha
+
+
+def test_float_activation_and_bad_bits():
+    assert isinstance(models.activation(0), torch.nn.ReLU)
+    with pytest.raises(ValueError, match="act_bits"):
+        models.activation(-2)

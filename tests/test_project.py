@@ -1,0 +1,46 @@
+"""The project's set-up files agree with each other."""
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_environment_yml_installs_this_project_with_a_supported_python():
+    text = (ROOT / "environment.yml").read_text()
+    python = re.search(r"^\s*-\s*python\s*=\s*([\d.]+)\s*$", text, re.M)
+    assert python, "environment.yml pins python"
+    minimum = re.fullmatch(r">=\s*(\d+)\.(\d+)", pyproject()["project"]["requires-python"])
+    assert tuple(map(int, python.group(1).split("."))) >= tuple(map(int, minimum.groups()))
+    assert re.search(r"^\s*-\s*pip\s*$", text, re.M)
+    extras = re.search(r'-e \.\[([\w,]+)\]', text)
+    assert extras and set(extras.group(1).split(",")) <= set(pyproject()["project"]["optional-dependencies"])
+
+
+def test_pyproject_admits_the_local_torch_pair():
+    deps = {re.split(r"[<>=!~ ]", d)[0]: d for d in pyproject()["project"]["dependencies"]}
+    for name, version in (("torch", (2, 14, 1)), ("torchvision", (0, 29, 1))):
+        for op, bound in re.findall(r"(<=|>=|==|<|>)\s*([\d.]+)", deps[name]):
+            b = tuple(map(int, bound.split(".")))
+            assert {"<=": version <= b, ">=": version >= b, "==": version == b,
+                    "<": version < b, ">": version > b}[op], f"{name} {version} breaks {op}{bound}"
+
+
+def test_console_script_and_light_import():
+    assert pyproject()["project"]["scripts"]["bsq-explore"] == "bsq_explore.cli:main"
+    code = "import sys, bsq_explore; print(sorted(m for m in ('torch','streamlit','plotly','ipywidgets','pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", "import bsq_explore must stay light"
+
+
+def test_readme_shows_the_two_commands_and_every_tracked_module():
+    readme = (ROOT / "README.md").read_text()
+    assert "make app" in readme and "make test" in readme
+    for path in sorted((ROOT / "bsq_explore").glob("*.py")):
+        assert path.name in readme, f"README layout misses {path.name}"
