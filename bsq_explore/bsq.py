@@ -10,6 +10,7 @@ from .bits import levels, plane_sq_norms, plane_values
 from .layers import BitLayer, BitWeight, QuantWeight, bit_layers, replace_module
 
 _EPS = 1e-12  # inside the root: an all-zero plane gets a zero gradient instead of NaN
+_MIN_SCALE = 1e-12  # DESIGN: s > 0; a scale pushed through zero would flip every weight's sign
 EXPORT_FORMAT = "bsq_explore.quantized/1"
 
 
@@ -34,11 +35,13 @@ def bit_lasso(model: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def clamp_bits_(model: nn.Module) -> None:
-    """Put every plane entry back into [0, 2] (call after each optimizer step)."""
-    planes = [p for _, w in bit_weights(model) for p in (w.pos, w.neg)]
-    if planes:
+    """Put every plane entry back into [0, 2] and keep every scale positive (after each optimizer step)."""
+    weights = [w for _, w in bit_weights(model)]
+    if weights:
+        planes = [p for w in weights for p in (w.pos, w.neg)]
         torch._foreach_clamp_min_(planes, 0.0)
         torch._foreach_clamp_max_(planes, 2.0)
+        torch._foreach_clamp_min_([w.scale for w in weights], _MIN_SCALE)
 
 
 def _zero_run(alive: list[bool], limit: int) -> int:

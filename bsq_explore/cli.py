@@ -1,0 +1,209 @@
+"""The bsq-explore command: train | sweep | ls | show | export. Bad input: one line, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+EXPLICIT = {"alpha", "device"}  # config fields with their own option in the usage line
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of argparse's usage block
+        raise UsageError(message)
+
+
+def _parse_field(kind, text: str):
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    if typing.get_origin(kind) is tuple:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    return kind(text)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from .config import BSQConfig
+
+    hints = typing.get_type_hints(BSQConfig)
+    group = parser.add_argument_group("config overrides (any BSQConfig field)")
+    for f in dataclasses.fields(BSQConfig):
+        if f.name in EXPLICIT:
+            continue
+        kind = hints[f.name]
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, metavar=f.name.upper(),
+                           type=lambda text, kind=kind: _parse_field(kind, text), default=None,
+                           help=f"default {f.default!r}")
+
+
+def _overrides(args) -> dict:
+    from .config import BSQConfig
+
+    names = {f.name for f in dataclasses.fields(BSQConfig)} - {"alpha"}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def build_parser() -> Parser:
+    from .config import DEFAULT_PRESET
+
+    parser = Parser(prog="bsq-explore", description="Bit-level sparsity quantization you can watch.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = sub.add_parser("train", help="run one preset (pretrain -> BSQ -> finetune) into a run folder")
+    train.add_argument("--preset", default=DEFAULT_PRESET)
+    train.add_argument("--alpha", type=float)
+    train.add_argument("--runs", help="runs root (default $BSQ_RUNS or data/runs)")
+    train.add_argument("--name", help="run name (default: model, alpha and time)")
+    train.add_argument("--resume", action="store_true", help="continue the named run from its checkpoint")
+    train.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    _add_config_options(train)
+
+    sweep = sub.add_parser("sweep", help="one float model, a BSQ run per alpha, uniform baselines")
+    sweep.add_argument("--preset", default=DEFAULT_PRESET)
+    sweep.add_argument("--alphas", required=True, help="comma-separated, e.g. 0,0.05,0.1")
+    sweep.add_argument("--jobs", type=int, default=1)
+    sweep.add_argument("--uniform", default="2,3,4,8", help="bits of the uniform baselines ('' for none)")
+    sweep.add_argument("--runs")
+    sweep.add_argument("--name", help="sweep name (prefix of its runs)")
+    sweep.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    _add_config_options(sweep)
+
+    ls = sub.add_parser("ls", help="list runs with status and summary")
+    ls.add_argument("dirs", nargs="*", help="runs roots (default: runs root and data/examples)")
+
+    show = sub.add_parser("show", help="a run's summary and per-layer precision")
+    show.add_argument("run", help="run folder, or a run name under the runs root or data/examples")
+    show.add_argument("--runs")
+
+    export = sub.add_parser("export", help="write a run's quantized model (integer weights, bits, scales)")
+    export.add_argument("run")
+    export.add_argument("--out", required=True)
+    export.add_argument("--runs")
+    return parser
+
+
+def find_run(run: str, runs: str | None) -> Path:
+    from .runs import check_name, runs_root
+
+    if Path(run).is_dir():
+        return Path(run)
+    check_name(run)
+    for root in (runs_root(runs), EXAMPLES):
+        if (root / run).is_dir():
+            return root / run
+    raise FileNotFoundError(f"no run {run!r} under {runs_root(runs)} or {EXAMPLES}")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_train(args) -> int:
+    from .config import preset
+    from .train import train
+
+    extra = _overrides(args)
+    if args.alpha is not None:
+        extra["alpha"] = args.alpha
+    config = preset(args.preset, **extra)
+    if args.resume and not args.name:
+        raise UsageError("--resume needs --name of the run to continue")
+    path = train(config, runs=args.runs, name=args.name, resume=args.resume)
+    print(path)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import sweep
+
+    table = sweep(args.preset, _floats(args.alphas), jobs=args.jobs, runs=args.runs, name=args.name,
+                  uniform_bits=[int(b) for b in _floats(args.uniform)], **_overrides(args))
+    print(table.to_string(index=False))
+    for error in table.attrs.get("errors", []):
+        print(f"failed: {error}", file=sys.stderr)
+    return 1 if table.attrs.get("errors") else 0
+
+
+def cmd_ls(args) -> int:
+    from .runs import list_runs, runs_root
+
+    roots = args.dirs or [runs_root(), EXAMPLES]
+    table = list_runs(*roots)
+    if table.empty:
+        print(f"no runs under {', '.join(map(str, roots))}; start one with: bsq-explore train")
+        return 0
+    cols = ["name", "status", "kind", "alpha", "test_acc", "avg_bits", "compression", "epochs", "reason"]
+    print(table[cols].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .runs import load_run
+
+    run = load_run(find_run(args.run, args.runs))
+    info, summary = run.info, run.info.get("summary") or {}
+    print(f"run        {run.path}")
+    print(f"status     {info['status']}" + (f" ({info['error']})" if info.get("error") else ""))
+    c = info["config"]
+    print(f"config     {c['model']} on {c['dataset']}, alpha {c['alpha']:g}, {c['nbits']}-bit start, "
+          f"epochs {c['pretrain_epochs']}+{c['bsq_epochs']}+{c['finetune_epochs']}")
+    for key in ("test_acc", "bsq_acc", "avg_bits", "compression"):
+        if summary.get(key) is not None:
+            print(f"{key:<10} {summary[key]:.4g}")
+    if not run.layers.empty:
+        last = run.layers[run.layers.step == run.layers.step.max()]
+        last = last[last.stage == last.stage.iloc[-1]]
+        print(last[["layer", "kind", "numel", "nbits", "lsb_offset", "scale"]].to_string(index=False))
+    return 0
+
+
+def cmd_export(args) -> int:
+    import torch
+
+    from .runs import write_atomic
+
+    model = find_run(args.run, args.runs) / "model.pt"
+    if not model.exists():
+        raise FileNotFoundError(f"{model} does not exist (the run has not finished)")
+    exported = torch.load(model, weights_only=True)
+    data = model.read_bytes()
+    out = Path(args.out)
+    write_atomic(out, data)
+    bits = sum(spec["q"].numel() * spec["nbits"] for spec in exported["layers"].values())
+    print(f"{out}: {len(data)} bytes on disk, {bits / 8:.0f} bytes of packed weights at "
+          f"{len(exported['layers'])} layers")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .runs import DamagedRun
+
+    try:
+        args = build_parser().parse_args(argv)
+        return {"train": cmd_train, "sweep": cmd_sweep, "ls": cmd_ls, "show": cmd_show,
+                "export": cmd_export}[args.command](args)
+    except (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,
+            IsADirectoryError, NotADirectoryError, DamagedRun) as err:
+        print(f"bsq-explore: error: {err}".splitlines()[0], file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bsq-explore: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a failed run: its folder already records the reason
+        print(f"bsq-explore: failed: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""BSQConfig, the frozen description of a run, and PRESETS, named configurations kept as data."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .bits import MAX_BITS
+
+
+@dataclass(frozen=True)
+class BSQConfig:
+    """Every knob of a staged run: float pretraining -> conversion -> BSQ -> finetuning.
+
+    Each stage runs SGD with momentum; its lr is multiplied by lr_gamma at each of its
+    milestones (epochs within the stage). A stage with 0 epochs is skipped; a run with
+    bsq_epochs = 0 is a uniform-precision baseline at nbits (quantization-aware finetuning).
+    """
+    dataset: str = "digits"           # digits | mnist | fashion-mnist | cifar10 | folder:PATH
+    model: str = "mlp"                # mlp | lenet5 | resnet20 | resnet32 | resnet56
+    act_bits: int = 0                 # 0 = float activations
+    nbits: int = 8                    # precision at conversion
+    max_bits: int = 8                 # a layer never grows beyond this
+    alpha: float = 0.16               # strength of the bit-level group Lasso
+    requant_every: int = 10           # BSQ epochs between re-quantizations
+    pretrain_epochs: int = 30
+    pretrain_lr: float = 0.1
+    pretrain_milestones: tuple[int, ...] = (20,)
+    bsq_epochs: int = 40
+    bsq_lr: float = 0.05
+    bsq_milestones: tuple[int, ...] = ()
+    finetune_epochs: int = 20
+    finetune_lr: float = 0.01
+    finetune_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    train_subset: int = 0             # keep this many training images (0 = all)
+    test_subset: int = 0
+    pretrained: str = ""              # a float model's state_dict (.pt) to start from instead of pretraining
+    download: bool = False            # let torchvision fetch mnist / fashion-mnist / cifar10
+    seed: int = 0
+    device: str = "cpu"               # cpu | cuda | auto
+
+    def __post_init__(self):
+        checks = [
+            (1 <= self.nbits <= MAX_BITS, f"nbits must be 1..{MAX_BITS}"),
+            (self.nbits <= self.max_bits <= MAX_BITS, f"max_bits must be nbits..{MAX_BITS}"),
+            (self.alpha >= 0, "alpha must be >= 0"),
+            (self.requant_every >= 1, "requant_every must be >= 1"),
+            (min(self.pretrain_epochs, self.bsq_epochs, self.finetune_epochs) >= 0, "epochs must be >= 0"),
+            (min(self.pretrain_lr, self.bsq_lr, self.finetune_lr) > 0, "learning rates must be > 0"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (min(self.train_subset, self.test_subset) >= 0, "subsets must be >= 0"),
+            (self.act_bits == 0 or 1 <= self.act_bits <= MAX_BITS, f"act_bits must be 0 or 1..{MAX_BITS}"),
+            (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"), "device must be cpu, cuda or auto"),
+            (self.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def replace(self, **changes) -> "BSQConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "BSQConfig":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(names)
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+MODELS = ("mlp", "lenet5", "resnet20", "resnet32", "resnet56")
+
+# Presets are data: the fields that differ from BSQConfig's defaults.
+PRESETS: dict[str, dict] = {
+    # DESIGN 2b: digits MLP 64-256-128-10, 30 float + 40 BSQ (requantize every 10) + 20 finetune epochs
+    "digits-mlp": {},
+    "digits-cnn": dict(model="lenet5", alpha=0.1),
+    "mnist-lenet5": dict(dataset="mnist", model="lenet5", alpha=0.05, pretrain_epochs=10, pretrain_milestones=(7,),
+                         bsq_epochs=20, requant_every=5, finetune_epochs=5),
+    # the paper recipe (Yang et al. 2021): ResNet-20, 4-bit activations, 8-bit start
+    "cifar10-resnet20": dict(dataset="cifar10", model="resnet20", act_bits=4, alpha=5e-3,
+                             pretrain_epochs=200, pretrain_lr=0.1, pretrain_milestones=(100, 150),
+                             bsq_epochs=350, bsq_lr=0.1, bsq_milestones=(250,), requant_every=100,
+                             finetune_epochs=300, finetune_lr=0.01, finetune_milestones=(150, 250)),
+    # same model and recipe shape, a few epochs on a subset: minutes on a CPU
+    "cifar10-resnet20-quick": dict(dataset="cifar10", model="resnet20", act_bits=4, alpha=5e-3,
+                                   pretrain_epochs=3, pretrain_milestones=(), bsq_epochs=4, bsq_lr=0.1,
+                                   requant_every=2, finetune_epochs=2, train_subset=2000, test_subset=500),
+}
+DEFAULT_PRESET = "digits-mlp"
+
+
+def preset(name: str, **overrides) -> BSQConfig:
+    """The config of a named preset, with field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return BSQConfig(**{**PRESETS[name], **overrides})

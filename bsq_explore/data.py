@@ -1,0 +1,165 @@
+"""Datasets held in memory as tensors, with batched augmentation (random crop with padding, flip)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder:PATH")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+
+
+@dataclass
+class Dataset:
+    """Normalized float images (N, C, H, W) and int64 labels, for one train and one test split."""
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    augment: bool  # random crop (padding 4) and horizontal flip while training
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        move = lambda t: t.to(device)  # noqa: E731
+        return Dataset(self.name, move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y),
+                       self.classes, self.augment)
+
+
+def data_root() -> Path:
+    """Where torchvision datasets are kept: $BSQ_DATA, else data/datasets under the working folder."""
+    return Path(os.environ.get("BSQ_DATA", "data/datasets"))
+
+
+def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool = False, seed: int = 0) -> Dataset:
+    """Load a dataset by name: digits (default, no download), mnist, fashion-mnist, cifar10, folder:PATH.
+
+    train_subset / test_subset > 0 keep that many images, the same share of every class, chosen
+    with a fixed seed; every run on the same data then sees the same images.
+    """
+    subsets = (train_subset, test_subset)
+    if name == "digits":
+        ds = _digits(subsets, seed)
+    elif name.startswith("folder:"):
+        ds = _folder(Path(name.split(":", 1)[1]).expanduser(), subsets, seed)
+    elif name in ("mnist", "fashion-mnist", "cifar10"):
+        ds = _torchvision(name, download, subsets, seed)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(NAMES)}")
+    return _normalized(ds)
+
+
+def _keep(y: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Indices of count items (all when count is 0), spread evenly over the classes, seeded order."""
+    if not count or count >= len(y):
+        return torch.arange(len(y))
+    g = torch.Generator().manual_seed(seed)
+    per_class = -(-count // len(y.unique()))
+    picks = [idx[torch.randperm(len(idx), generator=g)[:per_class]]
+             for idx in (torch.nonzero(y == c).view(-1) for c in y.unique())]
+    chosen = torch.cat(picks)
+    return chosen[torch.randperm(len(chosen), generator=g)][:count].sort().values
+
+
+def _digits(subsets, seed) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # (1797, 1, 8, 8), values 0..16
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # fixed split, whatever the run seed
+    test, train = order[: len(y) // 5], order[len(y) // 5:]
+    train, test = train[_keep(y[train], subsets[0], seed)], test[_keep(y[test], subsets[1], seed + 1)]
+    return Dataset("digits", x[train], y[train], x[test], y[test], [str(i) for i in range(10)], augment=False)
+
+
+def _torchvision(name: str, download: bool, subsets, seed) -> Dataset:
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST,
+           "cifar10": torchvision.datasets.CIFAR10}[name]
+    root = data_root() / name
+    try:
+        train, test = cls(root, train=True, download=download), cls(root, train=False, download=download)
+    except RuntimeError as err:
+        raise FileNotFoundError(f"{name} is not under {root} ({err}); pass --download to fetch it "
+                                f"(needs internet), or use folder:PATH for an image folder") from None
+    except OSError as err:
+        raise FileNotFoundError(f"could not download {name} into {root}: {err}") from None
+
+    def tensors(split, count, split_seed):
+        x = torch.as_tensor(split.data)
+        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W) uint8
+        y = torch.as_tensor(split.targets, dtype=torch.int64)
+        keep = _keep(y, count, split_seed)
+        return x[keep].float() / 255, y[keep]
+
+    return Dataset(name, *tensors(train, subsets[0], seed), *tensors(test, subsets[1], seed + 1),
+                   list(train.classes), augment=name == "cifar10")
+
+
+def _folder(path: Path, subsets, seed) -> Dataset:
+    """PATH/train/<class>/<image> and PATH/test/<class>/<image>; classes sorted by name."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    if not (path / "train").is_dir() or not (path / "test").is_dir():
+        raise FileNotFoundError(f"{path} needs train/ and test/ subfolders of class folders")
+    classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"{path / 'train'} has no class folders")
+
+    def split(part: str, count: int, split_seed: int):
+        files, labels = [], []
+        for label, cls in enumerate(classes):
+            found = sorted(f for f in (path / part / cls).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            files += found
+            labels += [label] * len(found)
+        if not files:
+            raise FileNotFoundError(f"{path / part} holds no images")
+        keep = _keep(torch.tensor(labels), count, split_seed).tolist()
+        images = [decode_image(str(files[i]), mode=ImageReadMode.RGB) for i in keep]
+        sizes = {tuple(im.shape) for im in images}
+        if len(sizes) > 1:
+            raise ValueError(f"{path / part}: images differ in size ({sorted(sizes)[:3]}); resize them first")
+        return torch.stack(images).float() / 255, torch.tensor([labels[i] for i in keep])
+
+    return Dataset(f"folder:{path}", *split("train", subsets[0], seed), *split("test", subsets[1], seed + 1),
+                   classes, augment=True)
+
+
+def _normalized(ds: Dataset) -> Dataset:
+    """Per-channel standardization with the training split's statistics."""
+    mean = ds.train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = ds.train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    ds.train_x, ds.test_x = (ds.train_x - mean) / std, (ds.test_x - mean) / std
+    return ds
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, for a whole batch at once."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy, dx, flip = torch.randint(0, 2 * pad + 1, (3, n), generator=generator, device=generator.device)
+    rows = (dy.unsqueeze(1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = dx.unsqueeze(1) + torch.arange(w, device=x.device)
+    cols = torch.where((flip % 2 == 1).unsqueeze(1), cols.flip(1), cols).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channel = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return padded[batch, channel, rows, cols]
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
+            augmented: bool = False):
+    """Yield (x, y) batches; shuffled (and augmented if asked) when a generator is given."""
+    order = (torch.randperm(len(y), generator=generator, device=generator.device).to(x.device)
+             if generator is not None else torch.arange(len(y), device=x.device))
+    for start in range(0, len(y), batch_size):
+        idx = order[start:start + batch_size]
+        xb = x[idx]
+        yield (augment(xb, generator) if augmented and generator is not None else xb), y[idx]

@@ -1,0 +1,173 @@
+"""The run folder: atomic writes of run.json and the frames after every epoch, loading, listing."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .stats import BIT_COLUMNS, LAYER_COLUMNS
+
+STAGES = ("pretrain", "bsq", "finetune")
+METRIC_COLUMNS = ["stage", "epoch", "step", "train_loss", "reg_loss", "train_acc", "test_acc",
+                  "avg_bits", "compression", "lr", "seconds"]
+FRAME_COLUMNS = {
+    "metrics": METRIC_COLUMNS,
+    "bits": ["stage", "epoch", "step"] + BIT_COLUMNS,
+    "layers": ["stage", "epoch", "step"] + LAYER_COLUMNS,
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}$")
+
+
+class DamagedRun(Exception):
+    """A run folder that cannot be read; the message says why in one line."""
+
+
+def runs_root(path: str | os.PathLike | None = None) -> Path:
+    """The folder new runs go to: path, else $BSQ_RUNS, else data/runs."""
+    return Path(path or os.environ.get("BSQ_RUNS") or "data/runs")
+
+
+def check_name(name: str) -> str:
+    """A run name is one plain folder name: letters, digits and . _ + = -, no separators, no '..'."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ValueError(f"bad run name {name!r}: use letters, digits and . _ + = - (no slashes, no '..')")
+    return name
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside path, flush it to disk, then rename over path."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value):
+    """NaN and inf become None, so run.json stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, info: dict) -> None:
+    write_atomic(path, json.dumps(_json_safe(info), indent=2).encode())
+
+
+def write_frame(path: Path, frame: pd.DataFrame) -> None:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    write_atomic(path, buffer.getvalue())
+
+
+@dataclass
+class Run:
+    """A loaded run folder: run.json as a dict and the three frames."""
+    path: Path
+    info: dict
+    metrics: pd.DataFrame
+    bits: pd.DataFrame
+    layers: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def _read_frame(folder: Path, kind: str) -> pd.DataFrame:
+    path = folder / f"{kind}.parquet"
+    if not path.exists():
+        return pd.DataFrame(columns=FRAME_COLUMNS[kind])
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DamagedRun(f"{path.name} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+    missing = [c for c in FRAME_COLUMNS[kind] if c not in frame.columns]
+    if missing:
+        raise DamagedRun(f"{path.name} lacks columns {', '.join(missing)}")
+    return frame
+
+
+def read_info(folder: Path) -> dict:
+    path = Path(folder) / "run.json"
+    if not path.exists():
+        raise DamagedRun("run.json is missing")
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DamagedRun(f"run.json is not valid JSON ({err})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict) or "status" not in info:
+        raise DamagedRun("run.json lacks its config or status")
+    return info
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Read a run folder; raises DamagedRun with the reason when a file is missing or broken."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DamagedRun(f"{folder} is not a run folder")
+    info = read_info(folder)
+    metrics = _read_frame(folder, "metrics")
+    if info["status"] != "running" and metrics.empty and not (folder / "metrics.parquet").exists():
+        raise DamagedRun("metrics.parquet is missing")
+    return Run(folder, info, metrics, _read_frame(folder, "bits"), _read_frame(folder, "layers"))
+
+
+LIST_COLUMNS = ["name", "status", "sweep", "kind", "alpha", "nbits", "test_acc", "bsq_acc", "avg_bits",
+                "compression", "epochs", "reason", "path"]
+
+
+def run_kind(config: dict) -> str:
+    """bsq, uniform (a fixed-precision baseline) or float (pretraining only)."""
+    if config.get("bsq_epochs", 0) > 0:
+        return "bsq"
+    return "uniform" if config.get("finetune_epochs", 0) > 0 else "float"
+
+
+def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
+    """One row per run folder under the roots, damaged ones included with the reason; never raises."""
+    rows = []
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            row = dict(name=folder.name, path=str(folder), reason="")
+            try:
+                info = read_info(folder)
+                metrics = _read_frame(folder, "metrics")
+                config, summary = info["config"], info.get("summary") or {}
+                row.update(status=info["status"], sweep=info.get("sweep"), kind=run_kind(config),
+                           alpha=config.get("alpha"), nbits=config.get("nbits"), epochs=len(metrics),
+                           **{k: summary.get(k) for k in ("test_acc", "bsq_acc", "avg_bits", "compression")})
+                if info["status"] == "failed":
+                    row["reason"] = info.get("error") or ""
+            except DamagedRun as err:
+                row.update(status="damaged", reason=str(err))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=LIST_COLUMNS)
+
+
+def sweep_table(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
+    """The sweep's runs from a list_runs() frame, BSQ runs by alpha then baselines by bits."""
+    table = runs[runs.sweep == sweep].copy()
+    table["order"] = table.kind.map({"float": 0, "bsq": 1, "uniform": 2})
+    table = table.sort_values(["order", "alpha", "nbits"]).drop(columns="order")
+    return table[["name", "kind", "alpha", "nbits", "avg_bits", "compression", "bsq_acc", "test_acc",
+                  "status", "reason"]].reset_index(drop=True)
