@@ -17,6 +17,9 @@ class UsageError(Exception):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of argparse's usage block
+        if message.startswith("unrecognized arguments"):
+            options = sorted(o for a in self._actions for o in a.option_strings if o.startswith("--"))
+            message += f"; valid options: {' '.join(options)}"
         raise UsageError(message)
 
 
@@ -63,6 +66,7 @@ def build_parser() -> Parser:
     train.add_argument("--runs", help="runs root (default $BSQ_RUNS or data/runs)")
     train.add_argument("--name", help="run name (default: model, alpha and time)")
     train.add_argument("--resume", action="store_true", help="continue the named run from its checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
     train.add_argument("--device", choices=["cpu", "cuda", "auto"])
     _add_config_options(train)
 
@@ -117,9 +121,11 @@ def cmd_train(args) -> int:
     if args.alpha is not None:
         extra["alpha"] = args.alpha
     config = preset(args.preset, **extra)
-    if args.resume and not args.name:
-        raise UsageError("--resume needs --name of the run to continue")
-    path = train(config, runs=args.runs, name=args.name, resume=args.resume)
+    if (args.resume or args.overwrite) and not args.name:
+        raise UsageError("--resume and --overwrite need --name of the run")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    path = train(config, runs=args.runs, name=args.name, resume=args.resume, overwrite=args.overwrite)
     print(path)
     return 0
 

@@ -54,7 +54,9 @@ class BSQConfig:
             (min(self.train_subset, self.test_subset) >= 0, "subsets must be >= 0"),
             (self.act_bits == 0 or 1 <= self.act_bits <= MAX_BITS, f"act_bits must be 0 or 1..{MAX_BITS}"),
             (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"), "device must be cpu, cuda or auto"),
-            (self.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
+            (self.model in MODELS, f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}"),
+            (self.dataset in DATASETS or self.dataset.startswith("folder:"),
+             f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}, folder:PATH"),
         ]
         for ok, message in checks:
             if not ok:
@@ -71,11 +73,12 @@ class BSQConfig:
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(names)
         if unknown:
-            raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
+            raise ValueError(f"unknown config fields {', '.join(sorted(unknown))}; valid: {', '.join(names)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 MODELS = ("mlp", "lenet5", "resnet20", "resnet32", "resnet56")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 # Presets are data: the fields that differ from BSQConfig's defaults.
 PRESETS: dict[str, dict] = {

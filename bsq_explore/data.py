@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "folder:PATH")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
@@ -51,7 +50,7 @@ def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool 
     elif name in ("mnist", "fashion-mnist", "cifar10"):
         ds = _torchvision(name, download, subsets, seed)
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(NAMES)}")
+        raise ValueError(f"unknown dataset {name!r}; choose one of: digits, mnist, fashion-mnist, cifar10, folder:PATH")
     return _normalized(ds)
 
 
@@ -106,7 +105,12 @@ def _torchvision(name: str, download: bool, subsets, seed) -> Dataset:
 
 def _folder(path: Path, subsets, seed) -> Dataset:
     """PATH/train/<class>/<image> and PATH/test/<class>/<image>; classes sorted by name."""
-    from torchvision.io import ImageReadMode, decode_image
+    import numpy as np
+    from PIL import Image
+
+    def decode(file: Path) -> torch.Tensor:
+        with Image.open(file) as im:
+            return torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)  # (3, H, W) uint8
 
     if not (path / "train").is_dir() or not (path / "test").is_dir():
         raise FileNotFoundError(f"{path} needs train/ and test/ subfolders of class folders")
@@ -123,7 +127,7 @@ def _folder(path: Path, subsets, seed) -> Dataset:
         if not files:
             raise FileNotFoundError(f"{path / part} holds no images")
         keep = _keep(torch.tensor(labels), count, split_seed).tolist()
-        images = [decode_image(str(files[i]), mode=ImageReadMode.RGB) for i in keep]
+        images = [decode(files[i]) for i in keep]
         sizes = {tuple(im.shape) for im in images}
         if len(sizes) > 1:
             raise ValueError(f"{path / part}: images differ in size ({sorted(sizes)[:3]}); resize them first")

@@ -90,18 +90,52 @@ class Run:
         return self.path.name
 
 
-def _read_frame(folder: Path, kind: str) -> pd.DataFrame:
+def _frame_path(folder: Path, kind: str, info: dict) -> Path | None:
+    """The frame's file, or None when a running run has not written it yet."""
     path = folder / f"{kind}.parquet"
-    if not path.exists():
+    if path.exists():
+        return path
+    if info["status"] == "running" or (kind != "metrics" and not info["config"].get("bsq_epochs")
+                                       and not info["config"].get("finetune_epochs")):
+        return None  # not written yet, or a float run, which has no bit frames
+    raise DamagedRun(f"{path.name} is missing")
+
+
+def _check_columns(name: str, kind: str, columns) -> None:
+    missing = [c for c in FRAME_COLUMNS[kind] if c not in columns]
+    if missing:
+        raise DamagedRun(f"{name} lacks columns {', '.join(missing)}")
+
+
+def _unreadable(path: Path, err: Exception) -> DamagedRun:
+    return DamagedRun(f"{path.name} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+
+
+def _read_frame(folder: Path, kind: str, info: dict) -> pd.DataFrame:
+    path = _frame_path(folder, kind, info)
+    if path is None:
         return pd.DataFrame(columns=FRAME_COLUMNS[kind])
     try:
         frame = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
-        raise DamagedRun(f"{path.name} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
-    missing = [c for c in FRAME_COLUMNS[kind] if c not in frame.columns]
-    if missing:
-        raise DamagedRun(f"{path.name} lacks columns {', '.join(missing)}")
+        raise _unreadable(path, err) from None
+    _check_columns(path.name, kind, frame.columns)
     return frame
+
+
+def _check_frame(folder: Path, kind: str, info: dict) -> int:
+    """Validate a frame from its footer alone (cheap, for listings); returns its row count."""
+    import pyarrow.parquet as pq
+
+    path = _frame_path(folder, kind, info)
+    if path is None:
+        return 0
+    try:
+        meta = pq.read_metadata(path)
+    except Exception as err:
+        raise _unreadable(path, err) from None
+    _check_columns(path.name, kind, meta.schema.names)
+    return meta.num_rows
 
 
 def read_info(folder: Path) -> dict:
@@ -123,10 +157,7 @@ def load_run(path: str | os.PathLike) -> Run:
     if not folder.is_dir():
         raise DamagedRun(f"{folder} is not a run folder")
     info = read_info(folder)
-    metrics = _read_frame(folder, "metrics")
-    if info["status"] != "running" and metrics.empty and not (folder / "metrics.parquet").exists():
-        raise DamagedRun("metrics.parquet is missing")
-    return Run(folder, info, metrics, _read_frame(folder, "bits"), _read_frame(folder, "layers"))
+    return Run(folder, info, *(_read_frame(folder, kind, info) for kind in ("metrics", "bits", "layers")))
 
 
 LIST_COLUMNS = ["name", "status", "sweep", "kind", "alpha", "nbits", "test_acc", "bsq_acc", "avg_bits",
@@ -151,10 +182,12 @@ def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
             row = dict(name=folder.name, path=str(folder), reason="")
             try:
                 info = read_info(folder)
-                metrics = _read_frame(folder, "metrics")
+                epochs = [_check_frame(folder, kind, info) for kind in FRAME_COLUMNS][0]
                 config, summary = info["config"], info.get("summary") or {}
-                row.update(status=info["status"], sweep=info.get("sweep"), kind=run_kind(config),
-                           alpha=config.get("alpha"), nbits=config.get("nbits"), epochs=len(metrics),
+                kind = run_kind(config)
+                row.update(status=info["status"], sweep=info.get("sweep"), kind=kind,
+                           alpha=config.get("alpha") if kind == "bsq" else None, nbits=config.get("nbits"),
+                           epochs=epochs,
                            **{k: summary.get(k) for k in ("test_acc", "bsq_acc", "avg_bits", "compression")})
                 if info["status"] == "failed":
                     row["reason"] = info.get("error") or ""

@@ -4,9 +4,11 @@ Every epoch appends to the run folder's frames (atomically) and emits an Event t
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import time
@@ -205,8 +207,6 @@ class RunFolder:
         write_frame(self.path / f"{key}.parquet", self.frames[key])
 
     def save(self, name: str, obj) -> None:
-        import io
-
         buffer = io.BytesIO()
         torch.save(obj, buffer)
         write_atomic(self.path / name, buffer.getvalue())
@@ -220,10 +220,11 @@ class RunFolder:
 
 def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | None = None,
           sweep: str | None = None, callbacks: Iterable[Callable[[Event], None]] | None = None,
-          resume: bool = False, progress: bool = True) -> Path:
+          resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Run config into the folder <runs>/<name>/ and return its path.
 
-    resume=True continues the named run from its checkpoint. Callbacks get an Event per epoch.
+    resume=True continues the named run from its checkpoint; overwrite=True replaces a run of
+    that name (otherwise an existing name is an error). Callbacks get an Event per epoch.
     Errors inside training mark the run failed (with the reason) and re-raise; finished epochs stay.
     """
     root = runs_root(runs)
@@ -238,8 +239,8 @@ def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | 
         ckpt = torch.load(path / "checkpoint.pt", map_location=device, weights_only=True)
         config = BSQConfig.from_dict(ckpt["config"])
         steps = plan(config)
-    elif path.exists():
-        raise FileExistsError(f"run {path} already exists (pick another --name or pass --resume)")
+    elif path.exists() and not overwrite:
+        raise FileExistsError(f"run {path} already exists (pick another --name, or pass --resume or --overwrite)")
     else:
         root.mkdir(parents=True, exist_ok=True)
         if not os.access(root, os.W_OK):
@@ -260,6 +261,8 @@ def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | 
         generator.set_state(ckpt["generator"])
         folder = RunFolder.reopen(path, steps[:done])
     else:
+        if overwrite and path.exists():
+            shutil.rmtree(path)
         folder = RunFolder.create(path, config, device, sweep)
     opt = optimizer(model, config, stage_lr(config, stage, 1))
     if ckpt is not None:
@@ -272,8 +275,9 @@ def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | 
         for index in range(done, len(steps)):
             next_stage, epoch, step = steps[index]
             if next_stage != stage:
-                if next_stage in ("bsq", "finetune") and stage == "pretrain":
-                    folder.save("float.pt", model.state_dict())
+                if stage == "pretrain":  # the float model: every sweep run starts from it
+                    if config.pretrain_epochs:
+                        folder.save("float.pt", model.state_dict())
                     convert_(model, config.nbits, filter_fn=convert_filter(config))
                 if next_stage == "finetune":
                     freeze_(model)

@@ -35,3 +35,23 @@ def images():
 
 def clone(model):
     return copy.deepcopy(model)
+
+
+TINY = dict(pretrain_epochs=3, bsq_epochs=4, requant_every=2, finetune_epochs=2, alpha=0.3)
+
+
+@pytest.fixture
+def tiny_config():
+    from bsq_explore.config import preset
+
+    return preset("digits-mlp", **TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One finished digits run with few epochs, shared by read-only tests."""
+    from bsq_explore.config import preset
+    from bsq_explore.train import train
+
+    root = tmp_path_factory.mktemp("runs")
+    return train(preset("digits-mlp", **TINY), runs=root, name="tiny", progress=False)

@@ -1,0 +1,56 @@
+"""Run folders: listing, damage reports, names, sweep tables."""
+import json
+import shutil
+
+import pytest
+
+from bsq_explore.runs import DamagedRun, check_name, list_runs, load_run, write_atomic
+
+
+def copy_run(tiny_run, root, name):
+    shutil.copytree(tiny_run, root / name)
+    return root / name
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: (p / "bits.parquet").write_bytes((p / "bits.parquet").read_bytes()[:100]), "bits.parquet is unreadable"),
+    (lambda p: (p / "run.json").write_text("{not json"), "run.json is not valid JSON"),
+    (lambda p: (p / "run.json").unlink(), "run.json is missing"),
+    (lambda p: (p / "metrics.parquet").unlink(), "metrics.parquet is missing"),
+])
+def test_damaged_runs_are_listed_with_the_reason(tmp_path, tiny_run, damage, reason):
+    copy_run(tiny_run, tmp_path, "good")
+    damage(copy_run(tiny_run, tmp_path, "bad"))
+    table = list_runs(tmp_path).set_index("name")
+    assert table.loc["good", "status"] == "finished"
+    assert table.loc["bad", "status"] == "damaged" and reason in table.loc["bad", "reason"]
+    with pytest.raises(DamagedRun, match=reason.split(" is")[0]):
+        load_run(tmp_path / "bad")
+
+
+def test_a_frame_with_wrong_columns_is_damaged(tmp_path, tiny_run):
+    import pandas as pd
+
+    bad = copy_run(tiny_run, tmp_path, "bad")
+    pd.read_parquet(bad / "layers.parquet").drop(columns="nbits").to_parquet(bad / "layers.parquet")
+    with pytest.raises(DamagedRun, match="lacks columns nbits"):
+        load_run(bad)
+
+
+def test_listing_reports_summary(tiny_run):
+    row = list_runs(tiny_run.parent).set_index("name").loc["tiny"]
+    info = json.loads((tiny_run / "run.json").read_text())
+    assert row.kind == "bsq" and row.alpha == info["config"]["alpha"]
+    assert row.test_acc == info["summary"]["test_acc"] and row.epochs == 10
+
+
+@pytest.mark.parametrize("bad", ["", "..", "a/b", "/abs", "../up", "a\\b", ".hidden", "x" * 200, "a b"])
+def test_bad_run_names(bad):
+    with pytest.raises(ValueError, match="bad run name"):
+        check_name(bad)
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    write_atomic(tmp_path / "f", b"one")
+    write_atomic(tmp_path / "f", b"two")
+    assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_bytes() == b"two"

@@ -1,0 +1,112 @@
+"""The staged run and its folder contract."""
+import pandas as pd
+import pytest
+import torch
+
+from bsq_explore.bsq import load_quantized
+from bsq_explore.config import BSQConfig, preset
+from bsq_explore.data import load
+from bsq_explore.runs import FRAME_COLUMNS, load_run
+from bsq_explore.train import build_model, evaluate, plan, stage_lr, train
+from conftest import TINY
+
+KEYS = {"metrics": ["stage", "epoch"], "bits": ["stage", "epoch", "layer", "bit"], "layers": ["stage", "epoch", "layer"]}
+DTYPES = {"stage": "object", "layer": "object", "kind": "object", "epoch": "int64", "step": "int64",
+          "layer_index": "int64", "bit": "int64", "nbits": "int64", "numel": "int64", "lsb_offset": "int64"}
+
+
+def test_frames_follow_the_contract(tiny_run):
+    run = load_run(tiny_run)
+    for kind, columns in FRAME_COLUMNS.items():
+        frame = getattr(run, kind)
+        assert list(frame.columns) == columns, kind
+        assert not frame.duplicated(KEYS[kind]).any(), f"{kind}: one row per key"
+        for column in frame.columns:
+            expected = DTYPES.get(column, "float64")
+            actual = "object" if frame[column].dtype == object or str(frame[column].dtype) in ("str", "string") \
+                else str(frame[column].dtype)
+            assert actual == expected, f"{kind}.{column} is {actual}"
+    m = run.metrics
+    # 3 float epochs, BSQ snapshot + 4 epochs, 2 finetune epochs; steps count trained epochs
+    assert list(zip(m.stage, m.epoch, m.step)) == [("pretrain", 1, 1), ("pretrain", 2, 2), ("pretrain", 3, 3),
+                                                  ("bsq", 0, 3), ("bsq", 1, 4), ("bsq", 2, 5), ("bsq", 3, 6),
+                                                  ("bsq", 4, 7), ("finetune", 1, 8), ("finetune", 2, 9)]
+    assert (m[m.stage == "pretrain"].avg_bits == 32).all()
+    assert set(run.bits.stage) == {"bsq", "finetune"}
+    # bits and layers agree on each layer's precision at every epoch
+    merged = run.bits.merge(run.layers, on=["stage", "epoch", "layer"], suffixes=("", "_l"))
+    assert (merged.nbits == merged.nbits_l).all()
+    # the metrics' avg_bits is the numel-weighted mean of the layers' bits
+    layers = run.layers.assign(weighted=run.layers.numel * run.layers.nbits)
+    per_epoch = layers.groupby(["stage", "epoch"]).apply(lambda g: g.weighted.sum() / g.numel.sum(),
+                                                         include_groups=False)
+    joined = m.set_index(["stage", "epoch"]).avg_bits.loc[per_epoch.index]
+    assert joined.to_numpy() == pytest.approx(per_epoch.to_numpy())
+
+
+def test_run_json_records_config_provenance_and_summary(tiny_run):
+    info = load_run(tiny_run).info
+    assert BSQConfig.from_dict(info["config"]) == preset("digits-mlp", **TINY)
+    assert info["status"] == "finished" and info["error"] is None
+    assert {"package", "torch", "python", "git_sha", "device", "seed", "start", "end"} <= set(info["provenance"])
+    metrics = load_run(tiny_run).metrics
+    assert info["summary"]["test_acc"] == metrics.test_acc.iloc[-1]
+    assert info["summary"]["bsq_acc"] == metrics[metrics.stage == "bsq"].test_acc.iloc[-1]
+
+
+def test_model_pt_reproduces_the_final_accuracy(tiny_run):
+    run = load_run(tiny_run)
+    config = BSQConfig.from_dict(run.info["config"])
+    ds = load(config.dataset)
+    model = load_quantized(build_model(config, ds), torch.load(tiny_run / "model.pt", weights_only=True))
+    assert evaluate(model, ds.test_x, ds.test_y) == run.metrics.test_acc.iloc[-1]
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=[c for c in ("seconds",) if c in frame.columns])
+
+
+def test_same_seed_same_run_and_resume_matches(tmp_path, tiny_run):
+    reference = load_run(tiny_run)
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_bsq(event):
+        if event.stage == "bsq" and event.epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(preset("digits-mlp", **TINY), runs=tmp_path, name="cut", callbacks=[stop_in_bsq], progress=False)
+    cut = load_run(tmp_path / "cut")
+    assert cut.info["status"] == "failed" and len(cut.metrics) == 6
+    train(preset("digits-mlp", **TINY), runs=tmp_path, name="cut", resume=True, progress=False)
+    resumed = load_run(tmp_path / "cut")
+    assert resumed.info["status"] == "finished"
+    for kind in ("metrics", "bits", "layers"):
+        pd.testing.assert_frame_equal(comparable(getattr(resumed, kind)), comparable(getattr(reference, kind)))
+
+
+def test_plan_and_learning_rate_schedule():
+    config = preset("cifar10-resnet20")
+    steps = plan(config)
+    assert len(steps) == 200 + 351 + 300 and steps[-1][2] == 850
+    assert stage_lr(config, "bsq", 250) == pytest.approx(0.1) and stage_lr(config, "bsq", 251) == pytest.approx(0.01)
+    assert stage_lr(config, "finetune", 251) == pytest.approx(1e-4)
+
+
+def test_uniform_baseline_keeps_its_precision(tmp_path):
+    path = train(preset("digits-mlp", pretrain_epochs=2, bsq_epochs=0, finetune_epochs=2, nbits=3),
+                 runs=tmp_path, name="u3", progress=False)
+    run = load_run(path)
+    assert set(run.metrics.stage) == {"pretrain", "finetune"}
+    assert (run.layers.nbits == 3).all() and (run.metrics[run.metrics.stage == "finetune"].avg_bits == 3).all()
+
+
+def test_existing_name_is_refused_unless_overwritten(tmp_path):
+    config = preset("digits-mlp", pretrain_epochs=1, bsq_epochs=0, finetune_epochs=0)
+    train(config, runs=tmp_path, name="x", progress=False)
+    with pytest.raises(FileExistsError, match="already exists"):
+        train(config, runs=tmp_path, name="x", progress=False)
+    train(config.replace(seed=1), runs=tmp_path, name="x", overwrite=True, progress=False)
+    assert load_run(tmp_path / "x").info["config"]["seed"] == 1
