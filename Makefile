@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 
-.PHONY: install app test lab bench clean
+.PHONY: install app test lab bench examples clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py
+
+# The shipped example sweep, made by the kit's own command; checkpoints are dropped to stay small.
+EXAMPLE_ALPHAS ?= 0,0.05,0.1,0.16,0.25,0.3,0.35,0.4,0.5,1
+examples: $(STAMP)
+	rm -rf data/examples/digits-*
+	$(BIN)/bsq-explore sweep --preset digits-mlp --alphas $(EXAMPLE_ALPHAS) --jobs 2 --runs data/examples --name digits
+	find data/examples \( -name checkpoint.pt -o -name float.pt \) -delete
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -10,7 +10,6 @@ from .bits import levels, plane_sq_norms, plane_values
 from .layers import BitLayer, BitWeight, QuantWeight, bit_layers, replace_module
 
 _EPS = 1e-12  # inside the root: an all-zero plane gets a zero gradient instead of NaN
-_MIN_SCALE = 1e-12  # DESIGN: s > 0; a scale pushed through zero would flip every weight's sign
 EXPORT_FORMAT = "bsq_explore.quantized/1"
 
 
@@ -35,13 +34,11 @@ def bit_lasso(model: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def clamp_bits_(model: nn.Module) -> None:
-    """Put every plane entry back into [0, 2] and keep every scale positive (after each optimizer step)."""
-    weights = [w for _, w in bit_weights(model)]
-    if weights:
-        planes = [p for w in weights for p in (w.pos, w.neg)]
+    """Put every plane entry back into [0, 2] (call after each optimizer step)."""
+    planes = [p for _, w in bit_weights(model) for p in (w.pos, w.neg)]
+    if planes:
         torch._foreach_clamp_min_(planes, 0.0)
         torch._foreach_clamp_max_(planes, 2.0)
-        torch._foreach_clamp_min_([w.scale for w in weights], _MIN_SCALE)
 
 
 def _zero_run(alive: list[bool], limit: int) -> int:
@@ -100,8 +97,7 @@ def freeze_(model: nn.Module) -> nn.Module:
     for name, w in bit_weights(model):
         x = (plane_values(w.pos, w.neg) / levels(w.nbits)).clamp(-1, 1).to(w.scale.dtype)
         alive = bool(w.integers().any())
-        frozen = QuantWeight(x if alive else torch.zeros_like(x), w.scale if alive else torch.zeros_like(w.scale),
-                             w.nbits if alive else 0, w.lsb_offset)
+        frozen = QuantWeight(x if alive else torch.zeros_like(x), w.scale, w.nbits if alive else 0, w.lsb_offset)
         model.get_submodule(name).weight = frozen
     return model
 
@@ -141,8 +137,8 @@ def load_quantized(model: nn.Module, exported: dict) -> nn.Module:
     full = dict(exported["state"])
     for name, spec in exported["layers"].items():
         module = model.get_submodule(name)
-        like = module.weight.scale if isinstance(module, BitLayer) else module.weight
-        scale = torch.tensor(spec["scale"], dtype=like.dtype, device=like.device)
+        like = next(module.parameters())  # device and dtype to build on
+        scale = torch.tensor(spec["scale"], dtype=like.dtype, device=like.device)  # 0 for a 0-bit layer
         weight = QuantWeight.from_integers(spec["q"].to(like.device), scale, spec["nbits"], spec["lsb_offset"])
         if isinstance(module, BitLayer):
             module.weight = weight

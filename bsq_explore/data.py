@@ -110,7 +110,7 @@ def _folder(path: Path, subsets, seed) -> Dataset:
 
     def decode(file: Path) -> torch.Tensor:
         with Image.open(file) as im:
-            return torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)  # (3, H, W) uint8
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, H, W) uint8
 
     if not (path / "train").is_dir() or not (path / "test").is_dir():
         raise FileNotFoundError(f"{path} needs train/ and test/ subfolders of class folders")

@@ -10,12 +10,37 @@ from torch import nn
 from .bits import check_nbits, digits, from_bits, integer_weight, levels, plane_sq_norms, plane_values, quantize
 
 
-class BitWeight(nn.Module):
+class ScaledWeight(nn.Module):
+    """A quantized weight with a trainable scale s > 0, stored as the Parameter log_scale.
+
+    Why a logarithm: re-quantization rescales s by up to 2^7 when planes are dropped, and the
+    gradient of a linear s grows as 1/s, so after a drop plain SGD moves s 2^14 times faster
+    relative to its size; on digits that diverged to NaN for alpha >= 0.5. SGD on log s moves s
+    by the same relative amount whatever its size, and keeps it positive (DESIGN: s > 0).
+    """
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp().to(self.dtype)
+
+    def set_scale_(self, scale: torch.Tensor) -> None:
+        """A new log_scale Parameter; a zero scale (an all-zero weight) becomes 1, which changes nothing.
+
+        log_scale is float64, so exp(log s) rounds back to exactly s in the weight's dtype: a
+        converted layer stays bit-exact with uniform quantization.
+        """
+        self.dtype = scale.dtype
+        scale = scale.detach().reshape(()).double()
+        self.log_scale = nn.Parameter(torch.where(scale > 0, scale, torch.ones_like(scale)).log())
+
+
+class BitWeight(ScaledWeight):
     """A weight tensor stored as trainable bit planes.
 
     Parameters: pos, neg (nbits, *shape), each entry relaxed to [0, 2], index 0 the least
-    significant bit; scale, a scalar. lsb_offset counts the least significant planes dropped
-    since conversion, so plane b carries bit b + lsb_offset of the original grid.
+    significant bit; log_scale, a scalar (scale = exp(log_scale)). lsb_offset counts the least
+    significant planes dropped since conversion, so plane b carries bit b + lsb_offset of the
+    original grid.
     """
 
     def __init__(self, weight: torch.Tensor, nbits: int, lsb_offset: int = 0):
@@ -37,7 +62,7 @@ class BitWeight(nn.Module):
         dtype = scale.dtype
         self.pos = nn.Parameter(pos.to(dtype))
         self.neg = nn.Parameter(neg.to(dtype))
-        self.scale = nn.Parameter(scale.detach().clone().reshape(()))
+        self.set_scale_(scale)
         self.lsb_offset = int(lsb_offset)
 
     def forward(self) -> torch.Tensor:
@@ -62,17 +87,17 @@ class BitWeight(nn.Module):
         for name in ("pos", "neg"):
             saved = state_dict.get(prefix + name)
             if saved is not None and saved.shape != getattr(self, name).shape:
-                setattr(self, name, nn.Parameter(torch.empty_like(saved, device=self.scale.device)))
+                setattr(self, name, nn.Parameter(torch.empty_like(saved, device=self.pos.device)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"nbits={self.nbits}, shape={tuple(self.pos.shape[1:])}, lsb_offset={self.lsb_offset}"
 
 
-class QuantWeight(nn.Module):
+class QuantWeight(ScaledWeight):
     """A weight at a frozen precision: W = s * Q_n(clamp(w, -1, 1)), w trained as a float (STE).
 
-    A 0-bit weight (a layer BSQ emptied) is zero and stays zero: w = 0 and scale = 0.
+    A 0-bit weight (a layer BSQ emptied) is zero whatever w and s, so it stays zero.
     """
 
     def __init__(self, w: torch.Tensor, scale: torch.Tensor, nbits: int, lsb_offset: int = 0):
@@ -80,7 +105,7 @@ class QuantWeight(nn.Module):
         if nbits != 0:
             check_nbits(nbits)
         self.w = nn.Parameter(w.detach().clone())
-        self.scale = nn.Parameter(scale.detach().clone().reshape(()))
+        self.set_scale_(scale)
         self.nbits = int(nbits)
         self.lsb_offset = int(lsb_offset)
 

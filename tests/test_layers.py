@@ -82,5 +82,15 @@ def test_reflect_padding_is_refused():
 
 def test_bit_weight_parameters_are_named_pos_neg_scale():
     w = BitWeight(torch.randn(3, 2), 5)
-    assert [n for n, _ in w.named_parameters()] == ["pos", "neg", "scale"]
+    assert [n for n, _ in w.named_parameters()] == ["pos", "neg", "log_scale"]
     assert w.pos.shape == (5, 3, 2) and w.scale.shape == ()
+
+
+def test_scale_gradient_reaches_log_scale():
+    torch.manual_seed(0)
+    w = BitWeight(torch.randn(4, 3), 6)
+    upstream = torch.randn(4, 3)
+    (w() * upstream).sum().backward()
+    # dL/dlog s = s dL/ds = sum(upstream * W)
+    torch.testing.assert_close(w.log_scale.grad.float(), (upstream * w().detach()).sum())
+    assert w.pos.grad.abs().sum() > 0 and w.neg.grad.abs().sum() > 0

@@ -1,0 +1,80 @@
+"""The bsq-explore command: outputs on a real run, one-line errors with exit code 2 on bad input."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bsq_explore.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "bsq_explore.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["train", "--preset", "nope"], "unknown preset 'nope'; choose one of: digits-mlp"),
+    (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of: digits"),
+    (["train", "--model", "vgg"], "unknown model 'vgg'; choose one of: mlp"),
+    (["train", "--colour", "red"], "unrecognized arguments: --colour red; valid options:"),
+    (["train", "--alpha", "-1"], "alpha must be >= 0"),
+    (["train", "--nbits", "17"], "nbits must be 1..16"),
+    (["train", "--nbits", "0"], "nbits must be 1..16"),
+    (["train", "--nbits", "two"], "argument --nbits: invalid"),
+    (["train", "--dataset", "folder:/nonexistent"], "needs train/ and test/ subfolders"),
+    (["train", "--name", "../escape"], "bad run name"),
+    (["train", "--resume"], "--resume and --overwrite need --name"),
+    (["sweep", "--alphas", "a,b"], "expected comma-separated numbers"),
+    (["show", "no-such-run"], "no run 'no-such-run'"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, says):
+    assert main([*args, *(["--runs", str(tmp_path)] if args[0] in ("train", "sweep", "show") else [])]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], lines
+    assert list(tmp_path.iterdir()) == [], "bad input must not leave a run folder"
+
+
+def test_the_console_entry_point_exits_2_on_bad_input():
+    result = run_cli("train", "--preset", "nope")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_missing_torchvision_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BSQ_DATA", str(tmp_path / "data"))
+    assert main(["train", "--dataset", "mnist", "--runs", str(tmp_path / "runs")]) == 2
+    assert "mnist is not under" in capsys.readouterr().err
+
+
+def test_existing_run_name(tiny_run, capsys):
+    assert main(["train", "--runs", str(tiny_run.parent), "--name", "tiny"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_ls_show_export(tiny_run, tmp_path, capsys):
+    assert main(["ls", str(tiny_run.parent)]) == 0
+    listing = capsys.readouterr().out
+    assert "tiny" in listing and "finished" in listing
+    assert main(["show", str(tiny_run)]) == 0
+    shown = capsys.readouterr().out
+    assert "status     finished" in shown and "linear" in shown
+    out = tmp_path / "q.pt"
+    assert main(["export", "tiny", "--runs", str(tiny_run.parent), "--out", str(out)]) == 0
+    exported = torch.load(out, weights_only=True)
+    assert set(exported["layers"]) == {"1", "3", "5"}
+
+
+def test_ls_of_an_empty_root_says_how_to_start(tmp_path, capsys):
+    assert main(["ls", str(tmp_path)]) == 0
+    assert "bsq-explore train" in capsys.readouterr().out
+
+
+def test_train_with_overrides(tmp_path, capsys):
+    args = ["train", "--runs", str(tmp_path), "--name", "cli", "--pretrain-epochs", "1", "--bsq-epochs", "2",
+            "--requant-every", "1", "--finetune-epochs", "0", "--alpha", "0.2", "--bsq-milestones", "1"]
+    assert main(args) == 0
+    from bsq_explore.runs import load_run
+
+    run = load_run(tmp_path / "cli")
+    assert run.info["config"]["alpha"] == 0.2 and run.info["config"]["bsq_milestones"] == [1]
+    assert run.metrics.lr.tolist() == pytest.approx([0.1, 0.05, 0.05, 0.005])

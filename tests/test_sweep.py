@@ -1,0 +1,68 @@
+"""Sweeps: one float model shared by every run, baselines, re-running completes instead of repeating."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from bsq_explore.runs import list_runs, load_run, sweep_table
+from bsq_explore.sweep import sweep
+from conftest import TINY
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+
+
+def test_sweep_shares_the_float_model_and_resumes(tmp_path):
+    table = sweep("digits-mlp", [0.3, 0.0], jobs=2, runs=tmp_path, name="sw", uniform_bits=[3], progress=False,
+                  **{k: v for k, v in TINY.items() if k != "alpha"})
+    assert table.name.tolist() == ["sw-float", "sw-a0", "sw-a0.3", "sw-u3"]
+    assert table.status.eq("finished").all() and table.attrs["errors"] == []
+    float_run = load_run(tmp_path / "sw-float")
+    for name in ("sw-a0", "sw-a0.3", "sw-u3"):
+        config = load_run(tmp_path / name).info["config"]
+        assert config["pretrain_epochs"] == 0 and config["pretrained"] == str(tmp_path / "sw-float" / "float.pt")
+        assert load_run(tmp_path / name).info["sweep"] == "sw"
+    assert float_run.metrics.stage.eq("pretrain").all()
+    # the alpha-0 run starts from the float model: its conversion snapshot equals the float accuracy
+    # up to 8-bit rounding
+    snapshot = load_run(tmp_path / "sw-a0").metrics.query("stage == 'bsq' and epoch == 0").test_acc.item()
+    assert abs(snapshot - float_run.metrics.test_acc.iloc[-1]) < 0.02
+    assert table.set_index("name").loc["sw-u3", "avg_bits"] == 3
+
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/run.json")}
+    again = sweep("digits-mlp", [0.0, 0.3], jobs=1, runs=tmp_path, name="sw", uniform_bits=[3], progress=False,
+                  **{k: v for k, v in TINY.items() if k != "alpha"})
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/run.json")} == before, "finished runs are never re-run"
+    assert again.drop(columns="reason").equals(table.drop(columns="reason"))
+
+
+def test_sweep_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="alphas"):
+        sweep("digits-mlp", [], runs=tmp_path)
+    with pytest.raises(ValueError, match="jobs"):
+        sweep("digits-mlp", [0.1], jobs=0, runs=tmp_path)
+
+
+def shipped():
+    return sweep_table(list_runs(EXAMPLES), "digits")
+
+
+def test_shipped_sweep_bits_fall_as_alpha_grows():
+    bsq = shipped().query("kind == 'bsq'").sort_values("alpha")
+    assert len(bsq) >= 6 and bsq.alpha.iloc[0] == 0 and bsq.status.eq("finished").all()
+    assert bsq.avg_bits.is_monotonic_decreasing
+    assert abs(bsq.avg_bits.iloc[0] - 8) <= 0.5
+
+
+def test_shipped_sweep_reaches_10x_within_2_points_of_float():
+    table = shipped()
+    float_acc = table.query("kind == 'float'").test_acc.item()
+    good = table.query("kind == 'bsq' and compression >= 10 and test_acc >= @float_acc - 0.02")
+    assert len(good) >= 1
+
+
+def test_shipped_sweep_has_uniform_baselines_and_small_files():
+    assert shipped().query("kind == 'uniform'").nbits.tolist() == [2, 3, 4, 8]
+    assert sum(p.stat().st_size for p in EXAMPLES.rglob("*") if p.is_file()) < 5e6
+    assert not list(EXAMPLES.rglob("checkpoint.pt"))
+    for path in EXAMPLES.glob("digits-a*"):
+        torch.load(path / "model.pt", weights_only=True)
