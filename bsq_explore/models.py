@@ -1,6 +1,8 @@
 """Networks of the kit: mlp, lenet5 and the CIFAR ResNets (20/32/56), with optional activation quantization."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,26 +48,26 @@ def activation(act_bits: int) -> nn.Module:
 
 def mlp(in_features: int = 64, hidden: tuple[int, ...] = (256, 128), num_classes: int = 10,
         act_bits: int = 0) -> nn.Sequential:
-    """Flatten, then Linear + activation per hidden width, then a Linear classifier."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    for width in hidden:
-        layers += [nn.Linear(in_features, width), activation(act_bits)]
+    """Flatten, then Linear fc1.. + activation per hidden width, then a Linear classifier."""
+    layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
+    for i, width in enumerate(hidden, 1):
+        layers[f"fc{i}"], layers[f"act{i}"] = nn.Linear(in_features, width), activation(act_bits)
         in_features = width
-    layers.append(nn.Linear(in_features, num_classes))
-    return nn.Sequential(*layers)
+    layers[f"fc{len(hidden) + 1}"] = nn.Linear(in_features, num_classes)
+    return nn.Sequential(OrderedDict(layers))
 
 
 def lenet5(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, act_bits: int = 0) -> nn.Sequential:
     """LeNet-5 with 'same' 5x5 convolutions, so it fits any image size divisible by 4 (8x8 digits too)."""
     side = image_size // 4
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 6, 5, padding=2), activation(act_bits), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5, padding=2), activation(act_bits), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * side * side, 120), activation(act_bits),
-        nn.Linear(120, 84), activation(act_bits),
-        nn.Linear(84, num_classes),
-    )
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(in_channels, 6, 5, padding=2), act1=activation(act_bits), pool1=nn.MaxPool2d(2),
+        conv2=nn.Conv2d(6, 16, 5, padding=2), act2=activation(act_bits), pool2=nn.MaxPool2d(2),
+        flatten=nn.Flatten(),
+        fc1=nn.Linear(16 * side * side, 120), act3=activation(act_bits),
+        fc2=nn.Linear(120, 84), act4=activation(act_bits),
+        fc3=nn.Linear(84, num_classes),
+    ))
 
 
 class BasicBlock(nn.Module):

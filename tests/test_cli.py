@@ -61,7 +61,7 @@ def test_ls_show_export(tiny_run, tmp_path, capsys):
     out = tmp_path / "q.pt"
     assert main(["export", "tiny", "--runs", str(tiny_run.parent), "--out", str(out)]) == 0
     exported = torch.load(out, weights_only=True)
-    assert set(exported["layers"]) == {"1", "3", "5"}
+    assert set(exported["layers"]) == {"fc1", "fc2", "fc3"}
 
 
 def test_ls_of_an_empty_root_says_how_to_start(tmp_path, capsys):
