@@ -1,6 +1,18 @@
-"""bsq_explore app entry point (placeholder until the app issue lands)."""
+"""bsq_explore: watch bits die. Run with `make app` or `streamlit run app/main.py`."""
 import streamlit as st
 
-st.set_page_config(page_title="bsq_explore", page_icon="🧮")
-st.title("bsq_explore")
-st.warning("The app is not built yet. The engine is in the `bsq_explore` package; see README.md.")
+from bsq_explore import dashboard
+
+st.set_page_config(page_title="bsq_explore", page_icon=":material/grid_on:", layout="wide")
+dashboard.sidebar()
+pages = [
+    st.Page("views/runs.py", title="Runs", icon=":material/table_rows:", default=True),
+    st.Page("views/heatmap.py", title="Bit heatmap", icon=":material/grid_on:"),
+    st.Page("views/precision.py", title="Precision", icon=":material/timeline:"),
+    st.Page("views/sweep.py", title="Sweep", icon=":material/scatter_plot:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/whatif.py", title="What if", icon=":material/tune:"),
+    st.Page("views/train.py", title="Train", icon=":material/play_arrow:"),
+    st.Page("views/playground.py", title="Playground", icon=":material/science:"),
+]
+st.navigation(pages).run()

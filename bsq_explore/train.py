@@ -344,3 +344,21 @@ def run_epoch(model, opt, ds, config, generator, stage, epoch, step, total_steps
         folder.append("layers", layers)
     folder.append("metrics", metrics)
     return Event(folder.path, stage, epoch, step, total_steps, row, bits, layers, requant)
+
+
+def launch(preset_name: str, runs: str | os.PathLike, name: str, **overrides) -> subprocess.Popen:
+    """Start `bsq-explore train` as a background process in its own session, so it outlives its
+    caller (an app page can close without killing or corrupting the run). The config is
+    validated here first, so bad input fails at once instead of in the background."""
+    import sys
+
+    from .config import preset
+
+    preset(preset_name, **overrides)
+    if (Path(runs) / check_name(name)).exists():
+        raise FileExistsError(f"run {name} already exists in {runs}")
+    args = [sys.executable, "-m", "bsq_explore.cli", "train", "--preset", preset_name, "--runs", str(runs), "--name", name]
+    for key, value in overrides.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)

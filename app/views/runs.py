@@ -1,0 +1,29 @@
+"""Every run under the runs roots, with its status and summary; damaged runs with the reason."""
+import streamlit as st
+
+from bsq_explore import dashboard
+
+st.title("Runs")
+st.caption("BSQ stores every weight as bit planes and a group Lasso kills whole planes: each run "
+           "below logged, epoch by epoch, which bits of which layer were still alive.")
+table = dashboard.all_runs()
+if table.empty:
+    dashboard.empty_state()
+    st.stop()
+damaged = table[table.status == "damaged"]
+if len(damaged):
+    st.warning(f"{len(damaged)} damaged run(s): " + "; ".join(f"{n}: {r}" for n, r in zip(damaged.name, damaged.reason)))
+columns = ["name", "status", "sweep", "kind", "alpha", "test_acc", "avg_bits", "compression", "epochs", "reason"]
+st.dataframe(table[columns], hide_index=True,
+             column_config={"test_acc": st.column_config.NumberColumn(format="%.3f"),
+                            "avg_bits": st.column_config.NumberColumn(format="%.2f"),
+                            "compression": st.column_config.NumberColumn(format="%.1fx")})
+run = dashboard.pick_run("open a run")
+if run is not None:
+    summary = run.info.get("summary") or {}
+    cols = st.columns(4)
+    cols[0].metric("status", run.info["status"])
+    cols[1].metric("test accuracy", f"{summary['test_acc']:.3f}" if summary.get("test_acc") is not None else "–")
+    cols[2].metric("average bits", f"{summary['avg_bits']:.2f}" if summary.get("avg_bits") is not None else "–")
+    cols[3].metric("compression", f"{summary['compression']:.1f}x" if summary.get("compression") else "–")
+    st.page_link("views/heatmap.py", label="Open its bit heatmap", icon=":material/grid_on:", query_params={"run": run.name})

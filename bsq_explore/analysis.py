@@ -1,0 +1,119 @@
+"""Questions asked of runs, answered as frames: when planes died, final precisions, what-if models."""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from .bits import from_bits, levels, to_bits
+from .runs import Run
+
+
+def epoch_labels(frame: pd.DataFrame) -> pd.Series:
+    """'bsq 12' style labels, one per row, from the stage and epoch columns."""
+    return frame.stage.astype(str) + " " + frame.epoch.astype(str)
+
+
+def death_epochs(bits: pd.DataFrame) -> pd.DataFrame:
+    """When each bit plane of each layer was removed for good.
+
+    One row per (layer, bit) that ever existed: layer, layer_index, bit, born (first step with
+    the plane), died (first step after its last appearance, or NaN if alive at the end) and
+    died_at ('bsq 20' style label of that step, or '' if alive).
+    """
+    steps = bits.drop_duplicates("step").sort_values("step")
+    last_step = steps.step.iloc[-1] if len(steps) else None
+    label = dict(zip(steps.step, epoch_labels(steps)))
+    following = dict(zip(steps.step.iloc[:-1], steps.step.iloc[1:]))
+    life = bits.groupby(["layer_index", "layer", "bit"], as_index=False).agg(born=("step", "min"), last=("step", "max"))
+    died = life["last"].map(lambda s: following.get(s) if s != last_step else None)
+    life["died"] = pd.to_numeric(died, errors="coerce")
+    life["died_at"] = life.died.map(lambda s: label.get(s, "") if pd.notna(s) else "")
+    return (life.drop(columns="last").sort_values(["layer_index", "bit"], ascending=[True, False])
+            .reset_index(drop=True))
+
+
+def final_layers(run: Run) -> pd.DataFrame:
+    """The layers frame at the run's last logged epoch."""
+    layers = run.layers
+    return layers[layers.step == layers.step.max()].reset_index(drop=True) if len(layers) else layers
+
+
+def sweep_layers(runs: list[Run]) -> pd.DataFrame:
+    """Final per-layer bits of BSQ runs, with their alpha: the input of plots.layer_precision_bars."""
+    frames = [final_layers(r).assign(alpha=r.info["config"]["alpha"], run=r.name) for r in runs]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["alpha", "layer", "nbits"])
+
+
+def reduce_precision(exported: dict, nbits: dict[str, int]) -> dict:
+    """A copy of an export() with some layers at fewer bits: the low bits are rounded away.
+
+    q' = round(q / 2^k) clipped to 2^(n-k) - 1 and s' = s 2^k (2^(n-k) - 1) / (2^n - 1), so each
+    weight moves to the nearest point of the coarser grid. 0 bits empties the layer.
+    """
+    layers = {}
+    for name, spec in exported["layers"].items():
+        n, new = spec["nbits"], nbits.get(name, spec["nbits"])
+        if not 0 <= new <= n:
+            raise ValueError(f"layer {name} has {n} bits; it can keep 0 to {n}, not {new}")
+        spec = dict(spec)
+        if new < n:
+            k = n - new
+            q = spec["q"].to(torch.int64)
+            top = levels(new) if new else 0
+            spec["q"] = (torch.round(q / 2**k).clamp(-top, top)).to(spec["q"].dtype)
+            spec["scale"] = spec["scale"] * 2**k * top / levels(n) if new else 0.0
+            spec["nbits"] = new if spec["q"].any() else 0
+        layers[name] = spec
+    return dict(exported, layers=layers)
+
+
+def export_size(exported: dict) -> dict:
+    """avg_bits, compression and packed bytes of an export's converted layers."""
+    numel = sum(spec["q"].numel() for spec in exported["layers"].values())
+    total = sum(spec["q"].numel() * spec["nbits"] for spec in exported["layers"].values())
+    avg = total / numel if numel else 0.0
+    return dict(avg_bits=avg, compression=32 / avg if avg else float("inf"), packed_bytes=total / 8)
+
+
+def reconstruction_errors(w: torch.Tensor, max_bits: int = 8) -> pd.DataFrame:
+    """How far the n-bit quantization of w is from w, for n = 1..max_bits."""
+    rows = []
+    for n in range(1, max_bits + 1):
+        pos, neg, scale = to_bits(w, n)
+        err = (from_bits(pos, neg, scale) - w).abs()
+        rows.append(dict(nbits=n, max_abs_error=err.max().item(), rmse=err.pow(2).mean().sqrt().item(),
+                         bound=scale.item() / levels(n) / 2))
+    return pd.DataFrame(rows)
+
+
+class WhatIf:
+    """A finished run's quantized model, re-evaluated with fewer bits in chosen layers."""
+
+    def __init__(self, run: Run):
+        from .config import BSQConfig
+        from .data import load
+        from .train import build_model
+
+        if not (run.path / "model.pt").exists():
+            raise FileNotFoundError(f"{run.name} has no model.pt (it has not finished)")
+        config = BSQConfig.from_dict(run.info["config"])
+        self.data = load(config.dataset, config.train_subset, config.test_subset)
+        self.exported = torch.load(run.path / "model.pt", weights_only=True)
+        self.model = build_model(config, self.data)
+        self.bits = {name: spec["nbits"] for name, spec in self.exported["layers"].items()}
+
+    def evaluate(self, nbits: dict[str, int] | None = None) -> dict:
+        """Test accuracy and size with nbits[layer] bits kept (others as trained)."""
+        from .bsq import load_quantized
+        from .train import evaluate
+
+        exported = reduce_precision(self.exported, nbits or {})
+        load_quantized(self.model, exported)
+        return dict(test_acc=evaluate(self.model, self.data.test_x, self.data.test_y), **export_size(exported))
+
+
+def logged_steps(frame: pd.DataFrame) -> tuple[list[int], list[str]]:
+    """The distinct steps of a frame in order, with their 'bsq 12' labels."""
+    steps = frame.drop_duplicates("step").sort_values("step")
+    return steps.step.astype(int).tolist(), epoch_labels(steps).tolist()

@@ -1,0 +1,111 @@
+"""Streamlit glue shared by the app's pages: runs roots, cached loading, the URL's run/sweep/epoch."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from .runs import DamagedRun, Run, check_name, list_runs, load_run, runs_root
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+
+
+def roots() -> list[Path]:
+    """The user's runs root (sidebar, else $BSQ_RUNS or data/runs) and the shipped examples."""
+    user = Path(st.session_state.get("runs_root") or runs_root())
+    return [user, EXAMPLES] if user.resolve() != EXAMPLES.resolve() else [EXAMPLES]
+
+
+def _stamp(folder: Path) -> tuple:
+    """Changes whenever the run writes an epoch: the cache key of a loaded run."""
+    return tuple(os.stat(p).st_mtime_ns if p.exists() else 0
+                 for p in (folder / "run.json", folder / "metrics.parquet", folder / "bits.parquet"))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _load(path: str, stamp: tuple) -> Run:
+    return load_run(path)
+
+
+@st.cache_data(show_spinner=False, ttl=2)
+def runs_table(paths: tuple[str, ...]) -> pd.DataFrame:
+    return list_runs(*paths)
+
+
+def all_runs() -> pd.DataFrame:
+    return runs_table(tuple(str(r) for r in roots()))
+
+
+def find(name: str) -> Path | None:
+    """A run folder by name, looked up only inside the roots (whatever the URL says)."""
+    try:
+        check_name(name)
+    except ValueError:
+        return None
+    return next((r / name for r in roots() if (r / name).is_dir()), None)
+
+
+def open_run(name: str) -> Run | None:
+    """Load a run by name; a damaged one shows its reason and gives None."""
+    path = find(name)
+    if path is None:
+        st.error(f"No run named {name!r} in {', '.join(map(str, roots()))}.")
+        return None
+    try:
+        return _load(str(path), _stamp(path))
+    except DamagedRun as err:
+        st.error(f"Run {name} is damaged: {err}")
+        return None
+
+
+def empty_state() -> None:
+    st.info("No runs yet. Start one on the **Train** page, or from a terminal:\n\n"
+            "`bsq-explore train --preset digits-mlp --alpha 0.3`\n\n"
+            f"Runs are read from {', '.join(f'`{r}`' for r in roots())}.")
+
+
+def pick_run(label: str = "run", key: str = "run", finished_only: bool = False) -> Run | None:
+    """A run picker remembered in the URL (?run=NAME); damaged runs are listed but not opened."""
+    table = all_runs()
+    table = table[table.status != "damaged"]
+    if finished_only:
+        table = table[table.status == "finished"]
+    if table.empty:
+        empty_state()
+        return None
+    names = table.name.tolist()
+    wanted = st.query_params.get(key) or st.session_state.get(f"last_{key}")
+    start = names.index(wanted) if wanted in names else names.index(featured(table))
+    name = st.selectbox(label, names, index=start, key=f"pick_{key}")
+    st.session_state[f"last_{key}"] = name
+    st.query_params[key] = name
+    return open_run(name)
+
+
+def featured(table: pd.DataFrame) -> str:
+    """The run to open first: the most compressed BSQ run within 2 points of the best accuracy
+    (on the shipped sweep, the one that shows the trade-off best), else the first run."""
+    done = table[(table.kind == "bsq") & (table.status == "finished")].dropna(subset=["test_acc", "compression"])
+    if done.empty:
+        return table.name.iloc[0]
+    good = done[done.test_acc >= table.test_acc.max() - 0.02]
+    return good.sort_values("compression").name.iloc[-1]
+
+
+def pick_step(steps: list[int], labels: list[str], key: str = "epoch") -> int:
+    """An epoch slider over the logged steps, remembered in the URL (?epoch=STEP)."""
+    wanted = st.query_params.get(key)
+    start = int(wanted) if wanted is not None and wanted.lstrip("-").isdigit() and int(wanted) in steps else steps[-1]
+    if len(steps) == 1:
+        return steps[0]
+    step = st.select_slider("epoch", options=steps, value=start, format_func=dict(zip(steps, labels)).get,
+                            key=f"slider_{key}")
+    st.query_params[key] = str(step)
+    return step
+
+
+def sidebar() -> None:
+    st.sidebar.text_input("runs root", value=str(runs_root()), key="runs_root",
+                          help="Folder of run folders; the shipped examples are always listed too.")

@@ -1,0 +1,74 @@
+"""The real app in headless Chromium: every page renders its charts and shows no exception."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_sweep import EXAMPLES
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = EXAMPLES.parents[1]
+# page url path -> does it draw a plotly chart with the default selection?
+PAGES = {"": False, "heatmap": True, "precision": True, "sweep": True, "compare": True, "whatif": False,
+         "train": False, "playground": True}
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                                reason="Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_run):
+    runs = tmp_path_factory.mktemp("browser_runs")
+    shutil.copytree(tiny_run, runs / "tiny")
+    port = free_port()
+    env = dict(os.environ, BSQ_RUNS=str(runs))
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
+                             "--server.headless", "true", "--server.port", str(port),
+                             "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not become healthy in 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_every_page_renders_in_chromium(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for path, has_chart in PAGES.items():
+            page.goto(f"{server}/{path}")
+            page.wait_for_selector("[data-testid='stMain'] h1", timeout=60_000)
+            if has_chart:
+                page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+            page.wait_for_timeout(500)
+            assert page.locator("[data-testid='stException']").count() == 0, f"exception on /{path}"
+            page.screenshot(path=str(tmp_path / f"{path or 'runs'}.png"), full_page=True)
+        browser.close()
+    assert len(list(tmp_path.glob("*.png"))) == len(PAGES)
