@@ -73,9 +73,8 @@ def throughput(cifar: Path, batches: int) -> tuple[float, float]:
     return n / t_ours, n / t_theirs
 
 
-def frame_cost(epochs: int = 650) -> tuple[float, float]:
-    """Seconds to observe a ResNet-20 and rewrite its frames after epoch 650, and one CPU BSQ
-    epoch of CIFAR-shaped data (391 batches of 128, from the median of a few timed steps)."""
+def resnet_history(epochs: int):
+    """A converted ResNet-20 and frames of `epochs` BSQ epochs shaped like a real run's."""
     torch.manual_seed(0)
     model = convert_(resnet20(act_bits=4), 8, filter_fn=not_shortcut)
     keys = dict(stage="bsq", epoch=1, step=1)
@@ -83,8 +82,15 @@ def frame_cost(epochs: int = 650) -> tuple[float, float]:
     layers = layer_precision(model).assign(**keys)[FRAME_COLUMNS["layers"]]
     metric = pd.DataFrame([dict(stage="bsq", epoch=1, step=1, train_loss=1.0, reg_loss=1.0, train_acc=0.5,
                                 test_acc=0.5, avg_bits=8.0, compression=4.0, lr=0.1, seconds=1.0)])
-    history = {k: pd.concat([f.assign(epoch=e, step=e) for e in range(epochs - 1)], ignore_index=True)
+    history = {k: pd.concat([f.assign(epoch=e, step=e) for e in range(epochs)], ignore_index=True)
                for k, f in (("bits", bits), ("layers", layers), ("metrics", metric))}
+    return model, history, metric
+
+
+def frame_cost(epochs: int = 650) -> tuple[float, float]:
+    """Seconds to observe a ResNet-20 and rewrite its frames after epoch 650, and one CPU BSQ
+    epoch of CIFAR-shaped data (391 batches of 128, from the median of a few timed steps)."""
+    model, history, metric = resnet_history(epochs - 1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = RunFolder(Path(tmp), {}, history)
 
