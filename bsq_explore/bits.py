@@ -45,6 +45,8 @@ def integer_weight(w: torch.Tensor, nbits: int) -> tuple[torch.Tensor, torch.Ten
     _check_float(w, "weight")
     check_nbits(nbits)
     w = w.detach()
+    if w.dtype in (torch.float16, torch.bfloat16):  # |w| / s * (2^n - 1) overflows or rounds off a level in them
+        w = w.float()
     if not bool(torch.isfinite(w).all()):
         raise ValueError("weight holds NaN or inf values; cannot quantize it")
     scale = w.abs().amax() if w.numel() else w.new_zeros(())
@@ -89,10 +91,16 @@ def from_bits(pos: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor) -> torc
     """
     _check_float(pos, "pos")
     _check_float(neg, "neg")
+    if pos.dtype != neg.dtype:
+        raise TypeError(f"pos and neg must share a dtype, got {pos.dtype} and {neg.dtype}")
     if pos.shape != neg.shape or pos.dim() == 0:
         raise ValueError(f"pos and neg must share a shape (nbits, *weight_shape), got {tuple(pos.shape)} and {tuple(neg.shape)}")
-    nbits = check_nbits(pos.shape[0])
-    return (scale * quantize(plane_values(pos, neg) / levels(nbits), nbits)).to(pos.dtype)
+    n = levels(check_nbits(pos.shape[0]))
+    # quantize in the integer domain (one clamp and round, no rescaling back and forth): the
+    # value is exactly scale * (q / n), the same float operations as uniform quantization
+    x = plane_values(pos, neg)
+    q = x.detach().clamp(-n, n).round()
+    return (scale * ((q + (x - x.detach())) / n)).to(pos.dtype)
 
 
 def plane_sq_norms(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
