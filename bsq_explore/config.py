@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .bits import MAX_BITS
@@ -43,6 +44,10 @@ class BSQConfig:
     device: str = "cpu"               # cpu | cuda | auto
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # nan slips through the comparisons below, inf trains to nan
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         checks = [
             (1 <= self.nbits <= MAX_BITS, f"nbits must be 1..{MAX_BITS}"),
             (self.nbits <= self.max_bits <= MAX_BITS, f"max_bits must be nbits..{MAX_BITS}"),
@@ -50,6 +55,9 @@ class BSQConfig:
             (self.requant_every >= 1, "requant_every must be >= 1"),
             (min(self.pretrain_epochs, self.bsq_epochs, self.finetune_epochs) >= 0, "epochs must be >= 0"),
             (min(self.pretrain_lr, self.bsq_lr, self.finetune_lr) > 0, "learning rates must be > 0"),
+            (self.lr_gamma > 0, "lr_gamma must be > 0"),
+            (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0"),
+            (-2**63 <= self.seed < 2**64, "seed must fit in 64 bits"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (min(self.train_subset, self.test_subset) >= 0, "subsets must be >= 0"),
             (self.act_bits == 0 or 1 <= self.act_bits <= MAX_BITS, f"act_bits must be 0 or 1..{MAX_BITS}"),
