@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import typing
 from pathlib import Path
@@ -33,6 +34,14 @@ def _parse_field(kind, text: str):
     return kind(text)
 
 
+def _field_type(kind):
+    """The option's type function, named after the field's type for argparse's 'invalid int value'."""
+    def parse(text: str):
+        return _parse_field(kind, text)
+    parse.__name__ = "comma-separated integers" if typing.get_origin(kind) is tuple else kind.__name__
+    return parse
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     from .config import BSQConfig
 
@@ -43,7 +52,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             continue
         kind = hints[f.name]
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, metavar=f.name.upper(),
-                           type=lambda text, kind=kind: _parse_field(kind, text), default=None,
+                           type=_field_type(kind), default=None,
                            help=f"default {f.default!r}")
 
 
@@ -106,11 +115,14 @@ def find_run(run: str, runs: str | None) -> Path:
     raise FileNotFoundError(f"no run {run!r} under {runs_root(runs)} or {EXAMPLES}")
 
 
-def _floats(text: str) -> list[float]:
+def _numbers(text: str, kind=float) -> list:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError
+        return values
     except ValueError:
-        raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"expected comma-separated {'integers' if kind is int else 'numbers'}, got {text!r}") from None
 
 
 def cmd_train(args) -> int:
@@ -133,8 +145,8 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     from .sweep import sweep
 
-    table = sweep(args.preset, _floats(args.alphas), jobs=args.jobs, runs=args.runs, name=args.name,
-                  uniform_bits=[int(b) for b in _floats(args.uniform)], **_overrides(args))
+    table = sweep(args.preset, _numbers(args.alphas), jobs=args.jobs, runs=args.runs, name=args.name,
+                  uniform_bits=_numbers(args.uniform, int), **_overrides(args))
     print(table.to_string(index=False))
     for error in table.attrs.get("errors", []):
         print(f"failed: {error}", file=sys.stderr)
@@ -155,15 +167,17 @@ def cmd_ls(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from .config import BSQConfig
     from .runs import load_run
 
     run = load_run(find_run(args.run, args.runs))
     info, summary = run.info, run.info.get("summary") or {}
     print(f"run        {run.path}")
-    print(f"status     {info['status']}" + (f" ({info['error']})" if info.get("error") else ""))
-    c = info["config"]
-    print(f"config     {c['model']} on {c['dataset']}, alpha {c['alpha']:g}, {c['nbits']}-bit start, "
-          f"epochs {c['pretrain_epochs']}+{c['bsq_epochs']}+{c['finetune_epochs']}")
+    stale = " (stale: its process is gone; train --resume goes on)" if run.stale else ""
+    print(f"status     {info['status']}{stale}" + (f" ({info['error']})" if info.get("error") else ""))
+    c = BSQConfig.from_dict(info["config"])  # fills fields an older run.json lacks
+    print(f"config     {c.model} on {c.dataset}, alpha {c.alpha:g}, {c.nbits}-bit start, "
+          f"epochs {c.pretrain_epochs}+{c.bsq_epochs}+{c.finetune_epochs}")
     for key in ("test_acc", "bsq_acc", "avg_bits", "compression"):
         if summary.get(key) is not None:
             print(f"{key:<10} {summary[key]:.4g}")
@@ -177,12 +191,15 @@ def cmd_show(args) -> int:
 def cmd_export(args) -> int:
     import torch
 
-    from .runs import write_atomic
+    from .runs import unreadable, write_atomic
 
     model = find_run(args.run, args.runs) / "model.pt"
     if not model.exists():
         raise FileNotFoundError(f"{model} does not exist (the run has not finished)")
-    exported = torch.load(model, weights_only=True)
+    try:
+        exported = torch.load(model, weights_only=True)
+    except Exception as err:  # truncated, or pickled objects that weights_only refuses to build
+        raise unreadable(model, err) from None
     data = model.read_bytes()
     out = Path(args.out)
     write_atomic(out, data)
@@ -193,21 +210,26 @@ def cmd_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; bad input (also an unwritable runs root) is one line and exit code 2, a run
+    that fails once training has begun is one line and exit code 1 (its folder keeps the reason)."""
     from .runs import DamagedRun
 
     try:
         args = build_parser().parse_args(argv)
         return {"train": cmd_train, "sweep": cmd_sweep, "ls": cmd_ls, "show": cmd_show,
                 "export": cmd_export}[args.command](args)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,
-            IsADirectoryError, NotADirectoryError, DamagedRun) as err:
-        print(f"bsq-explore: error: {err}".splitlines()[0], file=sys.stderr)
-        return 2
+    except SystemExit as done:  # argparse exits after printing --help
+        return done.code if isinstance(done.code, int) else 0
     except KeyboardInterrupt:
         print("bsq-explore: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # a failed run: its folder already records the reason
-        print(f"bsq-explore: failed: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+    except Exception as err:
+        failed_run = getattr(err, "failed_run", None)  # set by train() once the run has begun
+        if failed_run is None and isinstance(err, (UsageError, ValueError, TypeError, OSError, DamagedRun)):
+            print(f"bsq-explore: error: {err}".splitlines()[0], file=sys.stderr)
+            return 2
+        where = f"run {failed_run} " if failed_run is not None else ""
+        print(f"bsq-explore: {where}failed: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
         return 1
 
 

@@ -6,15 +6,18 @@ import json
 import math
 import os
 import re
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from .config import BSQConfig
 from .stats import BIT_COLUMNS, LAYER_COLUMNS
 
 STAGES = ("pretrain", "bsq", "finetune")
+STATUSES = ("running", "finished", "failed")
 METRIC_COLUMNS = ["stage", "epoch", "step", "train_loss", "reg_loss", "train_acc", "test_acc",
                   "avg_bits", "compression", "lr", "seconds"]
 FRAME_COLUMNS = {
@@ -36,9 +39,22 @@ def runs_root(path: str | os.PathLike | None = None) -> Path:
 
 def check_name(name: str) -> str:
     """A run name is one plain folder name: letters, digits and . _ + = -, no separators, no '..'."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:  # match() let "x\n" through
         raise ValueError(f"bad run name {name!r}: use letters, digits and . _ + = - (no slashes, no '..')")
     return name
+
+
+def prepare_root(root: Path) -> Path:
+    """Create the runs root and prove it takes a file, so a bad root fails before any training."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root) as probe:  # os.access says yes to root on any mode
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise OSError(f"cannot write to runs root {root} ({err.strerror or err})") from err
+    return root
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -89,6 +105,39 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def stale(self) -> bool:
+        return is_stale(self.info)
+
+
+def process_alive(info: dict) -> bool | None:
+    """Whether the process that wrote the run still exists; None when that cannot be told
+    (another host, or not POSIX)."""
+    provenance = info.get("provenance") or {}
+    pid = provenance.get("pid")
+    if provenance.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0 \
+            or os.name != "posix":  # Windows' os.kill would end the process
+        return None
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    try:  # a killed child that its parent (say, the app) has not reaped yet is a zombie: gone too
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc here
+        return True
+
+
+def is_stale(info: dict) -> bool:
+    """True for a run marked running whose process is gone: it was killed and can be resumed.
+
+    Only a process on this host can be checked; a run from another host is never called stale.
+    """
+    return info.get("status") == "running" and process_alive(info) is False
+
 
 def _frame_path(folder: Path, kind: str, info: dict) -> Path | None:
     """The frame's file, or None when a running run has not written it yet."""
@@ -107,8 +156,9 @@ def _check_columns(name: str, kind: str, columns) -> None:
         raise DamagedRun(f"{name} lacks columns {', '.join(missing)}")
 
 
-def _unreadable(path: Path, err: Exception) -> DamagedRun:
-    return DamagedRun(f"{path.name} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+def unreadable(path: Path, err: Exception) -> DamagedRun:
+    """The DamagedRun for a file that fails to parse, with the parser's first line."""
+    return DamagedRun(f"{path.name} is unreadable ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]})")
 
 
 def _read_frame(folder: Path, kind: str, info: dict) -> pd.DataFrame:
@@ -118,7 +168,7 @@ def _read_frame(folder: Path, kind: str, info: dict) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
-        raise _unreadable(path, err) from None
+        raise unreadable(path, err) from None
     _check_columns(path.name, kind, frame.columns)
     return frame
 
@@ -133,7 +183,7 @@ def _check_frame(folder: Path, kind: str, info: dict) -> int:
     try:
         meta = pq.read_metadata(path)
     except Exception as err:
-        raise _unreadable(path, err) from None
+        raise unreadable(path, err) from None
     _check_columns(path.name, kind, meta.schema.names)
     return meta.num_rows
 
@@ -148,6 +198,14 @@ def read_info(folder: Path) -> dict:
         raise DamagedRun(f"run.json is not valid JSON ({err})") from None
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict) or "status" not in info:
         raise DamagedRun("run.json lacks its config or status")
+    if info["status"] not in STATUSES:
+        raise DamagedRun(f"run.json has an unknown status {info['status']!r}")
+    if not isinstance(info.get("summary") or {}, dict) or not isinstance(info.get("provenance") or {}, dict):
+        raise DamagedRun("run.json has a summary or provenance that is not a mapping")
+    try:
+        BSQConfig.from_dict(info["config"])
+    except (ValueError, TypeError) as err:
+        raise DamagedRun(f"run.json has a bad config ({str(err).splitlines()[0][:120]})") from None
     return info
 
 
@@ -172,7 +230,11 @@ def run_kind(config: dict) -> str:
 
 
 def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
-    """One row per run folder under the roots, damaged ones included with the reason; never raises."""
+    """One row per run folder under the roots, damaged ones included with the reason; never raises.
+
+    status is running, finished, failed, damaged, or "running (stale)" for a run marked running
+    whose process on this host is gone (killed: it keeps its finished epochs and can be resumed).
+    """
     rows = []
     for root in roots:
         root = Path(root)
@@ -191,6 +253,9 @@ def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
                            **{k: summary.get(k) for k in ("test_acc", "bsq_acc", "avg_bits", "compression")})
                 if info["status"] == "failed":
                     row["reason"] = info.get("error") or ""
+                elif is_stale(info):
+                    row.update(status="running (stale)",
+                               reason=f"process {info['provenance']['pid']} is gone; resume it to go on")
             except DamagedRun as err:
                 row.update(status="damaged", reason=str(err))
             rows.append(row)

@@ -26,7 +26,8 @@ from . import __version__, data, models
 from .bsq import bit_lasso, clamp_bits_, export, freeze_, requantize_
 from .config import BSQConfig
 from .layers import convert_
-from .runs import FRAME_COLUMNS, check_name, load_run, runs_root, write_atomic, write_frame, write_json
+from .runs import (FRAME_COLUMNS, DamagedRun, check_name, load_run, prepare_root, process_alive, read_info,
+                   runs_root, unreadable, write_atomic, write_frame, write_json)
 from .stats import bit_sparsity, layer_precision, model_size
 
 
@@ -52,7 +53,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for, but CUDA is not available here (use --device cpu or auto)")
+        raise ValueError("device cuda was asked for, but CUDA is not available here (use --device cpu or auto)")
     return torch.device(name)
 
 
@@ -183,12 +184,18 @@ class RunFolder:
                                     git_sha=_git_sha(), device=str(device), seed=config.seed, host=socket.gethostname(),
                                     pid=os.getpid(), start=_now(), end=None))
         folder = cls(path, info, {k: pd.DataFrame(columns=c) for k, c in FRAME_COLUMNS.items()})
-        folder.write_info()
+        try:
+            folder.write_info()
+        except OSError:  # leave no folder without run.json behind: it would list as damaged
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         return folder
 
     @classmethod
     def reopen(cls, path: Path, kept: list[tuple[str, int, int]]) -> "RunFolder":
         """Continue a run: keep the rows of the checkpointed epochs (a later, unsaved one is re-run)."""
+        for tmp in path.glob(".*.tmp"):  # half-written files of a killed process
+            tmp.unlink(missing_ok=True)
         run = load_run(path)
         keys = {(stage, epoch) for stage, epoch, _ in kept}
         frames = {}
@@ -237,18 +244,20 @@ def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | 
     device = resolve_device(config.device)
     steps = plan(config)
     ckpt = None
+    if path.exists() and not (resume or overwrite):
+        raise FileExistsError(f"run {path} already exists (pick another --name, or pass --resume or --overwrite)")
+    if path.exists():
+        _check_idle(path)
     if resume:
         if not (path / "checkpoint.pt").exists():
             raise FileNotFoundError(f"cannot resume {path}: it has no checkpoint.pt")
-        ckpt = torch.load(path / "checkpoint.pt", map_location=device, weights_only=True)
-        config = BSQConfig.from_dict(ckpt["config"])
+        try:
+            ckpt = torch.load(path / "checkpoint.pt", map_location=device, weights_only=True)
+            config = BSQConfig.from_dict(ckpt["config"])
+        except Exception as err:  # torch raises several types for a truncated or foreign file
+            raise unreadable(path / "checkpoint.pt", err) from None
         steps = plan(config)
-    elif path.exists() and not overwrite:
-        raise FileExistsError(f"run {path} already exists (pick another --name, or pass --resume or --overwrite)")
-    else:
-        root.mkdir(parents=True, exist_ok=True)
-        if not os.access(root, os.W_OK):
-            raise PermissionError(f"cannot write to runs root {root}")
+    prepare_root(root)
 
     ds = data.load(config.dataset, config.train_subset, config.test_subset, config.download).to(device)
     torch.manual_seed(config.seed)
@@ -310,9 +319,24 @@ def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | 
                    collapsed=bool(last is not None and last.avg_bits == 0))
     except BaseException as err:
         reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-        folder.end("failed", error=reason.splitlines()[0])
+        try:
+            folder.end("failed", error=reason.splitlines()[0])
+        except OSError:  # a full disk can refuse run.json too; keep the first error (the run then lists as stale)
+            pass
+        err.failed_run = path  # lets the CLI tell a failed run (exit 1) from bad input (exit 2)
         raise
     return path
+
+
+def _check_idle(path: Path) -> None:
+    """Refuse to resume or overwrite a run whose process still runs on this host: two writers would mix it."""
+    try:
+        info = read_info(path)
+    except DamagedRun:
+        return
+    pid = (info.get("provenance") or {}).get("pid")
+    if info["status"] == "running" and pid != os.getpid() and process_alive(info):
+        raise FileExistsError(f"run {path} is still running (process {pid}); stop it first")
 
 
 def run_epoch(model, opt, ds, config, generator, stage, epoch, step, total_steps, folder) -> Event:
