@@ -44,44 +44,75 @@ def _needs_run(path: Path) -> bool | str:
 
 def _run_one(task) -> str | None:
     """Worker: train one run; returns None, or the one-line reason it failed."""
-    config, root, name, sweep_name, resume, threads = task
+    config, root, name, sweep_name, resume, threads, progress = task
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        train(config, runs=root, name=name, sweep=sweep_name, resume=resume, progress=False)
+        train(config, runs=root, name=name, sweep=sweep_name, resume=resume, progress=progress)
         return None
     except Exception as err:  # the run folder records the failure; the sweep goes on
         return f"{name}: {type(err).__name__}: {err}".splitlines()[0]
+    finally:
+        torch.set_num_threads(before)  # a task run in the caller's process leaves it as it was
+
+
+def run_local(tasks: list, jobs: int = 1) -> list[str | None]:
+    """Each task in a process of this machine, jobs at a time (in this process when jobs is 1)."""
+    if jobs == 1 or len(tasks) == 1:
+        return [_run_one(t) for t in tasks]
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        return pool.map(_run_one, tasks, chunksize=1)
+
+
+def run_ray(tasks: list, address: str | None = None, cpus_per_trial: int = 1, gpus_per_trial: float = 0) -> list[str | None]:
+    """Each task a Ray task with its own CPU/GPU request, on the cluster at address (or the Ray
+    instance this process already joined, or a new local one). Workers must reach the runs root."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the ray backend needs Ray: pip install 'bsq_explore[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial)(_run_one)
+    return ray.get([remote.remote(t) for t in tasks])
 
 
 def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | None = None, name: str | None = None,
-          uniform_bits=UNIFORM_BITS, progress: bool = True, **overrides) -> pd.DataFrame:
-    """Train the float model once, then every alpha and every uniform baseline from it, jobs at a time.
+          uniform_bits=UNIFORM_BITS, progress: bool = True, backend: str = "local", address: str | None = None,
+          cpus_per_trial: int = 1, gpus_per_trial: float = 0, **overrides) -> pd.DataFrame:
+    """Train the float model once, then every alpha and every uniform baseline from it.
 
-    Runs are tagged with the sweep name; finished runs are kept, interrupted ones resume from
-    their checkpoint, so calling sweep again completes a sweep. Returns the sweep table.
+    backend 'local' runs jobs processes on this machine; 'ray' makes every run a Ray task
+    asking for cpus_per_trial CPUs and gpus_per_trial GPUs on the cluster at address. Runs are
+    tagged with the sweep name; finished runs are kept, failed or killed ones resume from their
+    checkpoint, so calling sweep again completes a sweep. Returns the sweep table.
     """
-    if jobs < 1:
-        raise ValueError("jobs must be >= 1")
+    if jobs < 1 or cpus_per_trial < 1 or gpus_per_trial < 0:
+        raise ValueError("jobs and cpus_per_trial must be >= 1, gpus_per_trial >= 0")
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {backend!r}; choose local or ray")
     alphas = sorted(float(a) for a in alphas)
     if not alphas or min(alphas) < 0:
         raise ValueError("give one or more alphas >= 0")
     config = preset(preset_name, **overrides)
     name = check_name(name or f"{preset_name}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
     root = runs_root(runs)
+    threads = cpus_per_trial if backend == "ray" else max(1, (os.cpu_count() or 1) // jobs)
+    execute = ((lambda tasks: run_local(tasks, jobs)) if backend == "local" else
+               (lambda tasks: run_ray(tasks, address, cpus_per_trial, gpus_per_trial)))
+
     float_name = f"{name}-float"
     status = _needs_run(root / float_name)
     if status:
-        train(config.replace(bsq_epochs=0, finetune_epochs=0), runs=root, name=float_name, sweep=name,
-              resume=status == "resume", progress=progress)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    tasks = [(c, str(root), n, name, status == "resume", threads)
+        alone = cpus_per_trial if backend == "ray" else os.cpu_count() or 1  # nothing else runs yet
+        error, = execute([(config.replace(bsq_epochs=0, finetune_epochs=0), str(root), float_name, name,
+                           status == "resume", alone, progress and backend == "local")])
+        if error:
+            raise RuntimeError(f"the shared float model failed, so no alpha can start: {error}")
+    tasks = [(c, str(root), n, name, status == "resume", threads, False)
              for n, c in plan_sweep(config, name, alphas, uniform_bits, root / float_name / "float.pt")
              if (status := _needs_run(root / n))]
-    if jobs == 1:
-        errors = [_run_one(t) for t in tasks]
-    else:
-        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-            errors = pool.map(_run_one, tasks, chunksize=1)
+    errors = execute(tasks) if tasks else []
     table = sweep_table(list_runs(root), name)
     table.attrs["errors"] = [e for e in errors if e]
     return table

@@ -66,3 +66,25 @@ def test_shipped_sweep_has_uniform_baselines_and_small_files():
     assert not list(EXAMPLES.rglob("checkpoint.pt"))
     for path in EXAMPLES.glob("digits-a*"):
         torch.load(path / "model.pt", weights_only=True)
+
+
+def test_ray_backend_writes_the_same_runs_as_the_local_one(tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is the optional extra bsq_explore[ray] (make test installs it)")
+    import pandas as pd
+
+    small = {k: v for k, v in TINY.items() if k != "alpha"}
+    local = sweep("digits-mlp", [0.0, 0.2, 0.4], jobs=2, runs=tmp_path / "local", name="s", uniform_bits=[2],
+                  progress=False, **small)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = sweep("digits-mlp", [0.0, 0.2, 0.4], runs=tmp_path / "ray", name="s", uniform_bits=[2],
+                       progress=False, backend="ray", cpus_per_trial=1, **small)
+    finally:
+        ray.shutdown()
+    assert remote.drop(columns="reason").equals(local.drop(columns="reason"))
+    assert remote.status.eq("finished").all() and len(remote) == 5
+    for name in remote.name:
+        a, b = load_run(tmp_path / "local" / name), load_run(tmp_path / "ray" / name)
+        for kind in ("metrics", "bits", "layers"):
+            pd.testing.assert_frame_equal(getattr(a, kind).drop(columns="seconds", errors="ignore"),
+                                          getattr(b, kind).drop(columns="seconds", errors="ignore"))
