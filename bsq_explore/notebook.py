@@ -198,15 +198,16 @@ def load_model(run: Run):
 
 def size_table(exported: dict) -> pd.DataFrame:
     """Bytes of each converted layer of a bsq.export: as float32, as stored (the integer dtype of
-    q) and bit-packed (numel * nbits / 8), with a total row."""
-    rows = [dict(layer=name, nbits=spec["nbits"], numel=spec["q"].numel(), float32_bytes=4 * spec["q"].numel(),
+    q) and bit-packed (numel * nbits / 8), and a total row whose nbits is the average."""
+    rows = [dict(layer=name, nbits=float(spec["nbits"]), numel=spec["q"].numel(), float32_bytes=4 * spec["q"].numel(),
                  stored_bytes=spec["q"].numel() * spec["q"].element_size(),
                  packed_bytes=spec["q"].numel() * spec["nbits"] / 8)
             for name, spec in exported["layers"].items()]
     table = pd.DataFrame(rows)
-    total = dict(layer="total", nbits=float("nan"), **table[["numel", "float32_bytes", "stored_bytes",
-                                                             "packed_bytes"]].sum().to_dict())
-    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    total = table[["numel", "float32_bytes", "stored_bytes", "packed_bytes"]].sum()
+    total = dict(layer="total", nbits=8 * total.packed_bytes / total.numel if total.numel else 0.0, **total)
+    table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    return table.astype(dict(numel="int64", float32_bytes="int64", stored_bytes="int64"))
 
 
 # --- 05: CIFAR-10 ------------------------------------------------------------------------------
@@ -232,12 +233,14 @@ def synthetic_image_folder(root: str | os.PathLike, classes: int = 10, train_per
     return root
 
 
-def cifar10_source(fallback: str | os.PathLike) -> tuple[str, str]:
+def cifar10_source(fallback: str | os.PathLike | None = None) -> tuple[str, str]:
     """(dataset, note): the shared CIFAR-10 image folder when this checkout has one beside it, else a
-    synthetic stand-in made under fallback, with a note that says which."""
+    synthetic stand-in made under fallback (default: a new temporary folder), with a note that says which."""
     if (SHARED_CIFAR10 / "train").is_dir() and (SHARED_CIFAR10 / "test").is_dir():
         return f"folder:{SHARED_CIFAR10}", f"Using the CIFAR-10 image folder {SHARED_CIFAR10}."
-    root = synthetic_image_folder(fallback)
+    import tempfile
+
+    root = synthetic_image_folder(fallback or Path(tempfile.mkdtemp(prefix="bsq-synthetic-cifar10-")))
     return f"folder:{root}", (f"{SHARED_CIFAR10} does not exist, so a tiny synthetic 10-class image folder "
                               f"({root}) stands in: the pipeline runs, but its numbers say nothing about CIFAR-10.")
 

@@ -227,7 +227,7 @@ def test_load_model_export_and_size_table():
     assert (layers.float32_bytes == 4 * layers.numel).all() and (layers.stored_bytes == layers.numel).all()  # int8
     total = table.set_index("layer").loc["total"]
     size = analysis.export_size(exported)
-    assert total.packed_bytes == size["packed_bytes"]
+    assert total.packed_bytes == size["packed_bytes"] and total.nbits == pytest.approx(size["avg_bits"])
     assert total.float32_bytes / total.packed_bytes == pytest.approx(size["compression"])
 
 
@@ -243,6 +243,8 @@ def test_cifar10_source_uses_the_shared_folder_or_says_it_stands_in(tmp_path, mo
     dataset, note = notebook.cifar10_source(tmp_path / "fake")
     assert dataset == f"folder:{tmp_path / 'fake'}" and "does not exist" in note and "synthetic" in note
     assert len(load(dataset).classes) == 10
+    dataset, _ = notebook.cifar10_source()  # a fresh temporary folder by default
+    assert "bsq-synthetic-cifar10-" in dataset and len(load(dataset).classes) == 10
     shared = tmp_path / "cifar"
     for part in ("train", "test"):
         (shared / part).mkdir(parents=True)
