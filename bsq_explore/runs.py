@@ -165,8 +165,8 @@ def _read_frame(folder: Path, kind: str, info: dict) -> pd.DataFrame:
     path = _frame_path(folder, kind, info)
     if path is None:
         return pd.DataFrame(columns=FRAME_COLUMNS[kind])
-    try:
-        frame = pd.read_parquet(path)
+    try:  # one read of one file: given a path, pyarrow takes its size and opens it apart, and a rename
+        frame = pd.read_parquet(io.BytesIO(path.read_bytes()))  # in between tears the read
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise unreadable(path, err) from None
     _check_columns(path.name, kind, frame.columns)
@@ -181,7 +181,8 @@ def _check_frame(folder: Path, kind: str, info: dict) -> int:
     if path is None:
         return 0
     try:
-        meta = pq.read_metadata(path)
+        with open(path, "rb") as file:  # one open, as in _read_frame
+            meta = pq.read_metadata(file)
     except Exception as err:
         raise unreadable(path, err) from None
     _check_columns(path.name, kind, meta.schema.names)
