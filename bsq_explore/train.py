@@ -131,7 +131,8 @@ def train_epoch(model, opt, ds, config, generator, stage) -> dict:
         totals += torch.stack([loss.detach() * len(y), reg.detach() * len(y), (out.argmax(1) == y).sum()]).double()
     loss, reg, correct = (totals / len(ds.train_y)).tolist()  # one host sync per epoch
     if not math.isfinite(loss) or not math.isfinite(reg):
-        raise Diverged(f"the loss became {loss} in {stage} training (try a smaller lr or alpha)")
+        what, value = ("loss", loss) if not math.isfinite(loss) else ("bit regularizer", reg)
+        raise Diverged(f"the {what} became {value} in {stage} training (try a smaller lr or alpha)")
     return dict(train_loss=loss, reg_loss=reg if bsq else float("nan"), train_acc=correct)
 
 
@@ -167,6 +168,7 @@ def progress_bar(total: int, desc: str) -> Callable[[Event], None]:
                         bits=f"{event.metrics['avg_bits']:.2f}")
         if bar.n >= total:
             bar.close()
+    update.close = bar.close  # train() closes it when a run stops early, so its error prints below the bar
     return update
 
 
@@ -325,6 +327,9 @@ def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | 
             pass
         err.failed_run = path  # lets the CLI tell a failed run (exit 1) from bad input (exit 2)
         raise
+    finally:
+        if progress:
+            listeners[-1].close()
     return path
 
 
