@@ -124,7 +124,8 @@ def live_heatmap(value: str = "density") -> tuple[object, Callable]:
 
     def update(event) -> None:
         if event.bits is None or event.bits.empty:
-            widget.layout.title.text = f"bit planes: {event.stage} {event.epoch} (float, no planes yet)"
+            why = "float, no planes yet" if event.bits is None else "no plane left"
+            widget.layout.title.text = f"bit planes: {event.stage} {event.epoch} ({why})"
             return
         fig = plots.bit_heatmap(event.bits, value=value)
         layout = fig.layout.to_plotly_json()

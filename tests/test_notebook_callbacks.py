@@ -9,8 +9,8 @@ from bsq_explore import analysis, bsq, notebook, plots
 from bsq_explore.bits import from_bits, levels, to_bits
 from bsq_explore.config import preset
 from bsq_explore.data import load
-from bsq_explore.runs import Run, list_runs, load_run, sweep_table
-from bsq_explore.train import evaluate, train
+from bsq_explore.runs import FRAME_COLUMNS, Run, list_runs, load_run, sweep_table
+from bsq_explore.train import Event, evaluate, train
 from conftest import TINY
 
 NBITS = range(1, 9)  # the nbits slider of notebook 01
@@ -168,6 +168,9 @@ def test_live_heatmap_and_curves_follow_every_training_event(tmp_path):
     assert list(curves.data[0].x) == metrics.step.tolist()
     assert list(curves.data[1].y) == pytest.approx(metrics.avg_bits.tolist())
     assert heat_widget.layout.plot_bgcolor == plots.REMOVED
+    last = heat_widget.data[0].z
+    heat_cb(Event(path, "bsq", 9, 99, 99, {}, pd.DataFrame(columns=FRAME_COLUMNS["bits"]), None, None))  # all collapsed
+    assert heat_widget.layout.title.text == "bit planes: bsq 9 (no plane left)" and heat_widget.data[0].z == last
 
 
 @pytest.fixture(scope="module")
