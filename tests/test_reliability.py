@@ -480,7 +480,7 @@ SUBPARSERS = next(a for a in cli.build_parser()._actions if isinstance(a, argpar
 OPTIONS = sorted({o for parser in SUBPARSERS.values() for a in parser._actions for o in a.option_strings})
 VALUES = ["0", "1", "-1", "2", "17", "0.5", "1e9", "1e400", "nan", "inf", "-inf", "", " ", "true", "no", "2,3",
           "0,0.1", "1,,2", "a,b", "digits-mlp", "cifar10", "folder:nowhere", "mlp", "cpu", "cuda", "auto",
-          "tiny", "x\n", "a/b", "-", "--", "9" * 30]
+          "tiny", "x\n", "a/b", "-", "--", "9" * 30, "local", "ray"]
 texts = st.text(alphabet=st.characters(blacklist_characters="/\\", blacklist_categories=("Cs",)), max_size=12)
 values = st.one_of(st.sampled_from(VALUES), st.integers(0, 40).map(str), texts, st.integers().map(str),
                    st.floats().map(str))
@@ -540,6 +540,7 @@ def fuzz_cli(tmp_path, tiny_run, monkeypatch):
     monkeypatch.setattr(sweep_module, "train", stub_train)
     monkeypatch.setattr(sweep_module.torch, "set_num_threads", lambda n: None)  # a sweep worker's, not ours
     monkeypatch.setattr(sweep_module.multiprocessing, "get_context", lambda method: FakeContext)
+    monkeypatch.setattr(sweep_module, "run_ray", lambda tasks, *args: [sweep_module._run_one(t) for t in tasks])
     return started
 
 
@@ -564,6 +565,8 @@ def test_the_fuzz_sandbox_reaches_the_commands(fuzz_cli, capsys):
     assert main(["train", "--bsq-epochs", "3", "--name", "ok"]) == 0
     assert main(["sweep", "--alphas", "0.1,0.2", "--uniform", "3", "--jobs", "2", "--name", "s"]) == 0
     assert [c.bsq_epochs for c in fuzz_cli][:1] == [3] and sorted(c.alpha for c in fuzz_cli[2:4]) == [0.1, 0.2]
+    assert main(["sweep", "--alphas", "0.4", "--uniform", "", "--backend", "ray", "--name", "r"]) == 0
+    assert fuzz_cli[-1].alpha == 0.4, "the ray backend runs in-process here, never starting Ray"
     assert main(["show", "tiny"]) == 0 and "finished" in capsys.readouterr().out
 
 
