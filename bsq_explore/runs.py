@@ -211,7 +211,12 @@ def read_info(folder: Path) -> dict:
 
 
 def load_run(path: str | os.PathLike) -> Run:
-    """Read a run folder; raises DamagedRun with the reason when a file is missing or broken."""
+    """Read a run folder; raises DamagedRun with the reason when a file is missing or broken.
+
+    Safe while the run writes: each file is read whole from one open, so it is never torn, but
+    the files are read one after another, so bits and layers may hold one epoch more than metrics
+    (which an epoch writes last).
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise DamagedRun(f"{folder} is not a run folder")
