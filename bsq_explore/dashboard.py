@@ -66,8 +66,9 @@ def empty_state() -> None:
             f"Runs are read from {', '.join(f'`{r}`' for r in roots())}.")
 
 
-def pick_run(label: str = "run", key: str = "run", finished_only: bool = False) -> Run | None:
-    """A run picker remembered in the URL (?run=NAME); damaged runs are listed but not opened."""
+def pick_run(label: str = "run", key: str = "run", finished_only: bool = False, avoid: str | None = None) -> Run | None:
+    """A run picker remembered in the URL (?run=NAME); damaged runs are listed but not opened.
+    Without a choice yet it opens featured(), or the first other run when that one is `avoid`."""
     table = all_runs()
     table = table[table.status != "damaged"]
     if finished_only:
@@ -77,7 +78,10 @@ def pick_run(label: str = "run", key: str = "run", finished_only: bool = False) 
         return None
     names = table.name.tolist()
     wanted = st.query_params.get(key) or st.session_state.get(f"last_{key}")
-    start = names.index(wanted) if wanted in names else names.index(featured(table))
+    first = featured(table)
+    if first == avoid and len(names) > 1:
+        first = next(n for n in names if n != avoid)
+    start = names.index(wanted) if wanted in names else names.index(first)
     name = st.selectbox(label, names, index=start, key=f"pick_{key}")
     st.session_state[f"last_{key}"] = name
     st.query_params[key] = name

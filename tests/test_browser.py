@@ -14,9 +14,10 @@ from test_sweep import EXAMPLES
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = EXAMPLES.parents[1]
-# page url path -> does it draw a plotly chart with the default selection?
-PAGES = {"": False, "heatmap": True, "precision": True, "sweep": True, "compare": True, "whatif": False,
-         "train": False, "playground": True}
+# page url path -> what it shows once rendered, with the default selection
+PLOT, METRIC, FORM = ".js-plotly-plot .main-svg", "[data-testid='stMetric']", "[data-testid='stForm']"
+PAGES = {"": METRIC, "heatmap": PLOT, "precision": PLOT, "sweep": PLOT, "compare": PLOT, "whatif": METRIC,
+         "train": FORM, "playground": PLOT}
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
                                 reason="Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
@@ -62,12 +63,14 @@ def test_every_page_renders_in_chromium(server, tmp_path):
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        for path, has_chart in PAGES.items():
+        for path, shown in PAGES.items():
             page.goto(f"{server}/{path}")
             page.wait_for_selector("[data-testid='stMain'] h1", timeout=60_000)
-            if has_chart:
-                page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+            page.wait_for_selector(shown, timeout=60_000)
+            # the script has finished its run once streamlit's running indicator is gone
+            page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=60_000)
             page.wait_for_timeout(500)
+            assert page.locator("[data-testid='stSpinner']").count() == 0, f"/{path} is still loading"
             assert page.locator("[data-testid='stException']").count() == 0, f"exception on /{path}"
             page.screenshot(path=str(tmp_path / f"{path or 'runs'}.png"), full_page=True)
         browser.close()

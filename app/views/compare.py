@@ -8,7 +8,7 @@ left, right = st.columns(2)
 with left:
     a = dashboard.pick_run("first run", key="run")
 with right:
-    b = dashboard.pick_run("second run", key="other")
+    b = dashboard.pick_run("second run", key="other", avoid=a.name if a else None)
 if a is None or b is None:
     st.stop()
 which = st.radio("epoch", ["final", "end of BSQ"], horizontal=True)
