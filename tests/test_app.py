@@ -117,3 +117,8 @@ def test_train_page_starts_a_background_run_and_watches_it(app, tmp_path):
         time.sleep(0.5)
     at.run()
     assert "finished" in at.get("progress")[0].proto.text
+
+
+def test_compare_page_opens_two_different_runs_by_default(app):
+    at = app("compare")
+    assert at.selectbox[0].value != at.selectbox[1].value
