@@ -95,6 +95,8 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
     if not alphas or min(alphas) < 0:
         raise ValueError("give one or more alphas >= 0")
     config = preset(preset_name, **overrides)
+    for alpha in alphas:  # every config must be valid before the float model spends its time
+        config.replace(alpha=alpha)
     name = check_name(name or f"{preset_name}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
     root = runs_root(runs)
     threads = cpus_per_trial if backend == "ray" else max(1, (os.cpu_count() or 1) // jobs)

@@ -40,6 +40,9 @@ def test_sweep_rejects_bad_arguments(tmp_path):
         sweep("digits-mlp", [], runs=tmp_path)
     with pytest.raises(ValueError, match="jobs"):
         sweep("digits-mlp", [0.1], jobs=0, runs=tmp_path)
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        sweep("digits-mlp", [0.1, float("inf")], runs=tmp_path)
+    assert list(tmp_path.iterdir()) == [], "nothing trains before every alpha is known to be valid"
 
 
 def shipped():
