@@ -122,3 +122,14 @@ def test_train_page_starts_a_background_run_and_watches_it(app, tmp_path):
 def test_compare_page_opens_two_different_runs_by_default(app):
     at = app("compare")
     assert at.selectbox[0].value != at.selectbox[1].value
+
+
+def test_an_empty_runs_root_says_how_to_make_a_first_run(tmp_path, monkeypatch):
+    from bsq_explore import dashboard
+
+    monkeypatch.setenv("BSQ_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(dashboard, "EXAMPLES", tmp_path / "no-examples")
+    for page in ("runs", "heatmap", "whatif"):
+        at = AppTest.from_file(MAIN, default_timeout=60)
+        at.switch_page(f"views/{page}.py").run()
+        assert not at.exception and "bsq-explore train" in at.info[0].value
