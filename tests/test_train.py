@@ -110,3 +110,24 @@ def test_existing_name_is_refused_unless_overwritten(tmp_path):
         train(config, runs=tmp_path, name="x", progress=False)
     train(config.replace(seed=1), runs=tmp_path, name="x", overwrite=True, progress=False)
     assert load_run(tmp_path / "x").info["config"]["seed"] == 1
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("digits-cnn", {}),
+    ("cifar10-resnet20-quick", dict(train_subset=64, test_subset=32)),
+])
+def test_conv_presets_train_end_to_end(tmp_path, name, extra):
+    from test_data import CIFAR
+
+    if name.startswith("cifar10"):
+        if not CIFAR.is_dir():
+            pytest.skip("../shared/datasets/cifar10 is absent")
+        extra["dataset"] = f"folder:{CIFAR}"
+    config = preset(name, pretrain_epochs=1, bsq_epochs=2, requant_every=1, finetune_epochs=1, batch_size=32, **extra)
+    run = load_run(train(config, runs=tmp_path, name="conv", progress=False))
+    assert run.info["status"] == "finished" and len(run.metrics) == 5
+    layers = run.layers[run.layers.step == run.layers.step.max()]
+    kinds = set(layers.kind)
+    assert kinds == {"conv", "linear"}
+    if name.startswith("cifar10"):  # the paper recipe keeps the 1x1 shortcuts in float
+        assert len(layers) == 20 and not layers.layer.str.contains("downsample").any()
