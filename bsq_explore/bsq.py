@@ -96,8 +96,8 @@ def freeze_(model: nn.Module) -> nn.Module:
     """
     for name, w in bit_weights(model):
         x = (plane_values(w.pos, w.neg) / levels(w.nbits)).clamp(-1, 1).to(w.scale.dtype)
-        alive = bool(w.integers().any())
-        frozen = QuantWeight(x if alive else torch.zeros_like(x), w.scale, w.nbits if alive else 0, w.lsb_offset)
+        nbits = w.live_bits()
+        frozen = QuantWeight(x if nbits else torch.zeros_like(x), w.scale, nbits, w.lsb_offset)
         model.get_submodule(name).weight = frozen
     return model
 
@@ -116,8 +116,7 @@ def export(model: nn.Module) -> dict:
     """
     layers, skip = {}, []
     for name, m in bit_layers(model):
-        q = m.weight.integers()
-        nbits = m.weight.nbits if bool(q.any()) else 0
+        q, nbits = m.weight.integers(), m.weight.live_bits()
         layers[name] = dict(kind=m.kind, nbits=nbits, scale=float(m.weight.scale) if nbits else 0.0,
                             lsb_offset=m.weight.lsb_offset, q=q.to(_int_dtype(nbits)).cpu())
         skip.append(name + ".weight.")

@@ -18,7 +18,7 @@ def roots() -> list[Path]:
     return [user, EXAMPLES] if user.resolve() != EXAMPLES.resolve() else [EXAMPLES]
 
 
-def _stamp(folder: Path) -> tuple:
+def stamp(folder: Path) -> tuple:
     """Changes whenever the run writes an epoch: the cache key of a loaded run."""
     return tuple(os.stat(p).st_mtime_ns if p.exists() else 0
                  for p in (folder / "run.json", folder / "metrics.parquet", folder / "bits.parquet"))
@@ -54,7 +54,7 @@ def open_run(name: str) -> Run | None:
         st.error(f"No run named {name!r} in {', '.join(map(str, roots()))}.")
         return None
     try:
-        return _load(str(path), _stamp(path))
+        return _load(str(path), stamp(path))
     except DamagedRun as err:
         st.error(f"Run {name} is damaged: {err}")
         return None

@@ -23,6 +23,10 @@ class ScaledWeight(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp().to(self.dtype)
 
+    def live_bits(self) -> int:
+        """The precision it reports: nbits, or 0 when its integer weight is all zero."""
+        return self.nbits if bool(self.integers().any()) else 0
+
     def set_scale_(self, scale: torch.Tensor) -> None:
         """A new log_scale Parameter; a zero scale (an all-zero weight) becomes 1, which changes nothing.
 

@@ -22,14 +22,6 @@ class ModelSize:
     numel: int          # sum numel_l
 
 
-def _live_bits(layers) -> list[int]:
-    """Each layer's precision, 0 for a layer whose integer weight is all zero."""
-    if not layers:
-        return []
-    alive = torch.stack([m.weight.integers().any() for _, m in layers]).tolist()
-    return [m.weight.nbits * a for (_, m), a in zip(layers, alive)]
-
-
 @torch.no_grad()
 def bit_sparsity(model: nn.Module) -> pd.DataFrame:
     """One row per converted layer and plane.
@@ -50,7 +42,7 @@ def bit_sparsity(model: nn.Module) -> pd.DataFrame:
         counts.append(n), hits.append(hist @ bit_table(n, hist.device))
         norms.append(m.weight.plane_norms()), zeros.append(hist[0])
     numel = [m.numel for _, m in layers]
-    alive = [z < size for z, size in zip(torch.stack(zeros).tolist(), numel)]
+    alive = [z < size for z, size in zip(torch.stack(zeros).tolist(), numel)]  # live_bits, read off the histogram
     nbits = [c * a for c, a in zip(counts, alive)]
     per_plane = torch.tensor([max(size, 1) for size, c in zip(numel, counts) for _ in range(c)], dtype=torch.float64)
     return pd.DataFrame({
@@ -75,7 +67,7 @@ def layer_precision(model: nn.Module) -> pd.DataFrame:
         "layer_index": range(len(layers)),
         "kind": [m.kind for _, m in layers],
         "numel": [m.numel for _, m in layers],
-        "nbits": _live_bits(layers),
+        "nbits": [m.weight.live_bits() for _, m in layers],
         "scale": scales,
         "lsb_offset": [m.weight.lsb_offset for _, m in layers],
     })
@@ -88,6 +80,6 @@ def model_size(model: nn.Module) -> ModelSize:
     if not layers:
         raise ValueError("the model has no converted layers: call convert_(model) first")
     numel = sum(m.numel for _, m in layers)
-    total = sum(m.numel * b for (_, m), b in zip(layers, _live_bits(layers)))
+    total = sum(m.numel * m.weight.live_bits() for _, m in layers)
     avg = total / numel
     return ModelSize(avg_bits=avg, compression=32 / avg if avg else float("inf"), total_bits=total, numel=numel)

@@ -17,7 +17,7 @@ def what_if(path: str, stamp: tuple) -> analysis.WhatIf:
 
 
 try:
-    model = what_if(str(run.path), dashboard._stamp(run.path))
+    model = what_if(str(run.path), dashboard.stamp(run.path))
 except FileNotFoundError as err:
     st.info(str(err))
     st.stop()
