@@ -1,13 +1,14 @@
 """Weights made of bit planes (BSQ) or frozen at a precision (finetuning), and convert_ to install them."""
 from __future__ import annotations
 
-from typing import Callable
+from collections import defaultdict
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bits import check_nbits, digits, from_bits, integer_weight, levels, plane_sq_norms, plane_values, quantize
+from .bits import check_nbits, digits, from_bits, integer_weight, levels, plane_norms, plane_values, quantize
 
 
 class ScaledWeight(nn.Module):
@@ -17,15 +18,31 @@ class ScaledWeight(nn.Module):
     gradient of a linear s grows as 1/s, so after a drop plain SGD moves s 2^14 times faster
     relative to its size; on digits that diverged to NaN for alpha >= 0.5. SGD on log s moves s
     by the same relative amount whatever its size, and keeps it positive (DESIGN: s > 0).
+
+    Subclasses give rows(): the weight as bit planes pos, neg, each (nbits, numel), whose
+    plane_values are the weight in grid units before rounding.
     """
 
     @property
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp().to(self.dtype)
 
+    def values(self) -> torch.Tensor:
+        """x = sum_b 2^b (pos_b - neg_b) over rows(): the weight in grid units before rounding, flattened."""
+        return plane_values(*self.rows())
+
+    def integers(self) -> torch.Tensor:
+        """The integer weight the forward pass uses now: clip(round(values()), +-(2^n - 1)), int64."""
+        n = levels(self.nbits)
+        return self.values().round_().clamp_(-n, n).to(torch.int64).view(self.shape)
+
     def live_bits(self) -> int:
         """The precision it reports: nbits, or 0 when its integer weight is all zero."""
-        return self.nbits if bool(self.integers().any()) else 0
+        return live_bits([self])[0]
+
+    def plane_norms(self) -> torch.Tensor:
+        """The group L2 norm of each plane, pos and neg together: (nbits,)."""
+        return plane_norms(*self.rows())
 
     def set_scale_(self, scale: torch.Tensor) -> None:
         """A new log_scale Parameter; a zero scale (an all-zero weight) becomes 1, which changes nothing.
@@ -72,13 +89,11 @@ class BitWeight(ScaledWeight):
     def forward(self) -> torch.Tensor:
         return from_bits(self.pos, self.neg, self.scale)
 
-    def integers(self) -> torch.Tensor:
-        """The integer weight the forward pass uses now: clip(round(x), +-(2^n - 1)), int64."""
-        n = levels(self.nbits)
-        return plane_values(self.pos.detach(), self.neg.detach()).round_().clamp_(-n, n).to(torch.int64)
-
-    def plane_norms(self) -> torch.Tensor:
-        return plane_sq_norms(self.pos.detach(), self.neg.detach()).sqrt_()
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trainable planes pos and neg, detached, as (nbits, numel) views."""
+        pos, neg = self.pos.detach(), self.neg.detach()
+        shape = (pos.shape[0], pos.shape[1:].numel())
+        return pos.reshape(shape), neg.reshape(shape)
 
     def get_extra_state(self) -> dict:
         return {"lsb_offset": self.lsb_offset}
@@ -125,12 +140,11 @@ class QuantWeight(ScaledWeight):
     def forward(self) -> torch.Tensor:
         return self.scale * quantize(self.w, self.nbits)
 
-    def integers(self) -> torch.Tensor:
-        return torch.round(self.w.detach().clamp(-1, 1) * levels(self.nbits)).to(torch.int64)
-
-    def plane_norms(self) -> torch.Tensor:
-        pos, neg = digits(self.integers(), self.nbits)
-        return plane_sq_norms(pos.float(), neg.float()).sqrt_()
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The binary digits of its integer weight round(clamp(w, -1, 1) (2^n - 1)), as (nbits, numel) planes."""
+        q = torch.round(self.w.detach().reshape(-1).clamp(-1, 1) * levels(self.nbits)).to(torch.int64)
+        pos, neg = digits(q, self.nbits)
+        return pos.to(self.w.dtype), neg.to(self.w.dtype)
 
     def get_extra_state(self) -> dict:
         return {"nbits": self.nbits, "lsb_offset": self.lsb_offset}
@@ -167,6 +181,30 @@ class BitLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, " + ", ".join(f"{k}={v}" for k, v in self.op_args.items())
+
+
+@torch.no_grad()
+def live_bits(weights: Sequence[ScaledWeight], head: int = 64) -> list[int]:
+    """[w.live_bits() for w in weights], at a fraction of the cost for many weights.
+
+    An integer weight is nonzero iff its value exceeds 1/2 in magnitude (rounding is half to
+    even). A live layer nearly always shows such a weight among its first few, so the first
+    `head` weights of all layers of one precision are checked together, in one product; only
+    layers with none there are computed whole.
+    """
+    live = [False] * len(weights)
+    groups = defaultdict(list)
+    for i, w in enumerate(weights):
+        if w.nbits and w.shape.numel():
+            groups[w.nbits].append(i)
+    for idx in groups.values():
+        rows = [weights[i].rows() for i in idx]
+        k = min(head, *(pos.shape[1] for pos, _ in rows))
+        x = plane_values(torch.stack([pos[:, :k] for pos, _ in rows], 1), torch.stack([neg[:, :k] for _, neg in rows], 1))
+        for i, found in zip(idx, (x.abs().amax(1) > 0.5).tolist()):
+            live[i] = found
+    live = [found or bool((w.values().abs() > 0.5).any()) for found, w in zip(live, weights)]
+    return [w.nbits if found else 0 for found, w in zip(live, weights)]
 
 
 def bit_layers(model: nn.Module) -> list[tuple[str, BitLayer]]:

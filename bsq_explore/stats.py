@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .bits import bit_table, levels
-from .layers import bit_layers
+from .bits import bit_table, levels, plane_norms, plane_values
+from .layers import bit_layers, live_bits
 
 BIT_COLUMNS = ["layer", "layer_index", "bit", "nbits", "density", "norm"]
 LAYER_COLUMNS = ["layer", "layer_index", "kind", "numel", "nbits", "scale", "lsb_offset"]
@@ -34,23 +35,29 @@ def bit_sparsity(model: nn.Module) -> pd.DataFrame:
     layers = bit_layers(model)
     if not layers:
         return pd.DataFrame(columns=BIT_COLUMNS)
-    counts, hits, norms, zeros = [], [], [], []
-    for _, m in layers:
-        n = m.weight.nbits
-        # a histogram of magnitudes turns per-bit counts into a tiny (2^n, n) product
-        hist = torch.bincount(m.weight.integers().abs_().view(-1), minlength=levels(n) + 1).double()
-        counts.append(n), hits.append(hist @ bit_table(n, hist.device))
-        norms.append(m.weight.plane_norms()), zeros.append(hist[0])
-    numel = [m.numel for _, m in layers]
-    alive = [z < size for z, size in zip(torch.stack(zeros).tolist(), numel)]  # live_bits, read off the histogram
-    nbits = [c * a for c, a in zip(counts, alive)]
-    per_plane = torch.tensor([max(size, 1) for size, c in zip(numel, counts) for _ in range(c)], dtype=torch.float64)
+    weights = [m.weight for _, m in layers]
+    counts = np.array([w.nbits for w in weights])
+    numel = np.array([w.shape.numel() for w in weights])
+    # histograms of the integer magnitudes, all 2^max_bits long; hits = hist @ bit_table counts
+    # the weights with each bit set, for every layer in one product
+    top = int(counts.max())
+    hists, norms = [], []
+    for w in weights:
+        pos, neg = w.rows()
+        magnitudes = plane_values(pos, neg).abs_().round_().clamp_max_(levels(w.nbits))  # |integers()|
+        hists.append(torch.bincount(magnitudes.int(), minlength=2**top))
+        norms.append(plane_norms(pos, neg))
+    hist = torch.stack(hists).double()
+    hits = (hist @ bit_table(top, hist.device)).cpu().numpy()[np.arange(top) < counts[:, None]]
+    alive = hist[:, 0].cpu().numpy() < numel  # live_bits, read off the histogram
+    row = np.repeat(np.arange(len(layers)), counts)  # the layer of each output row
+    plane = np.arange(row.size) - np.repeat(np.cumsum(counts) - counts, counts)
     return pd.DataFrame({
-        "layer": [name for (name, _), c in zip(layers, counts) for _ in range(c)],
-        "layer_index": [i for i, c in enumerate(counts) for _ in range(c)],
-        "bit": [m.weight.lsb_offset + b for (_, m), c in zip(layers, counts) for b in range(c)],
-        "nbits": [n for n, c in zip(nbits, counts) for _ in range(c)],
-        "density": (torch.cat(hits).cpu() / per_plane).numpy(),
+        "layer": np.array([name for name, _ in layers], dtype=object)[row],
+        "layer_index": row,
+        "bit": np.array([w.lsb_offset for w in weights])[row] + plane,
+        "nbits": (counts * alive)[row],
+        "density": hits / np.maximum(numel, 1)[row],
         "norm": torch.cat(norms).double().cpu().numpy(),
     })
 
@@ -61,15 +68,15 @@ def layer_precision(model: nn.Module) -> pd.DataFrame:
     layers = bit_layers(model)
     if not layers:
         return pd.DataFrame(columns=LAYER_COLUMNS)
-    scales = torch.stack([m.weight.scale.detach() for _, m in layers]).double().cpu().tolist()
+    weights = [m.weight for _, m in layers]
     return pd.DataFrame({
         "layer": [name for name, _ in layers],
-        "layer_index": range(len(layers)),
+        "layer_index": np.arange(len(layers)),
         "kind": [m.kind for _, m in layers],
-        "numel": [m.numel for _, m in layers],
-        "nbits": [m.weight.live_bits() for _, m in layers],
-        "scale": scales,
-        "lsb_offset": [m.weight.lsb_offset for _, m in layers],
+        "numel": np.array([w.shape.numel() for w in weights]),
+        "nbits": np.array(live_bits(weights)),
+        "scale": torch.stack([w.scale for w in weights]).double().cpu().numpy(),
+        "lsb_offset": np.array([w.lsb_offset for w in weights]),
     })
 
 
@@ -80,6 +87,6 @@ def model_size(model: nn.Module) -> ModelSize:
     if not layers:
         raise ValueError("the model has no converted layers: call convert_(model) first")
     numel = sum(m.numel for _, m in layers)
-    total = sum(m.numel * m.weight.live_bits() for _, m in layers)
+    total = sum(m.numel * n for (_, m), n in zip(layers, live_bits([m.weight for _, m in layers])))
     avg = total / numel
     return ModelSize(avg_bits=avg, compression=32 / avg if avg else float("inf"), total_bits=total, numel=numel)

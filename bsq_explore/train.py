@@ -98,11 +98,15 @@ def stage_lr(config: BSQConfig, stage: str, epoch: int) -> float:
 
 
 def optimizer(model: nn.Module, config: BSQConfig, lr: float) -> torch.optim.SGD:
-    """SGD with momentum; weight decay on everything but the log-scales (decay would pull s to 1)."""
+    """SGD with momentum; weight decay on everything but the log-scales (decay would pull s to 1).
+
+    fused: one pass over each parameter, its gradient and momentum (the planes hold nbits times
+    as many entries as the float weights, so the optimizer's share of a BSQ step matters).
+    """
     named = list(model.named_parameters())
     groups = [dict(params=[p for n, p in named if not n.endswith("log_scale")]),
               dict(params=[p for n, p in named if n.endswith("log_scale")], weight_decay=0.0)]
-    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=True)
 
 
 def shape_for(model: nn.Module, config: BSQConfig, stage: str) -> nn.Module:

@@ -30,6 +30,34 @@ def test_bit_lasso_by_hand():
     assert bit_lasso(model).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_bit_lasso_gradient_by_hand():
+    model = two_layers()
+    bit_lasso(model).backward()
+    a = model[0].weight  # d/dpos_b of 0.8 * r_b is 0.8 * pos_b / r_b, r_b = sqrt(||pos_b||^2 + ||neg_b||^2)
+    r = torch.tensor([math.sqrt(0.25 + 2.25), math.sqrt(5.0)]).view(2, 1, 1)
+    assert torch.allclose(a.pos.grad, 0.8 * a.pos.detach() / r) and torch.allclose(a.neg.grad, 0.8 * a.neg.detach() / r)
+    assert torch.allclose(model[1].weight.pos.grad, torch.full((3, 3, 1), 1.8 / math.sqrt(3)))
+
+
+def test_bit_lasso_gradient_matches_autograd_through_the_formula():
+    torch.manual_seed(0)
+    model = convert_(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(5, 2)), 4).double()
+    with torch.no_grad():
+        for _, m in bit_layers(model):
+            m.weight.pos.uniform_(0, 2), m.weight.neg.uniform_(0, 2)
+        model[0].weight.pos[1] = 0
+        model[0].weight.neg[1] = 0
+    weights = [m.weight for _, m in bit_layers(model)]
+    total = sum(w.shape.numel() for w in weights)
+    formula = sum(w.shape.numel() * w.nbits / total *
+                  (w.pos.square().flatten(1).sum(1) + w.neg.square().flatten(1).sum(1) + 1e-12).sqrt().sum()
+                  for w in weights)
+    expected = torch.autograd.grad(formula, [p for w in weights for p in (w.pos, w.neg)])
+    got = torch.autograd.grad(bit_lasso(model), [p for w in weights for p in (w.pos, w.neg)])
+    for e, g in zip(expected, got):
+        assert torch.allclose(e, g, rtol=1e-12, atol=1e-15)
+
+
 def test_bit_lasso_gradient_is_finite_on_an_empty_plane():
     model = two_layers()
     with torch.no_grad():
