@@ -78,32 +78,10 @@ def plane_values(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """x = sum_b 2^b (pos_b - neg_b): the integer-domain value the planes encode (shape S)."""
     if pos.dtype in (torch.float16, torch.bfloat16):  # they cannot hold 2^16 - 1 exactly
         pos, neg = pos.float(), neg.float()
-    return _PlaneValues.apply(pos, neg)
-
-
-class _PlaneValues(torch.autograd.Function):
-    """plane_values, with a backward written for its shape.
-
-    Forward: two mat-vecs, the second accumulating into the first (no (nbits, *S) temporary
-    for pos - neg). Backward: dx/dpos_b = 2^b = -dx/dneg_b, one broadcast multiply per side;
-    autograd's own backward of the mat-vecs is an outer product through a rank-1 matrix
-    product, about 3x slower on a CPU. The gradients come back as fresh tensors, not views of
-    one, so autograd adds bit_lasso's to them in place.
-    """
-
-    @staticmethod
-    def forward(ctx, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        ctx.nbits = pos.shape[0]
-        powers = _powers(ctx.nbits, pos.device, pos.dtype)
-        x = torch.addmv(torch.mv(_rows(pos).t(), powers), _rows(neg).t(), powers, alpha=-1)
-        return x if pos.dim() == 2 else x.view(pos.shape[1:])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        column = _powers(ctx.nbits, grad.device, grad.dtype).view(-1, *[1] * grad.dim())
-        grad = grad.unsqueeze(0)
-        return column * grad, -column * grad
+    powers = _powers(pos.shape[0], pos.device, pos.dtype)
+    # two mat-vecs, the second accumulating into the first: no (nbits, *S) temporary for pos - neg
+    x = torch.addmv(torch.mv(_rows(pos).t(), powers), _rows(neg).t(), powers, alpha=-1)
+    return x if pos.dim() == 2 else x.view(pos.shape[1:])
 
 
 def from_bits(pos: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -118,12 +96,41 @@ def from_bits(pos: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor) -> torc
         raise TypeError(f"pos and neg must share a dtype, got {pos.dtype} and {neg.dtype}")
     if pos.shape != neg.shape or pos.dim() == 0:
         raise ValueError(f"pos and neg must share a shape (nbits, *weight_shape), got {tuple(pos.shape)} and {tuple(neg.shape)}")
-    n = levels(check_nbits(pos.shape[0]))
-    # quantize in the integer domain (one clamp and round, no rescaling back and forth): the
-    # value is exactly scale * (q / n), the same float operations as uniform quantization
-    x = plane_values(pos, neg)
-    q = x.detach().clamp(-n, n).round()
-    return (scale * ((q + (x - x.detach())) / n)).to(pos.dtype)
+    check_nbits(pos.shape[0])
+    dtype = pos.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # they cannot hold 2^16 - 1 exactly
+        pos, neg = pos.float(), neg.float()
+    return _FromBits.apply(pos, neg, scale.to(pos.dtype)).to(dtype)
+
+
+class _FromBits(torch.autograd.Function):
+    """from_bits as one autograd node, with a backward written for it.
+
+    Forward quantizes in the integer domain (one clamp and round, no rescaling back and forth),
+    so W is exactly scale * (q / n), the same float operations as uniform quantization.
+    Backward: dW/dx = s / n (straight through), dx/dpos_b = 2^b = -dx/dneg_b: one broadcast
+    multiply per side. Autograd through the mat-vecs and the STE arithmetic would take six
+    nodes per layer and an outer product through a rank-1 matrix product, about 3x slower on a
+    CPU. The plane gradients come back as fresh tensors, so autograd adds bit_lasso's in place.
+    """
+
+    @staticmethod
+    def forward(ctx, pos: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.nbits = pos.shape[0]
+        n = levels(ctx.nbits)
+        q = plane_values(pos, neg).clamp_(-n, n).round_()
+        ctx.save_for_backward(q, scale)
+        return scale * (q / n)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        q, scale = ctx.saved_tensors
+        n = levels(ctx.nbits)
+        grad_scale = (grad * q).sum() / n if ctx.needs_input_grad[2] else None
+        grad_x = (grad * (scale / n)).unsqueeze(0)
+        column = _powers(ctx.nbits, grad.device, grad.dtype).view(-1, *[1] * q.dim())
+        return column * grad_x, -column * grad_x, grad_scale
 
 
 def plane_sq_norms(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

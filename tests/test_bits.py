@@ -62,6 +62,25 @@ def test_gradient_of_a_bit_is_scaled_weight_gradient():
     torch.testing.assert_close(scale.grad, (w.detach() / scale.detach() * upstream).sum())
 
 
+def test_gradients_off_the_grid_match_autograd_through_the_formula():
+    torch.manual_seed(1)
+    pos, neg = torch.rand(2, 4, 3, 5, dtype=torch.float64) * 2  # mid-training planes in [0, 2]
+    pos[:, 0, 0], neg[:, 0, 0] = 2, 0  # x = 30: clamped to 15
+    pos.requires_grad_(), neg.requires_grad_()
+    scale = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 5, dtype=torch.float64)
+    got = torch.autograd.grad((from_bits(pos, neg, scale) * upstream).sum(), (pos, neg, scale))
+    x = ((2.0 ** torch.arange(4, dtype=torch.float64)).view(-1, 1, 1) * (pos - neg)).sum(0)
+    q = x + (x.clamp(-15, 15).round() - x).detach()  # clamp and round straight through
+    expected = torch.autograd.grad((scale * q / 15 * upstream).sum(), (pos, neg, scale))
+    assert (x.abs() > 15).any()  # some weights are clamped
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+    half = [t.detach().half().requires_grad_() for t in (pos, neg)]
+    from_bits(*half, scale.detach().half()).sum().backward()
+    assert all(t.grad.dtype == torch.float16 and t.grad.shape == t.shape for t in half)
+
+
 def test_quantize_clamps_rounds_and_passes_gradient_straight_through():
     x = torch.tensor([-2.0, -0.4, 0.1, 0.26, 0.9, 3.0], requires_grad=True)
     y = quantize(x, 2)  # grid k/3
