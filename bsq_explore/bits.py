@@ -80,8 +80,7 @@ def plane_values(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         pos, neg = pos.float(), neg.float()
     powers = _powers(pos.shape[0], pos.device, pos.dtype)
     # two mat-vecs, the second accumulating into the first: no (nbits, *S) temporary for pos - neg
-    x = torch.addmv(torch.mv(_rows(pos).t(), powers), _rows(neg).t(), powers, alpha=-1)
-    return x if pos.dim() == 2 else x.view(pos.shape[1:])
+    return torch.addmv(torch.mv(plane_rows(pos).t(), powers), plane_rows(neg).t(), powers, alpha=-1).view(pos.shape[1:])
 
 
 def from_bits(pos: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -100,7 +99,7 @@ def from_bits(pos: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor) -> torc
     dtype = pos.dtype
     if dtype in (torch.float16, torch.bfloat16):  # they cannot hold 2^16 - 1 exactly
         pos, neg = pos.float(), neg.float()
-    return _FromBits.apply(pos, neg, scale.to(pos.dtype)).to(dtype)
+    return _FromBits.apply(pos, neg, torch.as_tensor(scale, dtype=pos.dtype, device=pos.device)).to(dtype)
 
 
 class _FromBits(torch.autograd.Function):
@@ -118,7 +117,8 @@ class _FromBits(torch.autograd.Function):
     def forward(ctx, pos: torch.Tensor, neg: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         ctx.nbits = pos.shape[0]
         n = levels(ctx.nbits)
-        q = plane_values(pos, neg).clamp_(-n, n).round_()
+        with torch.autocast(pos.device.type, enabled=False):  # mixed precision would round x off its integers
+            q = plane_values(pos, neg).clamp_(-n, n).round_()
         ctx.save_for_backward(q, scale)
         return scale * (q / n)
 
@@ -127,22 +127,16 @@ class _FromBits(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         q, scale = ctx.saved_tensors
         n = levels(ctx.nbits)
-        grad_scale = (grad * q).sum() / n if ctx.needs_input_grad[2] else None
+        grad_scale = (grad * q / n).sum_to_size(scale.shape) if ctx.needs_input_grad[2] else None
         grad_x = (grad * (scale / n)).unsqueeze(0)
         column = _powers(ctx.nbits, grad.device, grad.dtype).view(-1, *[1] * q.dim())
         return column * grad_x, -column * grad_x, grad_scale
 
 
-def plane_sq_norms(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """Squared group L2 norm of each bit plane, pos and neg together: (nbits,)."""
-    norm = torch.linalg.vector_norm
-    return norm(_rows(pos), dim=1).square() + norm(_rows(neg), dim=1).square()
-
-
 def plane_norms(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """Group L2 norm of each bit plane, pos and neg together: (nbits,)."""
     norm = torch.linalg.vector_norm
-    return torch.hypot(norm(_rows(pos), dim=1), norm(_rows(neg), dim=1))
+    return torch.hypot(norm(plane_rows(pos), dim=1), norm(plane_rows(neg), dim=1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -157,6 +151,6 @@ def bit_table(nbits: int, device: torch.device) -> torch.Tensor:
     return ((values >> torch.arange(nbits, device=device)) & 1).double()
 
 
-def _rows(planes: torch.Tensor) -> torch.Tensor:
-    """(nbits, *S) -> (nbits, prod S), also for scalar and empty weights."""
+def plane_rows(planes: torch.Tensor) -> torch.Tensor:
+    """(nbits, *S) -> (nbits, prod S) (a view of contiguous planes), also for scalar and empty weights."""
     return planes if planes.dim() == 2 else planes.reshape(planes.shape[0], planes.shape[1:].numel())

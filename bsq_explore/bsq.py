@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .bits import levels, plane_sq_norms, plane_values
+from .bits import levels, plane_norms, plane_values
 from .layers import BitLayer, BitWeight, QuantWeight, bit_layers, replace_module
 
 _EPS = 1e-12  # inside the root: an all-zero plane gets a zero gradient instead of NaN
@@ -42,7 +42,7 @@ class _GroupNorms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        r = (plane_sq_norms(pos, neg) + _EPS).sqrt_()
+        r = (plane_norms(pos, neg).square_() + _EPS).sqrt_()
         ctx.save_for_backward(pos, neg, r)
         return r
 

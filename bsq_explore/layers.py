@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bits import check_nbits, digits, from_bits, integer_weight, levels, plane_norms, plane_values, quantize
+from .bits import check_nbits, digits, from_bits, integer_weight, levels, plane_norms, plane_rows, plane_values, quantize
 
 
 class ScaledWeight(nn.Module):
@@ -91,9 +91,7 @@ class BitWeight(ScaledWeight):
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The trainable planes pos and neg, detached, as (nbits, numel) views."""
-        pos, neg = self.pos.detach(), self.neg.detach()
-        shape = (pos.shape[0], pos.shape[1:].numel())
-        return pos.reshape(shape), neg.reshape(shape)
+        return plane_rows(self.pos.detach()), plane_rows(self.neg.detach())
 
     def get_extra_state(self) -> dict:
         return {"lsb_offset": self.lsb_offset}

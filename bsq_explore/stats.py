@@ -38,8 +38,8 @@ def bit_sparsity(model: nn.Module) -> pd.DataFrame:
     weights = [m.weight for _, m in layers]
     counts = np.array([w.nbits for w in weights])
     numel = np.array([w.shape.numel() for w in weights])
-    # histograms of the integer magnitudes, all 2^max_bits long; hits = hist @ bit_table counts
-    # the weights with each bit set, for every layer in one product
+    # histograms of the integer magnitudes, all as long as the widest layer's (2^top bins);
+    # hits = hist @ bit_table counts the weights with each bit set, for every layer in one product
     top = int(counts.max())
     hists, norms = [], []
     for w in weights:

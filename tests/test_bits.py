@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis.extra.numpy import arrays
 
-from bsq_explore.bits import digits, from_bits, plane_sq_norms, quantize, to_bits
+from bsq_explore.bits import digits, from_bits, plane_norms, quantize, to_bits
 
 
 def uniform_quantize(w: torch.Tensor, n: int) -> torch.Tensor:
@@ -81,6 +81,15 @@ def test_gradients_off_the_grid_match_autograd_through_the_formula():
     assert all(t.grad.dtype == torch.float16 and t.grad.shape == t.shape for t in half)
 
 
+def test_from_bits_takes_a_python_scale_and_a_scale_per_row():
+    pos, neg, scale = to_bits(torch.randn(3, 4), 4)
+    assert torch.equal(from_bits(pos, neg, scale.item()), from_bits(pos, neg, scale))
+    per_row = torch.tensor([[0.5], [1.0], [2.0]], requires_grad=True)
+    from_bits(pos, neg, per_row).sum().backward()
+    at_one = from_bits(pos, neg, torch.tensor(1.0))  # dW/ds = Q_n(x), the weight at scale 1
+    torch.testing.assert_close(per_row.grad, at_one.sum(1, keepdim=True))
+
+
 def test_quantize_clamps_rounds_and_passes_gradient_straight_through():
     x = torch.tensor([-2.0, -0.4, 0.1, 0.26, 0.9, 3.0], requires_grad=True)
     y = quantize(x, 2)  # grid k/3
@@ -93,7 +102,7 @@ def test_digits_and_norms_by_hand():
     pos, neg = digits(torch.tensor([[3, -2], [0, 1]]), 2)
     assert pos.tolist() == [[[1, 0], [0, 1]], [[1, 0], [0, 0]]]
     assert neg.tolist() == [[[0, 0], [0, 0]], [[0, 1], [0, 0]]]
-    assert plane_sq_norms(pos.float(), neg.float()).tolist() == pytest.approx([2.0, 2.0])
+    assert plane_norms(pos.float(), neg.float()).tolist() == pytest.approx([2.0**0.5, 2.0**0.5])
 
 
 @pytest.mark.parametrize("bad", [0, 17, -1, 2.5, True])
