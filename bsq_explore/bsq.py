@@ -36,8 +36,7 @@ class _GroupNorms(torch.autograd.Function):
 
     The values and gradients of autograd through the norms, in one pass over the planes
     instead of three, and as fresh tensors (not views), so that autograd adds them to the
-    cross-entropy's plane gradients in place. Together with from_bits' backward this takes
-    about 1.5 points off the BSQ/float step ratio (benchmarks/engine.py).
+    cross-entropy's plane gradients in place rather than into a third tensor.
     """
 
     @staticmethod
