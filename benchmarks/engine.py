@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from bsq_explore.bsq import bit_lasso, clamp_bits_
 from bsq_explore.config import preset
-from bsq_explore.layers import convert_
+from bsq_explore.layers import convert_, weights_up_front
 from bsq_explore.models import not_shortcut, resnet20
 from bsq_explore.stats import bit_sparsity, layer_precision
 from bsq_explore.train import optimizer
@@ -25,7 +25,8 @@ def step_fn(model, alpha):
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        with weights_up_front(model):
+            loss = F.cross_entropy(model(x), y)
         if alpha:
             loss = loss + alpha * bit_lasso(model)
         loss.backward()

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from bsq_explore.bsq import bit_lasso, clamp_bits_
 from bsq_explore.config import preset
-from bsq_explore.layers import convert_
+from bsq_explore.layers import convert_, weights_up_front
 from bsq_explore.models import not_shortcut, resnet20
 from bsq_explore.runs import load_run
-from bsq_explore.train import resolve_device, train
+from bsq_explore.train import optimizer, resolve_device, train
 
 
 def sync(device):
@@ -32,12 +32,12 @@ def step_ms(model, device, bsq: bool, steps: int, amp: bool = False) -> float:
     torch.manual_seed(0)
     x = torch.randn(128, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (128,), device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    opt = optimizer(model, preset("cifar10-resnet20"), lr=0.01)
     times = []
     for i in range(steps + 10):
         sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), weights_up_front(model):
             loss = F.cross_entropy(model(x), y) + (5e-3 * bit_lasso(model) if bsq else 0)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -25,7 +25,7 @@ from torch import nn
 from . import __version__, data, models
 from .bsq import bit_lasso, clamp_bits_, export, freeze_, requantize_
 from .config import BSQConfig
-from .layers import convert_
+from .layers import convert_, weights_up_front
 from .runs import (FRAME_COLUMNS, DamagedRun, check_name, load_run, prepare_root, process_alive, read_info,
                    runs_root, unreadable, write_atomic, write_frame, write_json)
 from .stats import bit_sparsity, layer_precision, model_size
@@ -124,7 +124,8 @@ def train_epoch(model, opt, ds, config, generator, stage) -> dict:
     bsq = stage == "bsq"
     totals = torch.zeros(3, dtype=torch.float64, device=ds.train_x.device)  # loss, reg, correct
     for x, y in data.batches(ds.train_x, ds.train_y, config.batch_size, generator, ds.augment):
-        out = model(x)
+        with weights_up_front(model):
+            out = model(x)
         loss = F.cross_entropy(out, y)
         reg = bit_lasso(model) if bsq else loss.new_zeros(())
         opt.zero_grad(set_to_none=True)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from bsq_explore.bsq import requantize_
-from bsq_explore.layers import BitLayer, BitWeight, bit_layers, convert_
+from bsq_explore.layers import BitLayer, BitWeight, QuantWeight, bit_layers, convert_, weights_up_front
 from bsq_explore.models import not_shortcut, resnet20
 from conftest import Nested, clone
 from test_bits import uniform_quantize
@@ -94,3 +94,36 @@ def test_scale_gradient_reaches_log_scale():
     # dL/dlog s = s dL/ds = sum(upstream * W)
     torch.testing.assert_close(w.log_scale.grad.float(), (upstream * w().detach()).sum())
     assert w.pos.grad.abs().sum() > 0 and w.neg.grad.abs().sum() > 0
+
+
+def test_weights_up_front_give_the_same_outputs_and_gradients(nested, images):
+    model = convert_(nested, 4)
+    model.out.weight = QuantWeight(torch.rand(5, 16) * 2 - 1, torch.tensor(0.5), 3)  # a frozen layer too
+    with torch.no_grad():
+        for _, m in bit_layers(model):
+            if isinstance(m.weight, BitWeight):
+                m.weight.pos.uniform_(0, 2), m.weight.neg.uniform_(0, 2)
+    twin = clone(model)
+    expected = model(images)
+    expected.square().sum().backward()
+    with weights_up_front(twin):
+        got = twin(images)
+    got.square().sum().backward()
+    assert torch.equal(got, expected)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=0, msg=name)
+
+
+def test_weights_up_front_are_let_go_on_leaving_the_block_even_after_an_error(nested, images):
+    model = convert_(nested, 4)
+    with pytest.raises(RuntimeError, match="channels"):
+        with weights_up_front(model):
+            model(images[:, :2])  # wrong channel count
+    assert all(m.weight.ready is None for _, m in bit_layers(model))
+    before = model(images)
+    with weights_up_front(model):
+        assert torch.equal(model(images), before)
+    with torch.no_grad():
+        model.out.weight.pos.zero_(), model.out.weight.neg.zero_()
+    out = model(images)  # planes changed after the block: the layer sees them, its output is its bias
+    assert torch.equal(out, model.out.bias.detach().expand_as(out))
