@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bits import check_nbits, digits, from_bits, integer_weight, levels, plane_norms, plane_rows, plane_values, quantize
+from .bits import check_nbits, digits, from_bits, integer_weight, levels, plane_rows, plane_values, quantize
 
 
 class ScaledWeight(nn.Module):
@@ -45,10 +45,6 @@ class ScaledWeight(nn.Module):
     def live_bits(self) -> int:
         """The precision it reports: nbits, or 0 when its integer weight is all zero."""
         return live_bits([self])[0]
-
-    def plane_norms(self) -> torch.Tensor:
-        """The group L2 norm of each plane, pos and neg together: (nbits,)."""
-        return plane_norms(*self.rows())
 
     def set_scale_(self, scale: torch.Tensor) -> None:
         """A new log_scale Parameter; a zero scale (an all-zero weight) becomes 1, which changes nothing.

@@ -1,7 +1,7 @@
 """Start a run in the background and watch its bits die while it trains."""
 import streamlit as st
 
-from bsq_explore import analysis, dashboard, plots, train
+from bsq_explore import dashboard, plots, train
 from bsq_explore.config import PRESETS, BSQConfig
 
 st.title("Train")
