@@ -82,11 +82,11 @@ def build_parser() -> Parser:
     sweep = sub.add_parser("sweep", help="one float model, a BSQ run per alpha, uniform baselines")
     sweep.add_argument("--preset", default=DEFAULT_PRESET)
     sweep.add_argument("--alphas", required=True, help="comma-separated, e.g. 0,0.05,0.1")
-    sweep.add_argument("--jobs", type=int, default=1, help="parallel processes (local backend)")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs side by side (local backend); each uses --threads CPU threads")
     sweep.add_argument("--backend", choices=["local", "ray"], default="local",
                        help="local processes, or one Ray task per run (pip install 'bsq_explore[ray]')")
     sweep.add_argument("--address", help="Ray cluster address, e.g. ray://head:10001 or auto (ray backend)")
-    sweep.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs each Ray task asks for")
+    sweep.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs each Ray task asks for (its threads come from --threads)")
     sweep.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each Ray task asks for")
     sweep.add_argument("--uniform", default="2,3,4,8", help="bits of the uniform baselines ('' for none)")
     sweep.add_argument("--runs")

@@ -42,6 +42,8 @@ class BSQConfig:
     download: bool = False            # let torchvision fetch mnist / fashion-mnist / cifar10
     seed: int = 0
     device: str = "cpu"               # cpu | cuda | auto
+    threads: int = 1                  # intra-op CPU threads: set by the config, never by the scheduler,
+                                      # since they change float summation order and so every frame
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # nan slips through the comparisons below, inf trains to nan
@@ -59,6 +61,7 @@ class BSQConfig:
             (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0"),
             (-2**63 <= self.seed < 2**64, "seed must fit in 64 bits"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (1 <= self.threads <= MAX_THREADS, f"threads must be 1..{MAX_THREADS}"),
             (min(self.train_subset, self.test_subset) >= 0, "subsets must be >= 0"),
             (self.act_bits == 0 or 1 <= self.act_bits <= MAX_BITS, f"act_bits must be 0 or 1..{MAX_BITS}"),
             (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"), "device must be cpu, cuda or auto"),
@@ -85,6 +88,7 @@ class BSQConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+MAX_THREADS = 256
 MODELS = ("mlp", "lenet5", "resnet20", "resnet32", "resnet56")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 

@@ -6,10 +6,9 @@ import os
 import shutil
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
-import torch
-
 from .config import BSQConfig, preset
 from .runs import check_name, list_runs, read_info, runs_root, sweep_table
 from .train import train
@@ -42,18 +41,25 @@ def _needs_run(path: Path) -> bool | str:
     return True
 
 
-def _run_one(task) -> str | None:
-    """Worker: train one run; returns None, or the one-line reason it failed."""
-    config, root, name, sweep_name, resume, threads, progress = task
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+class Task(NamedTuple):
+    """One run of a sweep, as a worker process or Ray task receives it."""
+    config: BSQConfig
+    root: str
+    name: str
+    sweep: str
+    resume: bool
+    progress: bool = False
+
+
+def _run_one(task: Task) -> str | None:
+    """Worker: train one run; returns None, or the one-line reason it failed. The run sets its own
+    thread count from its config, so how it was scheduled never changes its frames."""
     try:
-        train(config, runs=root, name=name, sweep=sweep_name, resume=resume, progress=progress)
+        train(task.config, runs=task.root, name=task.name, sweep=task.sweep, resume=task.resume,
+              progress=task.progress)
         return None
     except Exception as err:  # the run folder records the failure; the sweep goes on
-        return f"{name}: {type(err).__name__}: {err}".splitlines()[0]
-    finally:
-        torch.set_num_threads(before)  # a task run in the caller's process leaves it as it was
+        return f"{task.name}: {type(err).__name__}: {err}".splitlines()[0]
 
 
 def run_local(tasks: list, jobs: int = 1) -> list[str | None]:
@@ -99,19 +105,17 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
         config.replace(alpha=alpha)
     name = check_name(name or f"{preset_name}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
     root = runs_root(runs)
-    threads = cpus_per_trial if backend == "ray" else max(1, (os.cpu_count() or 1) // jobs)
     execute = ((lambda tasks: run_local(tasks, jobs)) if backend == "local" else
                (lambda tasks: run_ray(tasks, address, cpus_per_trial, gpus_per_trial)))
 
     float_name = f"{name}-float"
     status = _needs_run(root / float_name)
     if status:
-        alone = cpus_per_trial if backend == "ray" else os.cpu_count() or 1  # nothing else runs yet
-        error, = execute([(config.replace(bsq_epochs=0, finetune_epochs=0), str(root), float_name, name,
-                           status == "resume", alone, progress and backend == "local")])
+        error, = execute([Task(config.replace(bsq_epochs=0, finetune_epochs=0), str(root), float_name, name,
+                               status == "resume", progress and backend == "local")])
         if error:
             raise RuntimeError(f"the shared float model failed, so no alpha can start: {error}")
-    tasks = [(c, str(root), n, name, status == "resume", threads, False)
+    tasks = [Task(c, str(root), n, name, status == "resume")
              for n, c in plan_sweep(config, name, alphas, uniform_bits, root / float_name / "float.pt")
              if (status := _needs_run(root / n))]
     errors = execute(tasks) if tasks else []

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -188,7 +189,8 @@ class RunFolder:
         path.mkdir(parents=True)
         info = dict(config=config.to_dict(), sweep=sweep, status="running", error=None, summary={},
                     provenance=dict(package=__version__, torch=torch.__version__, python=platform.python_version(),
-                                    git_sha=_git_sha(), device=str(device), seed=config.seed, host=socket.gethostname(),
+                                    git_sha=_git_sha(), device=str(device), seed=config.seed,
+                                    threads=torch.get_num_threads(), host=socket.gethostname(),
                                     pid=os.getpid(), start=_now(), end=None))
         folder = cls(path, info, {k: pd.DataFrame(columns=c) for k, c in FRAME_COLUMNS.items()})
         try:
@@ -211,7 +213,8 @@ class RunFolder:
             mask = [key in keys for key in zip(frame.stage, frame.epoch)]
             frames[k] = frame[mask].reset_index(drop=True)
         run.info.update(status="running", error=None)
-        run.info["provenance"].update(pid=os.getpid(), host=socket.gethostname(), end=None)
+        run.info["provenance"].update(pid=os.getpid(), host=socket.gethostname(), threads=torch.get_num_threads(),
+                                      end=None)
         folder = cls(path, run.info, frames)
         folder.write_info()
         return folder
@@ -234,6 +237,17 @@ class RunFolder:
         self.info["summary"].update(summary)
         self.info["provenance"]["end"] = _now()
         self.write_info()
+
+
+@contextmanager
+def cpu_threads(n: int):
+    """Run the body with n intra-op threads, then restore the caller's count (a notebook keeps its own)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | None = None,
@@ -266,75 +280,76 @@ def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | 
         steps = plan(config)
     prepare_root(root)
 
-    ds = data.load(config.dataset, config.train_subset, config.test_subset, config.download).to(device)
-    torch.manual_seed(config.seed)
-    model = build_model(config, ds).to(device)
-    generator = torch.Generator(device).manual_seed(config.seed)
-    if config.pretrained and not resume:
-        model.load_state_dict(torch.load(config.pretrained, map_location=device, weights_only=True))
+    with cpu_threads(config.threads):  # before the data: even its normalization sums floats
+        ds = data.load(config.dataset, config.train_subset, config.test_subset, config.download).to(device)
+        torch.manual_seed(config.seed)
+        model = build_model(config, ds).to(device)
+        generator = torch.Generator(device).manual_seed(config.seed)
+        if config.pretrained and not resume:
+            model.load_state_dict(torch.load(config.pretrained, map_location=device, weights_only=True))
 
-    done, stage = 0, "pretrain"
-    if ckpt is not None:
-        stage, done = ckpt["stage"], ckpt["done"]
-        shape_for(model, config, stage)
-        model.load_state_dict(ckpt["model"])
-        generator.set_state(ckpt["generator"])
-        folder = RunFolder.reopen(path, steps[:done])
-    else:
-        if overwrite and path.exists():
-            shutil.rmtree(path)
-        folder = RunFolder.create(path, config, device, sweep)
-    opt = optimizer(model, config, stage_lr(config, stage, 1))
-    if ckpt is not None:
-        opt.load_state_dict(ckpt["optimizer"])
-
-    listeners = list(callbacks or [])
-    if progress:
-        listeners.append(progress_bar(len(steps) - done, name))
-    try:
-        for index in range(done, len(steps)):
-            next_stage, epoch, step = steps[index]
-            if next_stage != stage:
-                if stage == "pretrain":  # the float model: every sweep run starts from it
-                    if config.pretrain_epochs:
-                        folder.save("float.pt", model.state_dict())
-                    convert_(model, config.nbits, filter_fn=convert_filter(config))
-                if next_stage == "finetune":
-                    freeze_(model)
-                stage = next_stage
-                opt = optimizer(model, config, stage_lr(config, stage, epoch))
-            event = run_epoch(model, opt, ds, config, generator, stage, epoch, step, steps[-1][2], folder)
-            if event.requant is not None:
-                opt = optimizer(model, config, stage_lr(config, stage, epoch + 1))  # shapes changed
-            folder.save("checkpoint.pt", dict(config=config.to_dict(), stage=stage, done=index + 1,
-                                              model=model.state_dict(), optimizer=opt.state_dict(),
-                                              generator=generator.get_state().cpu()))
-            for listener in listeners:
-                listener(event)
-        if stage == "pretrain":
-            folder.save("float.pt", model.state_dict())
+        done, stage = 0, "pretrain"
+        if ckpt is not None:
+            stage, done = ckpt["stage"], ckpt["done"]
+            shape_for(model, config, stage)
+            model.load_state_dict(ckpt["model"])
+            generator.set_state(ckpt["generator"])
+            folder = RunFolder.reopen(path, steps[:done])
         else:
-            folder.save("model.pt", export(model))
-        metrics = folder.frames["metrics"]
-        bsq_rows = metrics[metrics.stage == "bsq"]
-        last = metrics.iloc[-1] if len(metrics) else None
-        folder.end("finished",
-                   test_acc=float(last.test_acc) if last is not None else None,
-                   bsq_acc=float(bsq_rows.test_acc.iloc[-1]) if len(bsq_rows) else None,
-                   avg_bits=float(last.avg_bits) if last is not None else None,
-                   compression=float(last.compression) if last is not None else None,
-                   collapsed=bool(last is not None and last.avg_bits == 0))
-    except BaseException as err:
-        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-        try:
-            folder.end("failed", error=reason.splitlines()[0])
-        except OSError:  # a full disk can refuse run.json too; keep the first error (the run then lists as stale)
-            pass
-        err.failed_run = path  # lets the CLI tell a failed run (exit 1) from bad input (exit 2)
-        raise
-    finally:
+            if overwrite and path.exists():
+                shutil.rmtree(path)
+            folder = RunFolder.create(path, config, device, sweep)
+        opt = optimizer(model, config, stage_lr(config, stage, 1))
+        if ckpt is not None:
+            opt.load_state_dict(ckpt["optimizer"])
+
+        listeners = list(callbacks or [])
         if progress:
-            listeners[-1].close()
+            listeners.append(progress_bar(len(steps) - done, name))
+        try:
+            for index in range(done, len(steps)):
+                next_stage, epoch, step = steps[index]
+                if next_stage != stage:
+                    if stage == "pretrain":  # the float model: every sweep run starts from it
+                        if config.pretrain_epochs:
+                            folder.save("float.pt", model.state_dict())
+                        convert_(model, config.nbits, filter_fn=convert_filter(config))
+                    if next_stage == "finetune":
+                        freeze_(model)
+                    stage = next_stage
+                    opt = optimizer(model, config, stage_lr(config, stage, epoch))
+                event = run_epoch(model, opt, ds, config, generator, stage, epoch, step, steps[-1][2], folder)
+                if event.requant is not None:
+                    opt = optimizer(model, config, stage_lr(config, stage, epoch + 1))  # shapes changed
+                folder.save("checkpoint.pt", dict(config=config.to_dict(), stage=stage, done=index + 1,
+                                                  model=model.state_dict(), optimizer=opt.state_dict(),
+                                                  generator=generator.get_state().cpu()))
+                for listener in listeners:
+                    listener(event)
+            if stage == "pretrain":
+                folder.save("float.pt", model.state_dict())
+            else:
+                folder.save("model.pt", export(model))
+            metrics = folder.frames["metrics"]
+            bsq_rows = metrics[metrics.stage == "bsq"]
+            last = metrics.iloc[-1] if len(metrics) else None
+            folder.end("finished",
+                       test_acc=float(last.test_acc) if last is not None else None,
+                       bsq_acc=float(bsq_rows.test_acc.iloc[-1]) if len(bsq_rows) else None,
+                       avg_bits=float(last.avg_bits) if last is not None else None,
+                       compression=float(last.compression) if last is not None else None,
+                       collapsed=bool(last is not None and last.avg_bits == 0))
+        except BaseException as err:
+            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+            try:
+                folder.end("failed", error=reason.splitlines()[0])
+            except OSError:  # a full disk can refuse run.json too; keep the first error (the run then lists as stale)
+                pass
+            err.failed_run = path  # lets the CLI tell a failed run (exit 1) from bad input (exit 2)
+            raise
+        finally:
+            if progress:
+                listeners[-1].close()
     return path
 
 

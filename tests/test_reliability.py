@@ -110,11 +110,10 @@ def bsq_epochs_on_disk(folder: Path) -> int:
 def test_sigkill_in_bsq_keeps_every_finished_epoch_and_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     cut_root, ref_root = tmp_path / "cut", tmp_path / "ref"
     args = ["train", *options(KILL), "--name", "x"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same in all three processes; two run side by side
     reference = subprocess.Popen([sys.executable, "-m", "bsq_explore.cli", *args, "--runs", str(ref_root)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     victim = subprocess.Popen([sys.executable, "-c", HOLD_AFTER_BSQ_5, *args, "--runs", str(cut_root)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         while bsq_epochs_on_disk(cut_root / "x") < 2:  # read with load_run: no torn read either
             assert victim.poll() is None, victim.stderr.read()
@@ -138,7 +137,7 @@ def test_sigkill_in_bsq_keeps_every_finished_epoch_and_resume_matches_an_uninter
     assert main(["show", str(cut_root / "x")]) == 0 and "running (stale" in capsys.readouterr().out
 
     resumed = subprocess.run([sys.executable, "-m", "bsq_explore.cli", "train", "--resume", "--name", "x",
-                              "--runs", str(cut_root)], capture_output=True, text=True, env=env)
+                              "--runs", str(cut_root)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     run = load_run(cut_root / "x")
     assert run.info["status"] == "finished" and not run.stale
@@ -538,7 +537,6 @@ def fuzz_cli(tmp_path, tiny_run, monkeypatch):
     monkeypatch.setattr(cli, "EXAMPLES", tmp_path / "examples")
     monkeypatch.setattr(train_module, "train", stub_train)
     monkeypatch.setattr(sweep_module, "train", stub_train)
-    monkeypatch.setattr(sweep_module.torch, "set_num_threads", lambda n: None)  # a sweep worker's, not ours
     monkeypatch.setattr(sweep_module.multiprocessing, "get_context", lambda method: FakeContext)
     monkeypatch.setattr(sweep_module, "run_ray", lambda tasks, *args: [sweep_module._run_one(t) for t in tasks])
     return started

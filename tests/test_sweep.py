@@ -1,6 +1,7 @@
 """Sweeps: one float model shared by every run, baselines, re-running completes instead of repeating."""
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -8,31 +9,64 @@ from bsq_explore.runs import list_runs, load_run, sweep_table
 from bsq_explore.sweep import sweep
 from conftest import TINY
 
+pytestmark = pytest.mark.xdist_group("sweep")  # one worker holds the shared sweep below
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
 
-def test_sweep_shares_the_float_model_and_resumes(tmp_path):
-    table = sweep("digits-mlp", [0.3, 0.0], jobs=2, runs=tmp_path, name="sw", uniform_bits=[3], progress=False,
-                  **{k: v for k, v in TINY.items() if k != "alpha"})
+SMALL = {k: v for k, v in TINY.items() if k != "alpha"}
+ALPHAS, UNIFORM = [0.3, 0.0], [3]
+
+
+def small_sweep(root, **how):
+    return sweep("digits-mlp", ALPHAS, runs=root, name="sw", uniform_bits=UNIFORM, progress=False, **SMALL, **how)
+
+
+@pytest.fixture(scope="session")
+def local_sweep(tmp_path_factory):
+    """One small sweep run two jobs at a time, shared by the tests below (they only read it)."""
+    root = tmp_path_factory.mktemp("sweep")
+    return root, small_sweep(root, jobs=2)
+
+
+def assert_same_runs(a_root: Path, b_root: Path, names) -> None:
+    """Frames bit-identical run by run (timings aside): scheduling must not change a result."""
+    for name in names:
+        a, b = load_run(a_root / name), load_run(b_root / name)
+        for kind in ("metrics", "bits", "layers"):
+            pd.testing.assert_frame_equal(getattr(a, kind).drop(columns="seconds", errors="ignore"),
+                                          getattr(b, kind).drop(columns="seconds", errors="ignore"))
+        assert a.info["summary"] == b.info["summary"]
+
+
+def test_sweep_shares_the_float_model_and_resumes(local_sweep):
+    root, table = local_sweep
     assert table.name.tolist() == ["sw-float", "sw-a0", "sw-a0.3", "sw-u3"]
     assert table.status.eq("finished").all() and table.attrs["errors"] == []
-    float_run = load_run(tmp_path / "sw-float")
+    float_run = load_run(root / "sw-float")
     for name in ("sw-a0", "sw-a0.3", "sw-u3"):
-        config = load_run(tmp_path / name).info["config"]
-        assert config["pretrain_epochs"] == 0 and config["pretrained"] == str(tmp_path / "sw-float" / "float.pt")
-        assert load_run(tmp_path / name).info["sweep"] == "sw"
+        config = load_run(root / name).info["config"]
+        assert config["pretrain_epochs"] == 0 and config["pretrained"] == str(root / "sw-float" / "float.pt")
+        assert load_run(root / name).info["sweep"] == "sw"
     assert float_run.metrics.stage.eq("pretrain").all()
     # the alpha-0 run starts from the float model: its conversion snapshot equals the float accuracy
     # up to 8-bit rounding
-    snapshot = load_run(tmp_path / "sw-a0").metrics.query("stage == 'bsq' and epoch == 0").test_acc.item()
+    snapshot = load_run(root / "sw-a0").metrics.query("stage == 'bsq' and epoch == 0").test_acc.item()
     assert abs(snapshot - float_run.metrics.test_acc.iloc[-1]) < 0.02
     assert table.set_index("name").loc["sw-u3", "avg_bits"] == 3
 
-    before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/run.json")}
-    again = sweep("digits-mlp", [0.0, 0.3], jobs=1, runs=tmp_path, name="sw", uniform_bits=[3], progress=False,
-                  **{k: v for k, v in TINY.items() if k != "alpha"})
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/run.json")} == before, "finished runs are never re-run"
+    before = {p: p.stat().st_mtime_ns for p in root.glob("*/run.json")}
+    again = small_sweep(root, jobs=1)
+    assert {p: p.stat().st_mtime_ns for p in root.glob("*/run.json")} == before, "finished runs are never re-run"
     assert again.drop(columns="reason").equals(table.drop(columns="reason"))
+
+
+def test_one_job_and_two_jobs_give_the_same_frames(local_sweep, tmp_path):
+    root, table = local_sweep
+    serial = small_sweep(tmp_path, jobs=1)
+    assert serial.drop(columns="reason").equals(table.drop(columns="reason"))
+    assert_same_runs(root, tmp_path, table.name)
+    assert {load_run(tmp_path / n).info["provenance"]["threads"] for n in table.name} == {1}  # the config's
 
 
 def test_sweep_rejects_bad_arguments(tmp_path):
@@ -71,23 +105,14 @@ def test_shipped_sweep_has_uniform_baselines_and_small_files():
         torch.load(path / "model.pt", weights_only=True)
 
 
-def test_ray_backend_writes_the_same_runs_as_the_local_one(tmp_path):
+def test_ray_backend_writes_the_same_runs_as_the_local_one(local_sweep, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is the optional extra bsq_explore[ray] (make test installs it)")
-    import pandas as pd
-
-    small = {k: v for k, v in TINY.items() if k != "alpha"}
-    local = sweep("digits-mlp", [0.0, 0.2, 0.4], jobs=2, runs=tmp_path / "local", name="s", uniform_bits=[2],
-                  progress=False, **small)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = sweep("digits-mlp", [0.0, 0.2, 0.4], runs=tmp_path / "ray", name="s", uniform_bits=[2],
-                       progress=False, backend="ray", cpus_per_trial=1, **small)
+    root, local = local_sweep
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # two 2-CPU tasks at a time
+    try:  # each task asks for 2 CPUs, but its run still uses the config's one thread
+        remote = small_sweep(tmp_path, backend="ray", cpus_per_trial=2)
     finally:
         ray.shutdown()
     assert remote.drop(columns="reason").equals(local.drop(columns="reason"))
-    assert remote.status.eq("finished").all() and len(remote) == 5
-    for name in remote.name:
-        a, b = load_run(tmp_path / "local" / name), load_run(tmp_path / "ray" / name)
-        for kind in ("metrics", "bits", "layers"):
-            pd.testing.assert_frame_equal(getattr(a, kind).drop(columns="seconds", errors="ignore"),
-                                          getattr(b, kind).drop(columns="seconds", errors="ignore"))
+    assert remote.status.eq("finished").all() and len(remote) == 4
+    assert_same_runs(root, tmp_path, remote.name)

@@ -131,3 +131,16 @@ def test_conv_presets_train_end_to_end(tmp_path, name, extra):
     assert kinds == {"conv", "linear"}
     if name.startswith("cifar10"):  # the paper recipe keeps the 1x1 shortcuts in float
         assert len(layers) == 20 and not layers.layer.str.contains("downsample").any()
+
+
+def test_a_run_uses_its_configs_thread_count_and_gives_the_callers_back(tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # the caller's own count, unlike the run's
+    seen = []
+    try:
+        path = train(preset("digits-mlp", **dict(TINY, threads=2)), runs=tmp_path, name="t", progress=False,
+                     callbacks=[lambda event: seen.append(torch.get_num_threads())])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert set(seen) == {2} and load_run(path).info["provenance"]["threads"] == 2
