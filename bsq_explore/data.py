@@ -1,6 +1,7 @@
 """Datasets held in memory as tensors, with batched augmentation (random crop with padding, flip)."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ def data_root() -> Path:
 def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool = False, seed: int = 0) -> Dataset:
     """Load a dataset by name: digits (default, no download), mnist, fashion-mnist, cifar10, folder:PATH.
 
+    mnist and fashion-mnist are read from IDX files found by idx_folders (Debian's
+    dataset-fashion-mnist among them); download=True fetches what is missing with torchvision.
     train_subset / test_subset > 0 keep that many images, the same share of every class, chosen
     with a fixed seed; every run on the same data then sees the same images.
     """
@@ -47,8 +50,10 @@ def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool 
         ds = _digits(subsets, seed)
     elif name.startswith("folder:"):
         ds = _folder(Path(name.split(":", 1)[1]).expanduser(), subsets, seed)
-    elif name in ("mnist", "fashion-mnist", "cifar10"):
-        ds = _torchvision(name, download, subsets, seed)
+    elif name in IDX:
+        ds = _idx(name, download, subsets, seed)
+    elif name == "cifar10":
+        ds = _cifar10(download, subsets, seed)
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of: digits, mnist, fashion-mnist, cifar10, folder:PATH")
     return _normalized(ds)
@@ -78,29 +83,98 @@ def _digits(subsets, seed) -> Dataset:
     return Dataset("digits", x[train], y[train], x[test], y[test], [str(i) for i in range(10)], augment=False)
 
 
-def _torchvision(name: str, download: bool, subsets, seed) -> Dataset:
+# IDX datasets (MNIST's format): where they are looked for, in order, and what they hold
+SYSTEM_DATA = Path("/usr/share/datasets")  # Debian's dataset-fashion-mnist installs here
+IDX = {"mnist": ("MNIST", [str(i) for i in range(10)]),
+       "fashion-mnist": ("FashionMNIST", ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                          "Sneaker", "Bag", "Ankle boot"])}
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (gzipped or not) as a uint8 tensor of the shape its header gives."""
+    import gzip
+
+    import numpy as np
+
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
+    body = raw[4 + 4 * ndim:]
+    if len(body) != math.prod(shape):
+        raise ValueError(f"{path} holds {len(body)} bytes, its header says {shape}")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).view(shape)
+
+
+def idx_folders(name: str) -> list[Path]:
+    """Where an IDX dataset may live: the data root (flat, or torchvision's <Class>/raw), then the system's."""
+    root = data_root() / name
+    return [root, root / IDX[name][0] / "raw", SYSTEM_DATA / name]
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    return next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+
+
+def _idx(name: str, download: bool, subsets, seed) -> Dataset:
+    """MNIST or Fashion-MNIST read from their IDX files, wherever idx_folders finds all four."""
+    def complete(folder):
+        return all(_find_idx(folder, stem) for pair in IDX_FILES.values() for stem in pair)
+
+    folder = next((f for f in idx_folders(name) if complete(f)), None)
+    if folder is None and download:
+        _fetch(name)
+        folder = next((f for f in idx_folders(name) if complete(f)), None)
+    if folder is None:
+        places = ", ".join(map(str, idx_folders(name)))
+        hint = " or apt-get install dataset-fashion-mnist" if name == "fashion-mnist" else ""
+        raise FileNotFoundError(f"{name} is not under {places}; pass --download to fetch it (needs internet){hint}")
+
+    def split(part, count, split_seed):
+        images, labels = (read_idx(_find_idx(folder, stem)) for stem in IDX_FILES[part])
+        keep = _keep(labels.long(), count, split_seed)
+        return images[keep].unsqueeze(1).float() / 255, labels[keep].long()  # (N, 1, 28, 28)
+
+    return Dataset(name, *split("train", subsets[0], seed), *split("test", subsets[1], seed + 1), IDX[name][1],
+                   augment=False)
+
+
+def _fetch(name: str) -> None:
+    """Download a dataset with torchvision into the data root, in torchvision's layout."""
     import torchvision
 
     cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST,
            "cifar10": torchvision.datasets.CIFAR10}[name]
-    root = data_root() / name
     try:
-        train, test = cls(root, train=True, download=download), cls(root, train=False, download=download)
+        for train in (True, False):
+            cls(data_root() / name, train=train, download=True)
+    except (OSError, RuntimeError) as err:
+        raise FileNotFoundError(f"could not download {name} into {data_root() / name}: {err}") from None
+
+
+def _cifar10(download: bool, subsets, seed) -> Dataset:
+    import torchvision
+
+    if download:
+        _fetch("cifar10")
+    root = data_root() / "cifar10"
+    try:
+        train, test = (torchvision.datasets.CIFAR10(root, train=t) for t in (True, False))
     except RuntimeError as err:
-        raise FileNotFoundError(f"{name} is not under {root} ({err}); pass --download to fetch it "
+        raise FileNotFoundError(f"cifar10 is not under {root} ({err}); pass --download to fetch it "
                                 f"(needs internet), or use folder:PATH for an image folder") from None
-    except OSError as err:
-        raise FileNotFoundError(f"could not download {name} into {root}: {err}") from None
 
     def tensors(split, count, split_seed):
-        x = torch.as_tensor(split.data)
-        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W) uint8
+        x = torch.as_tensor(split.data).permute(0, 3, 1, 2)  # (N, 3, 32, 32) uint8
         y = torch.as_tensor(split.targets, dtype=torch.int64)
         keep = _keep(y, count, split_seed)
         return x[keep].float() / 255, y[keep]
 
-    return Dataset(name, *tensors(train, subsets[0], seed), *tensors(test, subsets[1], seed + 1),
-                   list(train.classes), augment=name == "cifar10")
+    return Dataset("cifar10", *tensors(train, subsets[0], seed), *tensors(test, subsets[1], seed + 1),
+                   list(train.classes), augment=True)
 
 
 def _folder(path: Path, subsets, seed) -> Dataset:

@@ -6,9 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from bsq_explore.data import augment, batches, load
+from bsq_explore import data
+from bsq_explore.data import augment, batches, load, read_idx
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_digits_split_is_fixed_and_normalized():
@@ -77,3 +79,87 @@ def test_batches_cover_every_sample_once():
     seen = torch.cat([yb for _, yb in batches(x, y, 3, torch.Generator().manual_seed(0))])
     assert sorted(seen.tolist()) == list(range(10)) and seen.tolist() != list(range(10))
     assert [len(yb) for _, yb in batches(x, y, 4)] == [4, 4, 2]
+
+
+def idx_bytes(array: torch.Tensor) -> bytes:
+    """The IDX encoding written out by hand: 0 0, type 0x08 (unsigned byte), ndim, big-endian dims, data."""
+    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + bytes(array.flatten().tolist())
+
+
+def write_idx_set(folder: Path, train=12, test=6, gz=True):
+    """Four IDX files of 28x28 images whose pixels all equal their label, as the dataset packages ship them."""
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", train), ("t10k", test)):
+        labels = torch.arange(n, dtype=torch.uint8) % 3
+        images = labels.view(n, 1, 1).expand(n, 28, 28) * 80
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            name = folder / f"{prefix}-{kind}-ubyte"
+            if gz:
+                with gzip.open(f"{name}.gz", "wb") as f:
+                    f.write(idx_bytes(array))
+            else:
+                name.write_bytes(idx_bytes(array))
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_read_idx_gives_back_what_was_written(tmp_path, gz):
+    write_idx_set(tmp_path, gz=gz)
+    images = read_idx(tmp_path / ("train-images-idx3-ubyte" + (".gz" if gz else "")))
+    assert images.shape == (12, 28, 28) and images.dtype == torch.uint8
+    assert images[:, 5, 7].tolist() == [80 * (i % 3) for i in range(12)]
+
+
+def test_a_damaged_idx_file_is_a_clear_error(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\0\0\x08\x01" + (10).to_bytes(4, "big") + b"short")
+    with pytest.raises(ValueError, match="its header says"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "png").write_bytes(b"\x89PNG....")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(tmp_path / "png")
+
+
+@pytest.fixture
+def no_system_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("BSQ_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(data, "SYSTEM_DATA", tmp_path / "system")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, where, gz", [("fashion-mnist", "FashionMNIST/raw", True), ("mnist", "", False),
+                                             ("fashion-mnist", "system", True)])
+def test_idx_datasets_are_found_in_each_layout(no_system_data, name, where, gz):
+    folder = (no_system_data / "system" / name if where == "system"
+              else no_system_data / "data" / name / where)  # torchvision's <Class>/raw, or the files flat
+    write_idx_set(folder, gz=gz)
+    ds = load(name)
+    assert ds.shape == (1, 28, 28) and len(ds.train_y) == 12 and len(ds.test_y) == 6 and len(ds.classes) == 10
+    assert ds.train_y.tolist() == [i % 3 for i in range(12)] and not ds.augment
+    brighter = [ds.train_x[ds.train_y == c].mean().item() for c in range(3)]
+    assert brighter == sorted(brighter)  # pixels follow the labels through normalization
+
+
+def test_a_missing_idx_dataset_names_every_place_looked_and_how_to_get_it(no_system_data):
+    with pytest.raises(FileNotFoundError, match="FashionMNIST/raw.*system/fashion-mnist.*--download.*apt-get"):
+        load("fashion-mnist")
+
+
+def test_download_fetches_into_the_data_root_then_reads_it(no_system_data, monkeypatch):
+    fetched = []
+
+    def fake_fetch(name):  # torchvision's download, minus the internet: files in torchvision's layout
+        fetched.append(name)
+        write_idx_set(no_system_data / "data" / name / "MNIST" / "raw")
+    monkeypatch.setattr(data, "_fetch", fake_fetch)
+    assert len(load("mnist", download=True).train_y) == 12 and fetched == ["mnist"]
+    assert len(load("mnist", download=True).train_y) == 12 and fetched == ["mnist"], "found: no second download"
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir() and not os.environ.get("CI"),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_from_the_debian_package():
+    ds = load("fashion-mnist", test_subset=1000)
+    assert len(ds.train_y) == 60000 and len(ds.test_y) == 1000 and ds.shape == (1, 28, 28)
+    assert ds.train_y.bincount().tolist() == [6000] * 10 and ds.classes[9] == "Ankle boot"
