@@ -104,6 +104,16 @@ PRESETS: dict[str, dict] = {
                              pretrain_epochs=200, pretrain_lr=0.1, pretrain_milestones=(100, 150),
                              bsq_epochs=350, bsq_lr=0.1, bsq_milestones=(250,), requant_every=100,
                              finetune_epochs=300, finetune_lr=0.01, finetune_milestones=(150, 250)),
+    # Fashion-MNIST (60k/10k, read from its IDX files) with LeNet-5 and float activations: 469 steps
+    # per epoch at batch 128, ~40x digits', so its interesting alphas are ~10x smaller (DESIGN 2b)
+    "fashion-lenet5": dict(dataset="fashion-mnist", model="lenet5", alpha=0.02, pretrain_epochs=20,
+                           pretrain_lr=0.05, pretrain_milestones=(15,), bsq_epochs=12, requant_every=4,
+                           finetune_epochs=4),
+    # the paper's model and 4-bit activations, sized for a whole CPU sweep in ~90 min on 2 cores
+    # (10k training images, 15 + 6 + 3 epochs): not the paper's 650-epoch recipe
+    "cifar10-resnet20-cpu": dict(dataset="cifar10", model="resnet20", act_bits=4, alpha=0.3,
+                                 pretrain_epochs=15, pretrain_milestones=(10,), bsq_epochs=6, bsq_lr=0.1,
+                                 requant_every=2, finetune_epochs=3, train_subset=10000, test_subset=2000),
     # same model and recipe shape, a few epochs on a subset: minutes on a CPU
     "cifar10-resnet20-quick": dict(dataset="cifar10", model="resnet20", act_bits=4, alpha=5e-3,
                                    pretrain_epochs=3, pretrain_milestones=(), bsq_epochs=4, bsq_lr=0.1,
