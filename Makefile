@@ -11,8 +11,8 @@ PORT   ?= 8501
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	$(BIN)/python -m pip install -qq --upgrade pip  # -qq: errors only (warnings about absent local indexes are noise)
+	$(BIN)/python -m pip install -qq -e '.[dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,8 +20,9 @@ install: $(STAMP)
 app: $(STAMP)
 	$(BIN)/streamlit run app/main.py --server.headless true --server.port $(PORT)
 
+# -n auto: one worker per core; loadfile keeps a file's shared fixtures (a trained run, a sweep) on one worker
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)

@@ -55,3 +55,13 @@ def tiny_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runs")
     return train(preset("digits-mlp", **TINY), runs=root, name="tiny", progress=False)
+
+
+# The files that take longest, started first, so that `make test`'s two workers (pytest-xdist,
+# one file per worker at a time) finish together instead of one waiting on a late long file.
+LONGEST_FIRST = ["test_browser.py", "test_notebooks.py", "test_reliability.py", "test_sweep.py", "test_app.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise

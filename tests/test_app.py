@@ -2,10 +2,25 @@
 import shutil
 import time
 
+import logging
+
 import pytest
+from streamlit.logger import get_logger
 from streamlit.testing.v1 import AppTest
 
 from test_sweep import EXAMPLES
+
+
+class BareModeChatter(logging.Filter):
+    """Drops streamlit's notes that a cached function or st call ran outside a script run (the tests
+    import the dashboard directly); every other streamlit message still prints."""
+
+    def filter(self, record):
+        return "bare mode" not in record.getMessage() and "No runtime found" not in record.getMessage()
+
+
+for _name in ("streamlit.runtime.scriptrunner_utils.script_run_context", "streamlit.runtime.caching.cache_data_api"):
+    get_logger(_name).addFilter(BareModeChatter())
 
 MAIN = str(EXAMPLES.parents[1] / "app" / "main.py")
 

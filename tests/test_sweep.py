@@ -9,8 +9,6 @@ from bsq_explore.runs import list_runs, load_run, sweep_table
 from bsq_explore.sweep import sweep
 from conftest import TINY
 
-pytestmark = pytest.mark.xdist_group("sweep")  # one worker holds the shared sweep below
-
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
 
