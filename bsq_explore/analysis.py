@@ -45,6 +45,39 @@ def sweep_layers(runs: list[Run]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["alpha", "layer", "nbits"])
 
 
+VERDICT_COLUMNS = ["baseline", "bits", "acc", "best_bsq", "best_bits", "best_acc", "gain",
+                   "smallest_bsq", "smallest_bits", "smallest_acc", "size_ratio"]
+
+
+def verdict(table: pd.DataFrame, within: float = 0.005) -> pd.DataFrame:
+    """BSQ against each uniform baseline of a sweep table (runs.sweep_table), finished runs only.
+
+    One row per uniform k-bit run: the most accurate BSQ run of at most k average bits (best_*)
+    and gain, its accuracy minus the baseline's in percentage points (negative: uniform wins);
+    then the smallest BSQ run within `within` (0.005: half a point) of the baseline's accuracy
+    (smallest_*) and size_ratio, k over its average bits (above 1: BSQ is smaller). None where
+    no BSQ run qualifies. Accuracies are final test accuracies, as fractions.
+    """
+    done = table[table.status == "finished"]
+    bsq = done[done.kind == "bsq"].sort_values(["test_acc", "avg_bits"], ascending=[False, True])
+    rows = []
+    for base in done[done.kind == "uniform"].sort_values("nbits").itertuples():
+        bits, acc = base.avg_bits, base.test_acc
+        best = bsq[bsq.avg_bits <= bits + 1e-9].head(1)
+        close = bsq[bsq.test_acc >= acc - within - 1e-12].sort_values(["avg_bits", "test_acc"],
+                                                                      ascending=[True, False]).head(1)
+        row = dict(baseline=base.name, bits=bits, acc=acc)
+        for prefix, pick in (("best", best), ("smallest", close)):
+            hit = pick.iloc[0] if len(pick) else None
+            row.update({f"{prefix}_bsq": hit["name"] if hit is not None else None,
+                        f"{prefix}_bits": hit.avg_bits if hit is not None else None,
+                        f"{prefix}_acc": hit.test_acc if hit is not None else None})
+        row["gain"] = 100 * (row["best_acc"] - acc) if row["best_acc"] is not None else None
+        row["size_ratio"] = bits / row["smallest_bits"] if row["smallest_bits"] else None
+        rows.append(row)
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
 def reduce_precision(exported: dict, nbits: dict[str, int]) -> dict:
     """A copy of an export() with some layers at fewer bits: the low bits are rounded away.
 

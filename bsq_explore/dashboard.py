@@ -12,6 +12,23 @@ from .runs import DamagedRun, Run, check_name, list_runs, load_run, runs_root
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
 
+_PERCENT = dict(format="percent")
+VERDICT_COLUMNS = {  # analysis.verdict's columns as the Sweep page shows them
+    "bits": st.column_config.NumberColumn("bits", help="the uniform baseline's bits"),
+    "acc": st.column_config.NumberColumn("accuracy", help="the baseline's final test accuracy", **_PERCENT),
+    "best_bsq": st.column_config.TextColumn("best BSQ run", help="most accurate BSQ run at no more bits"),
+    "best_bits": st.column_config.NumberColumn("bits of best", help="its average bits", format="%.2f"),
+    "best_acc": st.column_config.NumberColumn("accuracy of best", **_PERCENT),
+    "gain": st.column_config.NumberColumn("gain (points)", help="its accuracy minus the baseline's",
+                                          format="%+.1f"),
+    "smallest_bsq": st.column_config.TextColumn("smallest BSQ run as good",
+                                                help="fewest average bits within half a point of the baseline"),
+    "smallest_bits": st.column_config.NumberColumn("bits of smallest", format="%.2f"),
+    "smallest_acc": st.column_config.NumberColumn("accuracy of smallest", **_PERCENT),
+    "size_ratio": st.column_config.NumberColumn("size ratio", help="baseline bits / its bits", format="%.2fx"),
+}
+
+
 def roots() -> list[Path]:
     """The user's runs root (sidebar, else $BSQ_RUNS or data/runs) and the shipped examples."""
     user = Path(st.session_state.get("runs_root") or runs_root())

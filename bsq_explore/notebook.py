@@ -157,6 +157,19 @@ def live_curves() -> tuple[object, Callable]:
 
 # --- 03: a sweep -------------------------------------------------------------------------------
 
+def shipped_sweeps() -> pd.DataFrame:
+    """The sweeps in data/examples, one row each: its name, model, dataset, runs and float accuracy."""
+    table = list_runs(EXAMPLES)
+    rows = []
+    for name in sorted(table.sweep.dropna().unique()):
+        part = table[table.sweep == name]
+        base = part[part.kind == "float"]
+        config = load_run(base.path.iloc[0]).info["config"] if len(base) else {}
+        rows.append(dict(sweep=name, model=config.get("model"), dataset=config.get("dataset"), runs=len(part),
+                         float_acc=base.test_acc.iloc[0] if len(base) else None))
+    return pd.DataFrame(rows, columns=["sweep", "model", "dataset", "runs", "float_acc"])
+
+
 def sweep_runs(root: str | os.PathLike, sweep: str) -> dict[float, Run]:
     """The finished BSQ runs of a sweep under root, by alpha (ascending)."""
     table = sweep_table(list_runs(root), sweep)

@@ -88,6 +88,8 @@ def test_precision_page_follows_the_run_picker(app):
 def test_sweep_page_alpha_picker_opens_that_heatmap(app):
     at = app("sweep", sweep="digits")
     assert at.selectbox[0].value == "digits" and len(charts(at)) == 3
+    verdict = at.dataframe[1].value  # BSQ against each uniform baseline, computed from the runs
+    assert verdict.baseline.tolist() == ["digits-u2", "digits-u3", "digits-u4", "digits-u8"]
     heat = charts(at)[2]
     at.selectbox[1].set_value("digits-a0.1").run()
     assert charts(at)[2] != heat and at.query_params["sweep"] == "digits"

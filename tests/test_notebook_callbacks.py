@@ -263,3 +263,13 @@ def test_paper_comparison(tiny_run):
     assert (paper.compression, paper.test_acc, paper.alpha, paper.act_bits) == (14.0, 0.92, 5e-3, 4)
     assert mine.compression == run.info["summary"]["compression"] and mine.test_acc == run.info["summary"]["test_acc"]
     assert mine.epochs == "3+4+2" and mine.alpha == TINY["alpha"]
+
+
+def test_shipped_sweeps_lists_each_sweep_with_its_float_model():
+    from bsq_explore.runs import load_run
+
+    listed = notebook.shipped_sweeps().set_index("sweep")
+    float_run = load_run(notebook.EXAMPLES / "digits-float")
+    assert listed.loc["digits", "model"] == "mlp" and listed.loc["digits", "dataset"] == "digits"
+    assert listed.loc["digits", "float_acc"] == float_run.info["summary"]["test_acc"]
+    assert listed.loc["digits", "runs"] == len(list(notebook.EXAMPLES.glob("digits-*")))

@@ -18,6 +18,11 @@ bsq = sweep[(sweep.kind == "bsq") & (sweep.status == "finished")]
 opened = [r for r in (dashboard.open_run(n) for n in bsq.name) if r is not None]
 st.plotly_chart(plots.layer_precision_bars(analysis.sweep_layers(opened)))
 st.dataframe(sweep, hide_index=True)
+st.subheader("BSQ against uniform quantization")
+st.caption("For each uniform k-bit baseline: the most accurate BSQ run of at most k average bits (gain: its "
+           "accuracy minus the baseline's, in points), and the smallest BSQ run within half a point of the "
+           "baseline (size ratio above 1: BSQ is smaller). Final test accuracies.")
+st.dataframe(analysis.verdict(sweep), hide_index=True, column_config=dashboard.VERDICT_COLUMNS)
 if bsq.empty:
     st.stop()
 clicked = [p.get("customdata") for p in event.selection.points] if event and event.selection else []

@@ -1,0 +1,45 @@
+"""Questions asked of runs: the BSQ-versus-uniform verdict of a sweep, against hand-worked tables."""
+import pandas as pd
+import pytest
+
+from bsq_explore.analysis import VERDICT_COLUMNS, verdict
+from bsq_explore.runs import list_runs, sweep_table
+from test_sweep import EXAMPLES
+
+
+def table(*rows):
+    """A sweep table (runs.sweep_table's columns that verdict reads) from (name, kind, bits, acc[, status])."""
+    return pd.DataFrame([dict(name=r[0], kind=r[1], nbits=r[2] if r[1] == "uniform" else 8, avg_bits=r[2],
+                              test_acc=r[3], status=r[4] if len(r) > 4 else "finished") for r in rows])
+
+
+def test_verdict_picks_the_best_bsq_run_at_each_size_and_the_smallest_one_as_good():
+    sweep = table(("f", "float", 32, 0.90),
+                  ("a1", "bsq", 5.0, 0.895), ("a2", "bsq", 2.5, 0.880), ("a3", "bsq", 1.5, 0.870),
+                  ("a4", "bsq", 0.0, 0.10), ("a5", "bsq", 1.2, 0.99, "failed"),  # a failed run never counts
+                  ("u2", "uniform", 2, 0.875), ("u4", "uniform", 4, 0.890), ("u1", "uniform", 1, 0.30))
+    v = verdict(sweep).set_index("baseline")
+    assert list(v.reset_index().columns) == VERDICT_COLUMNS and list(v.index) == ["u1", "u2", "u4"]
+    # at <= 2 bits the best BSQ run is a3 (87.0 %), 0.5 points below u2's 87.5 %
+    assert v.loc["u2", "best_bsq"] == "a3" and v.loc["u2", "gain"] == pytest.approx(-0.5)
+    # a3 is also the smallest BSQ run within half a point of u2: 2 / 1.5 bits
+    assert v.loc["u2", "smallest_bsq"] == "a3" and v.loc["u2", "size_ratio"] == pytest.approx(2 / 1.5)
+    # at <= 4 bits: a2 (88.0 %), 1 point below u4; the smallest within half a point of 89 % is a1 at 5 bits
+    assert v.loc["u4", "best_bsq"] == "a2" and v.loc["u4", "gain"] == pytest.approx(-1.0)
+    assert v.loc["u4", "smallest_bsq"] == "a1" and v.loc["u4", "size_ratio"] == pytest.approx(4 / 5)
+    # at <= 1 bit only the collapsed a4 fits; every BSQ run beats u1's 30 %, the smallest live one is a3
+    assert v.loc["u1", "best_bsq"] == "a4" and v.loc["u1", "gain"] == pytest.approx(100 * (0.10 - 0.30))
+    assert v.loc["u1", "smallest_bsq"] == "a3"
+
+
+def test_verdict_says_none_where_no_bsq_run_qualifies():
+    v = verdict(table(("a1", "bsq", 6.0, 0.80), ("u4", "uniform", 4, 0.90))).iloc[0]
+    assert v.best_bsq is None and v.gain is None and v.smallest_bsq is None and v.size_ratio is None
+    assert verdict(table(("a1", "bsq", 6.0, 0.80))).empty
+
+
+def test_verdict_of_the_shipped_digits_sweep_has_a_row_per_baseline():
+    sweep = sweep_table(list_runs(EXAMPLES), "digits")
+    v = verdict(sweep)
+    assert v.baseline.tolist() == ["digits-u2", "digits-u3", "digits-u4", "digits-u8"]
+    assert (v.best_bits <= v.bits).all() and v.best_acc.notna().all()
