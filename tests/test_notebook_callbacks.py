@@ -266,8 +266,6 @@ def test_paper_comparison(tiny_run):
 
 
 def test_shipped_sweeps_lists_each_sweep_with_its_float_model():
-    from bsq_explore.runs import load_run
-
     listed = notebook.shipped_sweeps().set_index("sweep")
     float_run = load_run(notebook.EXAMPLES / "digits-float")
     assert listed.loc["digits", "model"] == "mlp" and listed.loc["digits", "dataset"] == "digits"
