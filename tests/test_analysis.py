@@ -43,3 +43,4 @@ def test_verdict_of_the_shipped_digits_sweep_has_a_row_per_baseline():
     v = verdict(sweep)
     assert v.baseline.tolist() == ["digits-u2", "digits-u3", "digits-u4", "digits-u8"]
     assert (v.best_bits <= v.bits).all() and v.best_acc.notna().all()
+

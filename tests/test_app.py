@@ -4,10 +4,12 @@ import time
 
 import logging
 
+import pandas as pd
 import pytest
 from streamlit.logger import get_logger
 from streamlit.testing.v1 import AppTest
 
+from bsq_explore.dashboard import featured
 from test_sweep import EXAMPLES
 
 
@@ -150,3 +152,16 @@ def test_an_empty_runs_root_says_how_to_make_a_first_run(tmp_path, monkeypatch):
         at = AppTest.from_file(MAIN, default_timeout=60)
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception and "bsq-explore train" in at.info[0].value
+
+
+def test_the_app_opens_the_hardest_sweeps_most_compressed_run_near_its_float_model():
+    def run(name, sweep, kind, acc, compression, status="finished"):
+        return dict(name=name, sweep=sweep, kind=kind, test_acc=acc, compression=compression, status=status)
+    runs = pd.DataFrame([run("d-float", "d", "float", 0.98, 1), run("d-a1", "d", "bsq", 0.97, 18),
+                         run("f-float", "f", "float", 0.91, 1), run("f-a1", "f", "bsq", 0.905, 6),
+                         run("f-a2", "f", "bsq", 0.895, 11), run("f-a3", "f", "bsq", 0.70, 40),
+                         run("c-float", "c", "float", 0.60, 1, "running")])  # no BSQ run of c yet
+    assert featured(runs) == "f-a2"  # fashion is harder than digits; f-a3 is more than 2 points off
+    assert featured(runs[runs.sweep != "f"]) == "d-a1"
+    alone = pd.DataFrame([run("x", None, "bsq", 0.9, 5), run("y", None, "bsq", 0.85, 9)])
+    assert featured(alone) == "x"
