@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
+
 from .config import BSQConfig, preset
 from .runs import check_name, list_runs, read_info, runs_root, sweep_table
 from .train import train
