@@ -45,7 +45,7 @@ examples-digits: $(STAMP)
 	$(PRUNE)
 
 examples-fashion: $(STAMP)
-	$(SWEEP) --preset fashion-lenet5 --name fashion --alphas 0,0.002,0.005,0.01,0.015,0.02,0.03,0.05,0.1 \
+	$(SWEEP) --preset fashion-lenet5 --name fashion --alphas 0,0.002,0.005,0.01,0.015,0.02,0.03,0.05,0.1,0.2,0.5 \
 	    --uniform 1,2,3,4,8
 	$(PRUNE)
 

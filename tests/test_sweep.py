@@ -97,10 +97,20 @@ def test_shipped_sweep_reaches_10x_within_2_points_of_float():
 
 def test_shipped_sweep_has_uniform_baselines_and_small_files():
     assert shipped().query("kind == 'uniform'").nbits.tolist() == [2, 3, 4, 8]
-    assert sum(p.stat().st_size for p in EXAMPLES.rglob("*") if p.is_file()) < 5e6
-    assert not list(EXAMPLES.rglob("checkpoint.pt"))
-    for path in EXAMPLES.glob("digits-a*"):
+    assert sum(p.stat().st_size for p in EXAMPLES.rglob("*") if p.is_file()) < 15e6
+    assert not list(EXAMPLES.rglob("checkpoint.pt")) and not list(EXAMPLES.rglob("float.pt"))
+    for path in EXAMPLES.glob("*-a*"):
         torch.load(path / "model.pt", weights_only=True)
+
+
+def test_shipped_fashion_sweep_spans_8_bits_to_collapse_with_every_baseline():
+    table = sweep_table(list_runs(EXAMPLES), "fashion")
+    assert table.status.eq("finished").all()
+    assert table.query("kind == 'float'").test_acc.item() >= 0.90
+    bsq = table.query("kind == 'bsq'").sort_values("alpha")
+    assert len(bsq) >= 8 and bsq.alpha.iloc[0] == 0 and bsq.avg_bits.iloc[0] == 8
+    assert bsq.avg_bits.iloc[-1] < 1 and bsq.test_acc.iloc[-1] < 0.5, "the largest alpha is past the collapse"
+    assert table.query("kind == 'uniform'").nbits.tolist() == [1, 2, 3, 4, 8]
 
 
 def test_ray_backend_writes_the_same_runs_as_the_local_one(local_sweep, tmp_path):
