@@ -33,7 +33,7 @@ bench: $(STAMP)
 # The shipped example sweeps, made by the kit's own command. Each completes what is missing (a killed
 # `make examples` resumes) and never repeats a finished run; to remake a sweep, delete its folders
 # first (rm -rf data/examples/fashion-*). Checkpoints and float models are dropped to stay small.
-# On 2 CPU cores: digits about 1 min, fashion about 1 h, cifar10 about 1.5 h.
+# Measured on 2 CPU cores: digits 2.5 min (machine busy), fashion 70 min; cifar10 about 90 min (from its epoch times).
 SWEEP  := $(BIN)/bsq-explore sweep --runs data/examples --jobs 2
 PRUNE  := find data/examples \( -name checkpoint.pt -o -name float.pt \) -delete
 CIFAR10 ?= ../shared/datasets/cifar10
