@@ -10,7 +10,7 @@ import torch
 
 from . import analysis, plots
 from .bits import from_bits, levels, to_bits
-from .runs import Run, list_runs, load_run, sweep_table
+from .runs import Run, list_runs, load_run, read_info, sweep_table
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "data" / "examples"
@@ -164,7 +164,7 @@ def shipped_sweeps() -> pd.DataFrame:
     for name in sorted(table.sweep.dropna().unique()):
         part = table[table.sweep == name]
         base = part[part.kind == "float"]
-        config = load_run(base.path.iloc[0]).info["config"] if len(base) else {}
+        config = read_info(Path(base.path.iloc[0]))["config"] if len(base) else {}
         rows.append(dict(sweep=name, model=config.get("model"), dataset=config.get("dataset"), runs=len(part),
                          float_acc=base.test_acc.iloc[0] if len(base) else None))
     return pd.DataFrame(rows, columns=["sweep", "model", "dataset", "runs", "float_acc"])

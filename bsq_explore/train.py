@@ -178,6 +178,11 @@ def progress_bar(total: int, desc: str) -> Callable[[Event], None]:
     return update
 
 
+def _this_process() -> dict:
+    """The provenance of the process writing a run (a resumed run records its new writer)."""
+    return dict(host=socket.gethostname(), pid=os.getpid(), threads=torch.get_num_threads())
+
+
 class RunFolder:
     """Writes one run's folder: run.json, the frames after every epoch, checkpoint.pt and model.pt."""
 
@@ -190,8 +195,7 @@ class RunFolder:
         info = dict(config=config.to_dict(), sweep=sweep, status="running", error=None, summary={},
                     provenance=dict(package=__version__, torch=torch.__version__, python=platform.python_version(),
                                     git_sha=_git_sha(), device=str(device), seed=config.seed,
-                                    threads=torch.get_num_threads(), host=socket.gethostname(),
-                                    pid=os.getpid(), start=_now(), end=None))
+                                    start=_now(), end=None, **_this_process()))
         folder = cls(path, info, {k: pd.DataFrame(columns=c) for k, c in FRAME_COLUMNS.items()})
         try:
             folder.write_info()
@@ -213,8 +217,7 @@ class RunFolder:
             mask = [key in keys for key in zip(frame.stage, frame.epoch)]
             frames[k] = frame[mask].reset_index(drop=True)
         run.info.update(status="running", error=None)
-        run.info["provenance"].update(pid=os.getpid(), host=socket.gethostname(), threads=torch.get_num_threads(),
-                                      end=None)
+        run.info["provenance"].update(end=None, **_this_process())
         folder = cls(path, run.info, frames)
         folder.write_info()
         return folder
