@@ -3,7 +3,6 @@ Bit heatmap page for it (AppTest), and one What-if re-evaluation of a digits mod
 
 Run by hand: .venv/bin/python benchmarks/app.py
 """
-import json
 import os
 import statistics
 import sys
@@ -15,7 +14,7 @@ from pipeline import resnet_history
 
 from bsq_explore.analysis import WhatIf
 from bsq_explore.config import preset
-from bsq_explore.runs import load_run, write_frame
+from bsq_explore.runs import RunFolder, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,12 +33,11 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "resnet650"
-        run.mkdir()
+        folder = RunFolder.create(run, preset("cifar10-resnet20"), "cpu")
         _, history, _ = resnet_history(650)
         for kind, frame in history.items():
-            write_frame(run / f"{kind}.parquet", frame)
-        info = dict(config=preset("cifar10-resnet20").to_dict(), status="finished", sweep=None, summary={})
-        (run / "run.json").write_text(json.dumps(info))
+            folder.append(kind, frame)
+        folder.finish()
         load_s = timed(lambda: load_run(run))
         os.environ["BSQ_RUNS"] = tmp
 

@@ -9,31 +9,18 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from bsq_explore.bsq import bit_lasso, clamp_bits_
 from bsq_explore.config import preset
-from bsq_explore.layers import convert_, weights_up_front
+from bsq_explore.layers import convert_
 from bsq_explore.models import not_shortcut, resnet20
 from bsq_explore.stats import bit_sparsity, layer_precision
-from bsq_explore.train import optimizer
+from bsq_explore.train import optimizer, train_step
 
 
 def step_fn(model, alpha):
-    """One training step as train_epoch takes it, with the training code's optimizer."""
+    """The training step of train_epoch, with the training code's optimizer."""
     opt = optimizer(model, preset("cifar10-resnet20"), lr=0.05)
-
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        with weights_up_front(model):
-            loss = F.cross_entropy(model(x), y)
-        if alpha:
-            loss = loss + alpha * bit_lasso(model)
-        loss.backward()
-        opt.step()
-        if alpha:
-            clamp_bits_(model)
-    return step
+    return lambda x, y: train_step(model, opt, x, y, alpha)
 
 
 def timed(fn, *args):

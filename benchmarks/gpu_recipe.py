@@ -12,14 +12,13 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-from bsq_explore.bsq import bit_lasso, clamp_bits_
 from bsq_explore.config import preset
-from bsq_explore.layers import convert_, weights_up_front
+from bsq_explore.layers import convert_
 from bsq_explore.models import not_shortcut, resnet20
+from bsq_explore.progress import ProgressBar
 from bsq_explore.runs import load_run
-from bsq_explore.train import optimizer, resolve_device, train
+from bsq_explore.train import STAGES, optimizer, plan, resolve_device, train, train_step
 
 
 def sync(device):
@@ -27,8 +26,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def step_ms(model, device, bsq: bool, steps: int, amp: bool = False) -> float:
-    """Median milliseconds of one training step (forward, loss, backward, SGD, clamp) at batch 128."""
+def step_ms(model, device, steps: int, amp: bool = False) -> float:
+    """Median milliseconds of train_step (forward, loss, backward, SGD, clamp) at batch 128."""
     torch.manual_seed(0)
     x = torch.randn(128, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (128,), device=device)
@@ -37,13 +36,8 @@ def step_ms(model, device, bsq: bool, steps: int, amp: bool = False) -> float:
     for i in range(steps + 10):
         sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), weights_up_front(model):
-            loss = F.cross_entropy(model(x), y) + (5e-3 * bit_lasso(model) if bsq else 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if bsq:
-            clamp_bits_(model)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            train_step(model, opt, x, y, 5e-3)
         sync(device)
         if i >= 10:
             times.append(time.perf_counter() - start)
@@ -66,11 +60,11 @@ def main():
 
     float_model = resnet20(act_bits=4).to(device)
     bsq_model = convert_(copy.deepcopy(float_model), 8, filter_fn=not_shortcut)
-    f_ms, b_ms = step_ms(float_model, device, False, args.steps), step_ms(bsq_model, device, True, args.steps)
+    f_ms, b_ms = step_ms(float_model, device, args.steps), step_ms(bsq_model, device, args.steps)
     rows += [("float step, batch 128 (ms)", f"{f_ms:.2f}"), ("BSQ step, batch 128 (ms)", f"{b_ms:.2f}"),
              ("BSQ / float step", f"{b_ms / f_ms:.2f}"), ("BSQ epoch from steps, 391 x 128 (s)", f"{b_ms * 0.391:.2f}")]
     if device.type == "cuda":
-        amp_ms = step_ms(copy.deepcopy(bsq_model), device, True, args.steps, amp=True)
+        amp_ms = step_ms(copy.deepcopy(bsq_model), device, args.steps, amp=True)
         rows.append(("BSQ step with bf16 autocast (ms)", f"{amp_ms:.2f}"))
 
     if device.type == "cuda":
@@ -87,17 +81,17 @@ def main():
     marks = []
     start = time.perf_counter()
     print(f"recipe: {config.pretrain_epochs}+{config.bsq_epochs}+{config.finetune_epochs} epochs", flush=True)
-    path = train(config, runs=args.runs, name=args.name, overwrite=True, progress=True,
-                 callbacks=[lambda e: marks.append((e.stage, e.epoch, time.perf_counter()))])
+    path = train(config, runs=args.runs, name=args.name, overwrite=True,
+                 callbacks=[ProgressBar(args.name), lambda e: marks.append((e.epoch, time.perf_counter()))])
     total = time.perf_counter() - start
     run = load_run(path)
     m = run.metrics
     walls = {}  # event to event: training, evaluation, frames and the checkpoint of one epoch
-    for (stage, epoch, t), (_, _, before) in zip(marks[1:], marks[:-1]):
-        if not (stage == "bsq" and epoch == 0):
-            walls.setdefault(stage, []).append(t - before)
-    for stage in ("pretrain", "bsq", "finetune"):
-        rows_of = m[(m.stage == stage) & ~((m.stage == "bsq") & (m.epoch == 0))]
+    for e, (epoch, t), (_, before) in zip(plan(config)[1:], marks[1:], marks[:-1]):
+        if epoch > 0:  # a snapshot epoch trains nothing
+            walls.setdefault(e.stage, []).append(t - before)
+    for stage in (s.name for s in STAGES):
+        rows_of = m[(m.stage == stage) & (m.epoch > 0)]
         if len(rows_of):
             rows.append((f"{stage}: epochs, median epoch (s)", f"{len(rows_of)}, {rows_of.seconds.median():.2f}"))
             if walls.get(stage):

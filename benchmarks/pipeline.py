@@ -12,17 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from bsq_explore import data
-from bsq_explore.bsq import bit_lasso, clamp_bits_
 from bsq_explore.config import preset
 from bsq_explore.layers import convert_
 from bsq_explore.models import not_shortcut, resnet20
 from bsq_explore.runs import FRAME_COLUMNS
 from bsq_explore.stats import bit_sparsity, layer_precision, model_size
 from bsq_explore.sweep import sweep
-from bsq_explore.train import RunFolder, train
+from bsq_explore.runs import RunFolder
+from bsq_explore.train import optimizer, train, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,13 +32,10 @@ def wall(fn):
     return time.perf_counter() - start
 
 
-def bsq_step(model, opt):
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        (F.cross_entropy(model(x), y) + 5e-3 * bit_lasso(model)).backward()
-        opt.step()
-        clamp_bits_(model)
-    return step
+def bsq_step(model):
+    """The training step of train_epoch at the paper's alpha, with the training code's optimizer."""
+    opt = optimizer(model, preset("cifar10-resnet20"), lr=0.1)
+    return lambda x, y: train_step(model, opt, x, y, 5e-3)
 
 
 def throughput(cifar: Path, batches: int) -> tuple[float, float]:
@@ -52,8 +48,7 @@ def throughput(cifar: Path, batches: int) -> tuple[float, float]:
     torch.manual_seed(0)
     base = convert_(resnet20(act_bits=4), 8, filter_fn=not_shortcut)
     ours_model, theirs_model = base, copy.deepcopy(base)
-    step_ours = bsq_step(ours_model, torch.optim.SGD(ours_model.parameters(), lr=0.1, momentum=0.9))
-    step_theirs = bsq_step(theirs_model, torch.optim.SGD(theirs_model.parameters(), lr=0.1, momentum=0.9))
+    step_ours, step_theirs = bsq_step(ours_model), bsq_step(theirs_model)
 
     def ours():
         ds = data.load(f"folder:{cifar}", train_subset=n, test_subset=10)  # loading is part of the cost
@@ -104,7 +99,7 @@ def frame_cost(epochs: int = 650) -> tuple[float, float]:
                 folder.frames[key] = folder.frames[key].iloc[:-len(b) if key == "bits" else -len(l) if key == "layers" else -1]
         writes = statistics.median(wall(one_epoch) for _ in range(5))
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
-    step = bsq_step(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    step = bsq_step(model)
     step(x, y)
     epoch = statistics.median(wall(lambda: step(x, y)) for _ in range(5)) * 391
     return writes, epoch
@@ -117,10 +112,10 @@ def main():
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        run_s = wall(lambda: train(preset("digits-mlp", alpha=0.3), runs=tmp, name="one", progress=False))
+        run_s = wall(lambda: train(preset("digits-mlp", alpha=0.3), runs=tmp, name="one"))
         rows.append(("digits-mlp run, whole (s)", f"{run_s:.1f}", "<= 20"))
         sweep_s = wall(lambda: sweep("digits-mlp", [0, 0.05, 0.1, 0.2, 0.3, 0.4], jobs=2, runs=tmp, name="sw",
-                                     uniform_bits=(), progress=False))
+                                     uniform_bits=()))
         rows.append(("digits sweep, 6 alphas, --jobs 2 (s)", f"{sweep_s:.1f}", "<= 90"))
     writes, epoch = frame_cost()
     rows.append(("frames at epoch 650, ResNet-20 (s)", f"{writes:.3f}", ""))

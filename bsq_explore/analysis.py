@@ -6,6 +6,7 @@ import torch
 
 from .bits import from_bits, levels, to_bits
 from .runs import Run
+from .stats import size_of
 
 
 def epoch_labels(frame: pd.DataFrame) -> pd.Series:
@@ -103,10 +104,9 @@ def reduce_precision(exported: dict, nbits: dict[str, int]) -> dict:
 
 def export_size(exported: dict) -> dict:
     """avg_bits, compression and packed bytes of an export's converted layers."""
-    numel = sum(spec["q"].numel() for spec in exported["layers"].values())
-    total = sum(spec["q"].numel() * spec["nbits"] for spec in exported["layers"].values())
-    avg = total / numel if numel else 0.0
-    return dict(avg_bits=avg, compression=32 / avg if avg else float("inf"), packed_bytes=total / 8)
+    specs = exported["layers"].values()
+    s = size_of([spec["q"].numel() for spec in specs], [spec["nbits"] for spec in specs])
+    return dict(avg_bits=s.avg_bits, compression=s.compression, packed_bytes=s.packed_bytes)
 
 
 def reconstruction_errors(w: torch.Tensor, max_bits: int = 8) -> pd.DataFrame:
@@ -124,16 +124,11 @@ class WhatIf:
     """A finished run's quantized model, re-evaluated with fewer bits in chosen layers."""
 
     def __init__(self, run: Run):
-        from .config import BSQConfig
-        from .data import load
-        from .train import build_model
+        from .models import build_model
 
-        if not (run.path / "model.pt").exists():
-            raise FileNotFoundError(f"{run.name} has no model.pt (it has not finished)")
-        config = BSQConfig.from_dict(run.info["config"])
-        self.data = load(config.dataset, config.train_subset, config.test_subset)
-        self.exported = torch.load(run.path / "model.pt", weights_only=True)
-        self.model = build_model(config, self.data)
+        self.exported = run.read_model()
+        self.data = run.load_data()
+        self.model = build_model(run.config, self.data)
         self.bits = {name: spec["nbits"] for name, spec in self.exported["layers"].items()}
 
     def evaluate(self, nbits: dict[str, int] | None = None) -> dict:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import json
 import sys
 import typing
 from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
-EXPLICIT = {"alpha", "device"}  # config fields with their own option in the usage line
+EXPLICIT = {"alpha"}  # config fields with their own option in the usage line
 
 
 class UsageError(Exception):
@@ -51,9 +51,10 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if f.name in EXPLICIT:
             continue
         kind = hints[f.name]
+        help = "cpu, cuda, cuda:N or auto" if f.name == "device" else ""
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, metavar=f.name.upper(),
                            type=_field_type(kind), default=None,
-                           help=f"default {f.default!r}")
+                           help=f"{help} (default {f.default!r})" if help else f"default {f.default!r}")
 
 
 def _overrides(args) -> dict:
@@ -64,19 +65,20 @@ def _overrides(args) -> dict:
 
 
 def build_parser() -> Parser:
-    from .config import DEFAULT_PRESET
+    from .config import DEFAULT_PRESET, UNIFORM_BITS
 
     parser = Parser(prog="bsq-explore", description="Bit-level sparsity quantization you can watch.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = sub.add_parser("train", help="run one preset (pretrain -> BSQ -> finetune) into a run folder")
-    train.add_argument("--preset", default=DEFAULT_PRESET)
+    train.add_argument("--preset", help=f"named configuration (default {DEFAULT_PRESET})")
+    train.add_argument("--config", help="a JSON file of config fields (a run.json's config, or - for stdin) "
+                                        "instead of a preset")
     train.add_argument("--alpha", type=float)
-    train.add_argument("--runs", help="runs root (default $BSQ_RUNS or data/runs)")
+    train.add_argument("--runs", help="runs root (default $BSQ_RUNS or data/runs of this checkout)")
     train.add_argument("--name", help="run name (default: model, alpha and time)")
     train.add_argument("--resume", action="store_true", help="continue the named run from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
-    train.add_argument("--device", choices=["cpu", "cuda", "auto"])
     _add_config_options(train)
 
     sweep = sub.add_parser("sweep", help="one float model, a BSQ run per alpha, uniform baselines")
@@ -88,10 +90,10 @@ def build_parser() -> Parser:
     sweep.add_argument("--address", help="Ray cluster address, e.g. ray://head:10001 or auto (ray backend)")
     sweep.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs each Ray task asks for (its threads come from --threads)")
     sweep.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each Ray task asks for")
-    sweep.add_argument("--uniform", default="2,3,4,8", help="bits of the uniform baselines ('' for none)")
+    sweep.add_argument("--uniform", default=",".join(map(str, UNIFORM_BITS)),
+                       help="bits of the uniform baselines ('' for none)")
     sweep.add_argument("--runs")
     sweep.add_argument("--name", help="sweep name (prefix of its runs)")
-    sweep.add_argument("--device", choices=["cpu", "cuda", "auto"])
     _add_config_options(sweep)
 
     ls = sub.add_parser("ls", help="list runs with status and summary")
@@ -109,7 +111,7 @@ def build_parser() -> Parser:
 
 
 def find_run(run: str, runs: str | None) -> Path:
-    from .runs import check_name, runs_root
+    from .runs import EXAMPLES, check_name, runs_root
 
     if Path(run).is_dir():
         return Path(run)
@@ -130,19 +132,53 @@ def _numbers(text: str, kind=float) -> list:
         raise UsageError(f"expected comma-separated {'integers' if kind is int else 'numbers'}, got {text!r}") from None
 
 
-def cmd_train(args) -> int:
-    from .config import preset
-    from .train import train
+def _read_config(source: str) -> dict:
+    """The config fields of a JSON file (or of stdin for '-'): a config, or a run.json holding one."""
+    try:
+        values = json.loads(sys.stdin.read() if source == "-" else Path(source).read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot read --config {source}: {err}") from None
+    values = values.get("config", values) if isinstance(values, dict) else values
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {source} holds no JSON object of config fields")
+    return values
+
+
+def _config(args):
+    """The config the options describe (preset or --config file, then overrides), or None when a
+    --resume names no option: the run's own config then."""
+    from .config import DEFAULT_PRESET, BSQConfig, preset
 
     extra = _overrides(args)
     if args.alpha is not None:
         extra["alpha"] = args.alpha
-    config = preset(args.preset, **extra)
+    if args.preset and args.config:
+        raise UsageError("--preset and --config exclude each other")
+    if args.config:
+        return BSQConfig.from_dict({**_read_config(args.config), **extra})
+    if args.resume and not args.preset and not extra:
+        return None
+    return preset(args.preset or DEFAULT_PRESET, **extra)
+
+
+def cmd_train(args) -> int:
+    from contextlib import closing
+
+    from .progress import ProgressBar
+    from .runs import runs_root
+    from .train import resume, train
+
     if (args.resume or args.overwrite) and not args.name:
         raise UsageError("--resume and --overwrite need --name of the run")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
-    path = train(config, runs=args.runs, name=args.name, resume=args.resume, overwrite=args.overwrite)
+    config = _config(args)
+    name = args.name or ""
+    with closing(ProgressBar(name or "train")) as bar:
+        if args.resume:
+            path = resume(runs_root(args.runs) / name, config, callbacks=[bar])
+        else:
+            path = train(config, runs=args.runs, name=args.name, callbacks=[bar], overwrite=args.overwrite)
     print(path)
     return 0
 
@@ -160,7 +196,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from .runs import list_runs, runs_root
+    from .runs import EXAMPLES, list_runs, runs_root
 
     roots = args.dirs or [runs_root(), EXAMPLES]
     table = list_runs(*roots)
@@ -173,20 +209,19 @@ def cmd_ls(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .config import BSQConfig
-    from .runs import load_run
+    from .runs import describe, load_run
 
     run = load_run(find_run(args.run, args.runs))
-    info, summary = run.info, run.info.get("summary") or {}
+    info = run.info
     print(f"run        {run.path}")
     stale = " (stale: its process is gone; train --resume goes on)" if run.stale else ""
     print(f"status     {info['status']}{stale}" + (f" ({info['error']})" if info.get("error") else ""))
-    c = BSQConfig.from_dict(info["config"])  # fills fields an older run.json lacks
+    c = run.config
     print(f"config     {c.model} on {c.dataset}, alpha {c.alpha:g}, {c.nbits}-bit start, "
           f"epochs {c.pretrain_epochs}+{c.bsq_epochs}+{c.finetune_epochs}")
-    for key in ("test_acc", "bsq_acc", "avg_bits", "compression"):
-        if summary.get(key) is not None:
-            print(f"{key:<10} {summary[key]:.4g}")
+    for key, text in describe(run.summary).items():
+        if run.summary.get(key) is not None:
+            print(f"{key:<11} {text}")
     if not run.layers.empty:
         last = run.layers[run.layers.step == run.layers.step.max()]
         last = last[last.stage == last.stage.iloc[-1]]
@@ -195,22 +230,15 @@ def cmd_show(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import torch
+    from .analysis import export_size
+    from .runs import MODEL, load_run, write_atomic
 
-    from .runs import unreadable, write_atomic
-
-    model = find_run(args.run, args.runs) / "model.pt"
-    if not model.exists():
-        raise FileNotFoundError(f"{model} does not exist (the run has not finished)")
-    try:
-        exported = torch.load(model, weights_only=True)
-    except Exception as err:  # truncated, or pickled objects that weights_only refuses to build
-        raise unreadable(model, err) from None
-    data = model.read_bytes()
+    run = load_run(find_run(args.run, args.runs))
+    exported = run.read_model()  # checks it loads (weights only) before copying it
+    data = (run.path / MODEL).read_bytes()
     out = Path(args.out)
     write_atomic(out, data)
-    bits = sum(spec["q"].numel() * spec["nbits"] for spec in exported["layers"].values())
-    print(f"{out}: {len(data)} bytes on disk, {bits / 8:.0f} bytes of packed weights at "
+    print(f"{out}: {len(data)} bytes on disk, {export_size(exported)['packed_bytes']:.0f} bytes of packed weights at "
           f"{len(exported['layers'])} layers")
     return 0
 
@@ -219,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; bad input (also an unwritable runs root) is one line and exit code 2, a run
     that fails once training has begun is one line and exit code 1 (its folder keeps the reason)."""
     from .runs import DamagedRun
+    from .train import RunFailed
 
     try:
         args = build_parser().parse_args(argv)
@@ -229,13 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bsq-explore: interrupted", file=sys.stderr)
         return 130
+    except RunFailed as err:
+        print(f"bsq-explore: {err}".splitlines()[0], file=sys.stderr)
+        return 1
+    except (UsageError, ValueError, TypeError, OSError, DamagedRun) as err:
+        print(f"bsq-explore: error: {err}".splitlines()[0], file=sys.stderr)
+        return 2
     except Exception as err:
-        failed_run = getattr(err, "failed_run", None)  # set by train() once the run has begun
-        if failed_run is None and isinstance(err, (UsageError, ValueError, TypeError, OSError, DamagedRun)):
-            print(f"bsq-explore: error: {err}".splitlines()[0], file=sys.stderr)
-            return 2
-        where = f"run {failed_run} " if failed_run is not None else ""
-        print(f"bsq-explore: {where}failed: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+        print(f"bsq-explore: failed: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
         return 1
 
 

@@ -41,7 +41,7 @@ class BSQConfig:
     pretrained: str = ""              # a float model's state_dict (.pt) to start from instead of pretraining
     download: bool = False            # let torchvision fetch mnist / fashion-mnist / cifar10
     seed: int = 0
-    device: str = "cpu"               # cpu | cuda | auto
+    device: str = "cpu"               # cpu | cuda | cuda:N | auto
     threads: int = 1                  # intra-op CPU threads: set by the config, never by the scheduler,
                                       # since they change float summation order and so every frame
 
@@ -64,7 +64,7 @@ class BSQConfig:
             (1 <= self.threads <= MAX_THREADS, f"threads must be 1..{MAX_THREADS}"),
             (min(self.train_subset, self.test_subset) >= 0, "subsets must be >= 0"),
             (self.act_bits == 0 or 1 <= self.act_bits <= MAX_BITS, f"act_bits must be 0 or 1..{MAX_BITS}"),
-            (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"), "device must be cpu, cuda or auto"),
+            (self.device in DEVICES or self.device.startswith("cuda:"), f"device must be {', '.join(DEVICES)} or cuda:N"),
             (self.model in MODELS, f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}"),
             (self.dataset in DATASETS or self.dataset.startswith("folder:"),
              f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}, folder:PATH"),
@@ -89,6 +89,8 @@ class BSQConfig:
 
 
 MAX_THREADS = 256
+DEVICES = ("cpu", "cuda", "auto")  # and cuda:N
+UNIFORM_BITS = (2, 3, 4, 8)  # a sweep's uniform-precision baselines unless it names others
 MODELS = ("mlp", "lenet5", "resnet20", "resnet32", "resnet56")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bits import quantize
+from .bits import MAX_BITS, quantize
 
 
 class QuantReLU6(nn.Module):
@@ -41,8 +41,8 @@ def activation(act_bits: int) -> nn.Module:
     """0: float ReLU; 4 bits or more: ReLU6 + batch-max quantizer (paper); 1-3 bits: PACT clipping."""
     if act_bits == 0:
         return nn.ReLU()
-    if not 1 <= act_bits <= 16:
-        raise ValueError(f"act_bits must be 0 (float) or 1..16, got {act_bits!r}")
+    if not 1 <= act_bits <= MAX_BITS:
+        raise ValueError(f"act_bits must be 0 (float) or 1..{MAX_BITS}, got {act_bits!r}")
     return QuantReLU6(act_bits) if act_bits >= 4 else PACT(act_bits)
 
 
@@ -132,3 +132,20 @@ def resnet56(num_classes: int = 10, act_bits: int = 0) -> CifarResNet:
 def not_shortcut(module: nn.Module, name: str) -> bool:
     """convert_ filter of the paper's ResNet recipe: the 1x1 downsample shortcuts stay in float."""
     return "downsample" not in name.split(".")
+
+
+def build_model(config, data) -> nn.Module:
+    """The network config.model names, sized for data's image shape and classes (a data.Dataset)."""
+    c, h, w = data.shape
+    classes = len(data.classes)
+    if config.model == "mlp":
+        return mlp(c * h * w, num_classes=classes, act_bits=config.act_bits)
+    if config.model == "lenet5":
+        return lenet5(c, classes, image_size=h, act_bits=config.act_bits)
+    return CifarResNet(int(config.model.removeprefix("resnet")), classes, config.act_bits, in_channels=c)
+
+
+def convert_filter(config):
+    """The convert_ filter of config's recipe: ResNets keep their downsample shortcuts in float
+    (the paper's recipe); other models convert every layer (None)."""
+    return not_shortcut if config.model.startswith("resnet") else None

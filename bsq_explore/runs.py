@@ -1,22 +1,30 @@
-"""The run folder: atomic writes of run.json and the frames after every epoch, loading, listing."""
+"""The run folder, both ways: its file names, writing it atomically epoch by epoch, reading and listing it."""
 from __future__ import annotations
 
 import io
 import json
 import math
 import os
+import platform
 import re
+import shutil
 import socket
+import subprocess
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
+from . import __version__
 from .config import BSQConfig
 from .stats import BIT_COLUMNS, LAYER_COLUMNS
 
-STAGES = ("pretrain", "bsq", "finetune")
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "data" / "examples"  # the shipped example runs, tracked in git
+RUNS = REPO / "data" / "runs"          # where new runs go by default, ignored by git
+INFO, CHECKPOINT, FLOAT_MODEL, MODEL = "run.json", "checkpoint.pt", "float.pt", "model.pt"
 STATUSES = ("running", "finished", "failed")
 METRIC_COLUMNS = ["stage", "epoch", "step", "train_loss", "reg_loss", "train_acc", "test_acc",
                   "avg_bits", "compression", "lr", "seconds"]
@@ -33,8 +41,24 @@ class DamagedRun(Exception):
 
 
 def runs_root(path: str | os.PathLike | None = None) -> Path:
-    """The folder new runs go to: path, else $BSQ_RUNS, else data/runs."""
-    return Path(path or os.environ.get("BSQ_RUNS") or "data/runs")
+    """The folder new runs go to: path, else $BSQ_RUNS, else data/runs of this checkout (the same
+    folder whatever the working folder: the CLI and a notebook in notebooks/ agree). $BSQ_RUNS may
+    not be the shipped examples, which notebooks would overwrite; an explicit path may
+    (`make examples` writes them)."""
+    if path:
+        return Path(path)
+    if not os.environ.get("BSQ_RUNS"):
+        return RUNS
+    root = Path(os.environ["BSQ_RUNS"])
+    if root.resolve() == EXAMPLES.resolve():
+        raise ValueError(f"BSQ_RUNS={root} holds the shipped examples; point it at another folder")
+    return root
+
+
+def run_name(config: BSQConfig, prefix: str) -> str:
+    """prefix-float, prefix-a<alpha> or prefix-u<bits>, by the run's kind: how sweeps name their runs."""
+    kind = run_kind(config.to_dict())
+    return f"{prefix}-" + {"float": "float", "bsq": f"a{config.alpha:g}", "uniform": f"u{config.nbits}"}[kind]
 
 
 def check_name(name: str) -> str:
@@ -106,8 +130,61 @@ class Run:
         return self.path.name
 
     @property
+    def config(self) -> BSQConfig:
+        return BSQConfig.from_dict(self.info["config"])  # fills fields an older run.json lacks
+
+    @property
+    def summary(self) -> dict:
+        return self.info.get("summary") or {}
+
+    @property
+    def kind(self) -> str:
+        return run_kind(self.info["config"])
+
+    @property
     def stale(self) -> bool:
         return is_stale(self.info)
+
+    def read_model(self) -> dict:
+        """model.pt: the final integer model as bsq.export wrote it."""
+        return _read_torch(self.path / MODEL, f"{self.name} has no {MODEL} (it has not finished)")
+
+    def read_float(self) -> dict | None:
+        """float.pt, the float model's state_dict after pretraining, or None when the run has none."""
+        return _read_torch(self.path / FLOAT_MODEL, "") if (self.path / FLOAT_MODEL).exists() else None
+
+    def load_data(self):
+        """The run's dataset, loaded as it trained on it."""
+        from .data import load
+
+        c = self.config
+        return load(c.dataset, c.train_subset, c.test_subset)
+
+    def load_model(self, data):
+        """The run's final quantized model: model.pt loaded into its architecture (built for data)."""
+        from .bsq import load_quantized
+        from .models import build_model
+
+        model = build_model(self.config, data)
+        load_quantized(model, self.read_model())
+        return model
+
+
+def _read_torch(path: Path, missing: str, map_location: str = "cpu"):
+    """torch.load with weights_only (no pickled code runs); a bad file is a DamagedRun."""
+    import torch
+
+    if not path.exists():
+        raise FileNotFoundError(missing)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise unreadable(path, err) from None
+
+
+def read_checkpoint(path: Path) -> dict:
+    """checkpoint.pt of the run at path: config, stage, epochs done, model, optimizer and generator states."""
+    return _read_torch(Path(path) / CHECKPOINT, f"cannot resume {path}: it has no {CHECKPOINT}")
 
 
 def process_alive(info: dict) -> bool | None:
@@ -141,13 +218,16 @@ def is_stale(info: dict) -> bool:
 
 def _frame_path(folder: Path, kind: str, info: dict) -> Path | None:
     """The frame's file, or None when a running run has not written it yet."""
-    path = folder / f"{kind}.parquet"
+    path = folder / frame_file(kind)
     if path.exists():
         return path
-    if info["status"] == "running" or (kind != "metrics" and not info["config"].get("bsq_epochs")
-                                       and not info["config"].get("finetune_epochs")):
+    if info["status"] == "running" or (kind != "metrics" and run_kind(info["config"]) == "float"):
         return None  # not written yet, or a float run, which has no bit frames
     raise DamagedRun(f"{path.name} is missing")
+
+
+def frame_file(kind: str) -> str:
+    return f"{kind}.parquet"
 
 
 def _check_columns(name: str, kind: str, columns) -> None:
@@ -190,9 +270,9 @@ def _check_frame(folder: Path, kind: str, info: dict) -> int:
 
 
 def read_info(folder: Path) -> dict:
-    path = Path(folder) / "run.json"
+    path = Path(folder) / INFO
     if not path.exists():
-        raise DamagedRun("run.json is missing")
+        raise DamagedRun(f"{INFO} is missing")
     try:
         info = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
@@ -229,7 +309,7 @@ LIST_COLUMNS = ["name", "status", "sweep", "kind", "alpha", "nbits", "test_acc",
 
 
 def run_kind(config: dict) -> str:
-    """bsq, uniform (a fixed-precision baseline) or float (pretraining only)."""
+    """bsq, uniform (a fixed-precision baseline) or float (pretraining only), from a config dict."""
     if config.get("bsq_epochs", 0) > 0:
         return "bsq"
     return "uniform" if config.get("finetune_epochs", 0) > 0 else "float"
@@ -275,3 +355,155 @@ def sweep_table(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
     table = table.sort_values(["order", "alpha", "nbits"]).drop(columns="order")
     return table[["name", "kind", "alpha", "nbits", "avg_bits", "compression", "bsq_acc", "test_acc",
                   "status", "reason"]].reset_index(drop=True)
+
+
+def finished_bsq(table: pd.DataFrame) -> pd.DataFrame:
+    """The finished BSQ runs of a list_runs() or sweep_table() frame."""
+    return table[(table.kind == "bsq") & (table.status == "finished")]
+
+
+def stamp(folder: Path) -> tuple:
+    """Changes whenever the run writes an epoch (run.json, then the frames): a cache key of a loaded run."""
+    return tuple(os.stat(p).st_mtime_ns if p.exists() else 0
+                 for p in (folder / INFO, folder / frame_file("metrics"), folder / frame_file("bits")))
+
+
+# --- the summary: written once at the end, shown by the CLI, the app and the notebooks ----------
+
+def summarize(metrics: pd.DataFrame) -> dict:
+    """The summary of a finished run: the last epoch's test_acc, avg_bits and compression, and
+    bsq_acc, the test accuracy at the end of BSQ (before finetuning)."""
+    bsq = metrics[metrics.stage == "bsq"]
+    last = metrics.iloc[-1] if len(metrics) else None
+    value = (lambda key: float(last[key]) if last is not None else None)
+    return dict(test_acc=value("test_acc"), bsq_acc=float(bsq.test_acc.iloc[-1]) if len(bsq) else None,
+                avg_bits=value("avg_bits"), compression=value("compression"))
+
+
+def describe(summary: dict) -> dict[str, str]:
+    """A summary as text: test_acc '96.7 %', avg_bits '2.75' ('0 (collapsed)' when no weight is
+    left), compression '11.6x'; '–' for what a run has not reported."""
+    def text(key, form):
+        value = summary.get(key)
+        return form(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+    return dict(test_acc=text("test_acc", lambda v: f"{100 * v:.1f} %"),
+                bsq_acc=text("bsq_acc", lambda v: f"{100 * v:.1f} %"),
+                avg_bits=text("avg_bits", lambda v: f"{v:.2f}" if v else "0 (collapsed)"),
+                compression=text("compression", lambda v: f"{v:.1f}x"))
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _this_process() -> dict:
+    """The provenance of the process writing a run (a resumed run records its new writer)."""
+    import torch
+
+    return dict(host=socket.gethostname(), pid=os.getpid(), threads=torch.get_num_threads())
+
+
+def check_idle(path: Path) -> None:
+    """Refuse to resume or overwrite a run whose process still runs on this host: two writers would mix it."""
+    try:
+        info = read_info(path)
+    except DamagedRun:
+        return
+    pid = (info.get("provenance") or {}).get("pid")
+    if info["status"] == "running" and pid != os.getpid() and process_alive(info):
+        raise FileExistsError(f"run {path} is still running (process {pid}); stop it first")
+
+
+class RunFolder:
+    """Writes one run's folder: run.json, the frames after every epoch, checkpoint.pt, float.pt and model.pt."""
+
+    def __init__(self, path: Path, info: dict, frames: dict[str, pd.DataFrame]):
+        self.path, self.info, self.frames = path, info, frames
+
+    @classmethod
+    def create(cls, path: Path, config: BSQConfig, device: str, sweep: str | None = None) -> "RunFolder":
+        """A new folder at path (its parent must exist), status running; replaces a run of that name."""
+        import torch
+
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir()
+        info = dict(config=config.to_dict(), sweep=sweep, status="running", error=None, summary={},
+                    provenance=dict(package=__version__, torch=torch.__version__, python=platform.python_version(),
+                                    git_sha=_git_sha(), device=str(device), seed=config.seed,
+                                    start=_now(), end=None, **_this_process()))
+        folder = cls(path, info, {k: pd.DataFrame(columns=c) for k, c in FRAME_COLUMNS.items()})
+        try:
+            folder._write_info()
+        except OSError:  # leave no folder without run.json behind: it would list as damaged
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def reopen(cls, path: Path, kept: list[tuple]) -> "RunFolder":
+        """Continue a run: keep the rows of the checkpointed (stage, epoch, ...) entries; a later,
+        unsaved epoch is re-run."""
+        for tmp in path.glob(".*.tmp"):  # half-written files of a killed process
+            tmp.unlink(missing_ok=True)
+        run = load_run(path)
+        keys = {(stage, epoch) for stage, epoch, *_ in kept}
+        frames = {}
+        for k in FRAME_COLUMNS:
+            frame = getattr(run, k)
+            mask = [key in keys for key in zip(frame.stage, frame.epoch)]
+            frames[k] = frame[mask].reset_index(drop=True)
+        run.info.update(status="running", error=None)
+        run.info["provenance"].update(end=None, **_this_process())
+        folder = cls(path, run.info, frames)
+        folder._write_info()
+        return folder
+
+    def _write_info(self) -> None:
+        write_json(self.path / INFO, self.info)
+
+    def append(self, key: str, rows: pd.DataFrame) -> None:
+        """Add an epoch's rows to a frame and rewrite its file."""
+        old = self.frames[key]
+        self.frames[key] = rows if old.empty else pd.concat([old, rows], ignore_index=True)
+        write_frame(self.path / frame_file(key), self.frames[key])
+
+    def _save(self, name: str, obj) -> None:
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        write_atomic(self.path / name, buffer.getvalue())
+
+    def save_checkpoint(self, state: dict) -> None:
+        self._save(CHECKPOINT, state)
+
+    def save_float(self, state_dict: dict) -> None:
+        self._save(FLOAT_MODEL, state_dict)
+
+    def save_model(self, exported: dict) -> None:
+        self._save(MODEL, exported)
+
+    def finish(self) -> None:
+        """Mark the run finished, with the summary of its metrics."""
+        self._end("finished", None, summarize(self.frames["metrics"]))
+
+    def fail(self, reason: str) -> None:
+        self._end("failed", reason, {})
+
+    def _end(self, status: str, error: str | None, summary: dict) -> None:
+        self.info.update(status=status, error=error)
+        self.info["summary"].update(summary)
+        self.info["provenance"]["end"] = _now()
+        self._write_info()

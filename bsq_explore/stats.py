@@ -13,14 +13,30 @@ from .layers import bit_layers, live_bits
 
 BIT_COLUMNS = ["layer", "layer_index", "bit", "nbits", "density", "norm"]
 LAYER_COLUMNS = ["layer", "layer_index", "kind", "numel", "nbits", "scale", "lsb_offset"]
+FLOAT_BITS = 32  # what a weight costs before quantization: the reference of every compression
 
 
 @dataclass(frozen=True)
 class ModelSize:
-    avg_bits: float     # sum numel_l n_l / sum numel_l over the converted layers
-    compression: float  # 32 / avg_bits (inf when every layer is empty)
-    total_bits: int     # sum numel_l n_l
-    numel: int          # sum numel_l
+    avg_bits: float      # sum numel_l n_l / sum numel_l over the converted layers
+    compression: float   # FLOAT_BITS / avg_bits (inf when every layer is empty)
+    total_bits: int      # sum numel_l n_l
+    numel: int           # sum numel_l
+
+    @property
+    def packed_bytes(self) -> float:
+        """The weights bit-packed: total_bits / 8."""
+        return self.total_bits / 8
+
+
+def size_of(numel, nbits) -> ModelSize:
+    """The size of layers with numel[l] weights of nbits[l] bits each (sequences or frame columns):
+    the one place the size formulas live."""
+    numel, nbits = np.asarray(numel, dtype=np.int64), np.asarray(nbits, dtype=np.int64)
+    total, count = int((numel * nbits).sum()), int(numel.sum())
+    avg = total / count if count else 0.0
+    return ModelSize(avg_bits=avg, compression=FLOAT_BITS / avg if avg else float("inf"), total_bits=total,
+                     numel=count)
 
 
 @torch.no_grad()
@@ -49,14 +65,13 @@ def bit_sparsity(model: nn.Module) -> pd.DataFrame:
         norms.append(plane_norms(pos, neg))
     hist = torch.stack(hists).double()
     hits = (hist @ bit_table(top, hist.device)).cpu().numpy()[np.arange(top) < counts[:, None]]
-    alive = hist[:, 0].cpu().numpy() < numel  # live_bits, read off the histogram
     row = np.repeat(np.arange(len(layers)), counts)  # the layer of each output row
     plane = np.arange(row.size) - np.repeat(np.cumsum(counts) - counts, counts)
     return pd.DataFrame({
         "layer": np.array([name for name, _ in layers], dtype=object)[row],
         "layer_index": row,
         "bit": np.array([w.lsb_offset for w in weights])[row] + plane,
-        "nbits": (counts * alive)[row],
+        "nbits": np.array(live_bits(weights))[row],
         "density": hits / np.maximum(numel, 1)[row],
         "norm": torch.cat(norms).double().cpu().numpy(),
     })
@@ -83,10 +98,7 @@ def layer_precision(model: nn.Module) -> pd.DataFrame:
 @torch.no_grad()
 def model_size(model: nn.Module) -> ModelSize:
     """Size of the converted layers: average bits per weight and compression against float32."""
-    layers = bit_layers(model)
-    if not layers:
+    layers = layer_precision(model)
+    if layers.empty:
         raise ValueError("the model has no converted layers: call convert_(model) first")
-    numel = sum(m.numel for _, m in layers)
-    total = sum(m.numel * n for (_, m), n in zip(layers, live_bits([m.weight for _, m in layers])))
-    avg = total / numel
-    return ModelSize(avg_bits=avg, compression=32 / avg if avg else float("inf"), total_bits=total, numel=numel)
+    return size_of(layers.numel, layers.nbits)

@@ -3,43 +3,35 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
-from .config import BSQConfig, preset
-from .runs import check_name, list_runs, read_info, runs_root, sweep_table
-from .train import train
+from .config import UNIFORM_BITS, BSQConfig, preset
+from .progress import ProgressBar
+from .runs import CHECKPOINT, FLOAT_MODEL, DamagedRun, check_name, list_runs, read_info, run_name, runs_root, sweep_table
+from .train import RunFailed, resume, train
 
-UNIFORM_BITS = (2, 3, 4, 8)
 
-
-def plan_sweep(config: BSQConfig, name: str, alphas, uniform_bits, pretrained: Path) -> list[tuple[str, BSQConfig]]:
-    """(run name, config) of every run after the float one; all start from its weights."""
+def plan_sweep(config: BSQConfig, alphas, uniform_bits, pretrained: Path) -> list[BSQConfig]:
+    """The config of every run after the float one; all start from its weights."""
     start = dict(pretrain_epochs=0, pretrained=str(pretrained))
-    runs = [(f"{name}-a{alpha:g}", config.replace(alpha=float(alpha), **start)) for alpha in alphas]
-    runs += [(f"{name}-u{bits}", config.replace(nbits=bits, max_bits=max(bits, config.max_bits), bsq_epochs=0,
-                                                 **start)) for bits in uniform_bits]
-    return runs
+    return ([config.replace(alpha=float(alpha), **start) for alpha in alphas] +
+            [config.replace(nbits=bits, max_bits=max(bits, config.max_bits), bsq_epochs=0, **start)
+             for bits in uniform_bits])
 
 
-def _needs_run(path: Path) -> bool | str:
-    """False if finished; 'resume' if it has a checkpoint; True to start afresh (a folder with
-    no finished epoch is cleared first)."""
-    if not path.exists():
-        return True
+def _state(path: Path) -> str:
+    """finished, resumable (a checkpoint to go on from) or new (absent, or no epoch saved yet)."""
     try:
         if read_info(path)["status"] == "finished":
-            return False
-    except Exception:
+            return "finished"
+    except DamagedRun:
         pass
-    if (path / "checkpoint.pt").exists():
-        return "resume"
-    shutil.rmtree(path)
-    return True
+    return "resumable" if (path / CHECKPOINT).exists() else "new"
 
 
 class Task(NamedTuple):
@@ -53,14 +45,22 @@ class Task(NamedTuple):
 
 
 def _run_one(task: Task) -> str | None:
-    """Worker: train one run; returns None, or the one-line reason it failed. The run sets its own
-    thread count from its config, so how it was scheduled never changes its frames."""
-    try:
-        train(task.config, runs=task.root, name=task.name, sweep=task.sweep, resume=task.resume,
-              progress=task.progress)
-        return None
-    except Exception as err:  # the run folder records the failure; the sweep goes on
-        return f"{task.name}: {type(err).__name__}: {err}".splitlines()[0]
+    """Worker: train (or resume) one run; returns None, or the one-line reason it failed. The run
+    sets its own thread count from its config, so how it was scheduled never changes its frames."""
+    path = Path(task.root) / task.name
+    with closing(ProgressBar(task.name)) as bar:
+        callbacks = [bar] if task.progress else []
+        try:
+            if task.resume:
+                resume(path, task.config, callbacks=callbacks)
+            else:  # a folder with no saved epoch is replaced
+                train(task.config, runs=task.root, name=task.name, sweep=task.sweep, callbacks=callbacks,
+                      overwrite=True)
+            return None
+        except RunFailed as err:  # the run folder records the failure; the sweep goes on
+            return f"{task.name}: {err.__cause__.__class__.__name__}: {err.__cause__}".splitlines()[0]
+        except Exception as err:
+            return f"{task.name}: {type(err).__name__}: {err}".splitlines()[0]
 
 
 def run_local(tasks: list, jobs: int = 1) -> list[str | None]:
@@ -109,16 +109,17 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
     execute = ((lambda tasks: run_local(tasks, jobs)) if backend == "local" else
                (lambda tasks: run_ray(tasks, address, cpus_per_trial, gpus_per_trial)))
 
-    float_name = f"{name}-float"
-    status = _needs_run(root / float_name)
-    if status:
-        error, = execute([Task(config.replace(bsq_epochs=0, finetune_epochs=0), str(root), float_name, name,
-                               status == "resume", progress and backend == "local")])
+    float_config = config.replace(bsq_epochs=0, finetune_epochs=0)
+    float_name = run_name(float_config, name)
+    state = _state(root / float_name)
+    if state != "finished":
+        error, = execute([Task(float_config, str(root), float_name, name, state == "resumable",
+                               progress and backend == "local")])
         if error:
             raise RuntimeError(f"the shared float model failed, so no alpha can start: {error}")
-    tasks = [Task(c, str(root), n, name, status == "resume")
-             for n, c in plan_sweep(config, name, alphas, uniform_bits, root / float_name / "float.pt")
-             if (status := _needs_run(root / n))]
+    tasks = [Task(c, str(root), run_name(c, name), name, state == "resumable")
+             for c in plan_sweep(config, alphas, uniform_bits, root / float_name / FLOAT_MODEL)
+             if (state := _state(root / run_name(c, name))) != "finished"]
     errors = execute(tasks) if tasks else []
     table = sweep_table(list_runs(root), name)
     table.attrs["errors"] = [e for e in errors if e]

@@ -4,99 +4,99 @@ Every epoch appends to the run folder's frames (atomically) and emits an Event t
 """
 from __future__ import annotations
 
-import io
 import math
 import os
-import platform
-import shutil
-import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__, data, models
-from .bsq import bit_lasso, clamp_bits_, export, freeze_, requantize_
+from . import data
+from .bsq import bit_lasso, bit_weights, clamp_bits_, export, freeze_, requantize_
 from .config import BSQConfig
 from .layers import convert_, weights_up_front
-from .runs import (FRAME_COLUMNS, DamagedRun, check_name, load_run, prepare_root, process_alive, read_info,
-                   runs_root, unreadable, write_atomic, write_frame, write_json)
-from .stats import bit_sparsity, layer_precision, model_size
+from .models import build_model, convert_filter
+from .runs import (FRAME_COLUMNS, RunFolder, check_idle, check_name, prepare_root, read_checkpoint, run_name,
+                   runs_root)
+from .stats import FLOAT_BITS, bit_sparsity, layer_precision, size_of
 
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-@dataclass
-class Event:
-    """What one finished epoch produced; bits and layers are None in the float stage."""
-    run_dir: Path
+class RunFailed(RuntimeError):
+    """A run stopped by an error after it began; its folder keeps every finished epoch and the reason."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"run {path} failed: {reason}")
+        self.path = path
+
+
+# --- the stages, as data ----------------------------------------------------------------------
+
+def _convert(model: nn.Module, config: BSQConfig) -> None:
+    convert_(model, config.nbits, filter_fn=convert_filter(config))
+
+
+def _freeze(model: nn.Module, config: BSQConfig) -> None:
+    freeze_(model)
+
+
+class Stage(NamedTuple):
+    """One stage of a run; its epochs, lr and milestones are the config fields named after it."""
+    name: str
+    enter: Callable[[nn.Module, BSQConfig], None] | None  # what entering it does to the model
+    snapshot: bool  # it logs an epoch 0 on entry: the model as converted, re-quantized, untrained
+
+
+STAGES = (Stage("pretrain", None, False), Stage("bsq", _convert, True), Stage("finetune", _freeze, False))
+_NAMES = [s.name for s in STAGES]
+
+
+def enter_(model: nn.Module, config: BSQConfig, stage: str, after: str | None = None) -> nn.Module:
+    """Give model the structure of `stage` by replaying the entry steps of every stage after
+    `after` up to it: a stage that was skipped (a uniform baseline has no BSQ epochs) still
+    converts, and a resumed model starts from the float architecture (after=None)."""
+    first = _NAMES.index(after) + 1 if after else 0
+    for s in STAGES[first:_NAMES.index(stage) + 1]:
+        if s.enter is not None:
+            s.enter(model, config)
+    return model
+
+
+class Epoch(NamedTuple):
     stage: str
-    epoch: int
-    step: int          # epochs finished since the run began (0 for the conversion snapshot)
-    total_steps: int
-    metrics: dict
-    bits: pd.DataFrame | None
-    layers: pd.DataFrame | None
-    requant: pd.DataFrame | None  # requantize_'s table when this epoch re-quantized
+    epoch: int  # within the stage; 0 is a snapshot stage's entry
+    step: int   # epochs trained since the run began (a snapshot trains none: it shares its step)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for, but CUDA is not available here (use --device cpu or auto)")
-    return torch.device(name)
-
-
-def build_model(config: BSQConfig, ds: data.Dataset) -> nn.Module:
-    c, h, w = ds.shape
-    classes = len(ds.classes)
-    if config.model == "mlp":
-        return models.mlp(c * h * w, num_classes=classes, act_bits=config.act_bits)
-    if config.model == "lenet5":
-        return models.lenet5(c, classes, image_size=h, act_bits=config.act_bits)
-    depth = int(config.model.removeprefix("resnet"))
-    return models.CifarResNet(depth, classes, config.act_bits, in_channels=c)
-
-
-def convert_filter(config: BSQConfig):
-    """The paper's recipe keeps ResNet downsample shortcuts in float; everything else is converted."""
-    return models.not_shortcut if config.model.startswith("resnet") else None
-
-
-def plan(config: BSQConfig) -> list[tuple[str, int, int]]:
-    """Every (stage, epoch, step) of a run in order; step counts the epochs trained since the start.
-
-    BSQ epoch 0 is the snapshot right after conversion: it trains nothing, so it shares the
-    step of the last float epoch.
-    """
-    entries = [("pretrain", e) for e in range(1, config.pretrain_epochs + 1)]
-    if config.bsq_epochs:
-        entries += [("bsq", e) for e in range(0, config.bsq_epochs + 1)]
-    entries += [("finetune", e) for e in range(1, config.finetune_epochs + 1)]
-    steps, step = [], 0
-    for stage, epoch in entries:
-        step += not (stage == "bsq" and epoch == 0)
-        steps.append((stage, epoch, step))
-    return steps
+def plan(config: BSQConfig) -> list[Epoch]:
+    """Every epoch of a run in order; a stage with 0 epochs is skipped."""
+    epochs, step = [], 0
+    for s in STAGES:
+        count = getattr(config, f"{s.name}_epochs")
+        for epoch in range(0 if s.snapshot and count else 1, count + 1):
+            step += epoch > 0
+            epochs.append(Epoch(s.name, epoch, step))
+    return epochs
 
 
 def stage_lr(config: BSQConfig, stage: str, epoch: int) -> float:
-    base, milestones = {"pretrain": (config.pretrain_lr, config.pretrain_milestones),
-                        "bsq": (config.bsq_lr, config.bsq_milestones),
-                        "finetune": (config.finetune_lr, config.finetune_milestones)}[stage]
+    base, milestones = getattr(config, f"{stage}_lr"), getattr(config, f"{stage}_milestones")
     return base * config.lr_gamma ** sum(epoch > m for m in milestones)
 
+
+# --- one step, one epoch ----------------------------------------------------------------------
 
 def optimizer(model: nn.Module, config: BSQConfig, lr: float) -> torch.optim.SGD:
     """SGD with momentum; weight decay on everything but the log-scales (decay would pull s to 1).
@@ -110,36 +110,41 @@ def optimizer(model: nn.Module, config: BSQConfig, lr: float) -> torch.optim.SGD
     return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=True)
 
 
-def shape_for(model: nn.Module, config: BSQConfig, stage: str) -> nn.Module:
-    """Give a float model the structure of a stage (before loading that stage's state_dict)."""
-    if stage in ("bsq", "finetune"):
-        convert_(model, config.nbits, filter_fn=convert_filter(config))
-    if stage == "finetune":
-        freeze_(model)
-    return model
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One SGD step on cross-entropy + alpha * bit_lasso, the planes clamped back into [0, 2] after it.
+
+    A model without bit planes (float, or frozen for finetuning) has no Lasso and nothing to
+    clamp. Returns the logits (B, classes), the loss and the regularizer (0 without planes).
+    """
+    planes = bool(bit_weights(model))
+    with weights_up_front(model):
+        out = model(x)
+    loss = F.cross_entropy(out, y)
+    reg = bit_lasso(model) if planes else loss.new_zeros(())
+    opt.zero_grad(set_to_none=True)
+    (loss + alpha * reg).backward()
+    opt.step()
+    if planes:
+        clamp_bits_(model)
+    return out, loss, reg
 
 
-def train_epoch(model, opt, ds, config, generator, stage) -> dict:
-    """One pass over the training set; bsq adds alpha * bit_lasso and clamps the planes after each step."""
+def train_epoch(model: nn.Module, opt, ds: data.Dataset, config: BSQConfig, generator) -> dict:
+    """One pass over the training set: mean loss, regularizer and accuracy."""
     model.train()
-    bsq = stage == "bsq"
     totals = torch.zeros(3, dtype=torch.float64, device=ds.train_x.device)  # loss, reg, correct
     for x, y in data.batches(ds.train_x, ds.train_y, config.batch_size, generator, ds.augment):
-        with weights_up_front(model):
-            out = model(x)
-        loss = F.cross_entropy(out, y)
-        reg = bit_lasso(model) if bsq else loss.new_zeros(())
-        opt.zero_grad(set_to_none=True)
-        (loss + config.alpha * reg).backward()
-        opt.step()
-        if bsq:
-            clamp_bits_(model)
+        out, loss, reg = train_step(model, opt, x, y, config.alpha)
         totals += torch.stack([loss.detach() * len(y), reg.detach() * len(y), (out.argmax(1) == y).sum()]).double()
     loss, reg, correct = (totals / len(ds.train_y)).tolist()  # one host sync per epoch
-    if not math.isfinite(loss) or not math.isfinite(reg):
-        what, value = ("loss", loss) if not math.isfinite(loss) else ("bit regularizer", reg)
-        raise Diverged(f"the {what} became {value} in {stage} training (try a smaller lr or alpha)")
-    return dict(train_loss=loss, reg_loss=reg if bsq else float("nan"), train_acc=correct)
+    return dict(train_loss=loss, reg_loss=reg, train_acc=correct)
+
+
+def requantize_and_rebuild_(model: nn.Module, config: BSQConfig, lr: float) -> tuple[pd.DataFrame, torch.optim.SGD]:
+    """requantize_ the model, and build the fresh optimizer its new parameter shapes need (momentum
+    restarts, as in the original code). Returns requantize_'s table and the optimizer."""
+    return requantize_(model, config.max_bits), optimizer(model, config, lr)
 
 
 @torch.no_grad()
@@ -149,97 +154,66 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return float(correct) / len(y)
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+@dataclass
+class Event:
+    """What one finished epoch produced; bits and layers are None while the model is float."""
+    stage: str
+    epoch: int
+    step: int          # epochs trained since the run began
+    index: int         # epochs of the plan done, this one included
+    total: int         # epochs in the plan
+    metrics: dict
+    bits: pd.DataFrame | None
+    layers: pd.DataFrame | None
+    requant: pd.DataFrame | None  # requantize_'s table when this epoch re-quantized
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def run_epoch(model, opt, ds, config: BSQConfig, generator, e: Epoch, folder: RunFolder):
+    """Train one epoch (a snapshot trains none), re-quantize when due, then measure and write its
+    rows. Returns the epoch's rows (Event fields) and the optimizer to go on with."""
+    start = time.perf_counter()
+    lr = stage_lr(config, e.stage, e.epoch)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    row = dict(train_loss=float("nan"), reg_loss=float("nan"), train_acc=float("nan"))
+    if e.epoch > 0:
+        row = train_epoch(model, opt, ds, config, generator)
+        bad = [(what, row[key]) for what, key in (("loss", "train_loss"), ("bit regularizer", "reg_loss"))
+               if not math.isfinite(row[key])]
+        if bad:
+            raise Diverged(f"the {bad[0][0]} became {bad[0][1]} in {e.stage} training (try a smaller lr or alpha)")
+        if not bit_weights(model):
+            row["reg_loss"] = float("nan")  # no planes, no Lasso
+    requant = None
+    if bit_weights(model) and (e.epoch % config.requant_every == 0 or e.epoch == getattr(config, f"{e.stage}_epochs")):
+        requant, opt = requantize_and_rebuild_(model, config, stage_lr(config, e.stage, e.epoch + 1))
+    keys = dict(stage=e.stage, epoch=e.epoch, step=e.step)
+    layers = layer_precision(model)
+    bits = None
+    if layers.empty:  # still float
+        size, layers = dict(avg_bits=float(FLOAT_BITS), compression=1.0), None
+    else:
+        s = size_of(layers.numel, layers.nbits)  # the size follows the layers frame, by construction
+        size = dict(avg_bits=s.avg_bits, compression=s.compression)
+        bits = bit_sparsity(model).assign(**keys)[FRAME_COLUMNS["bits"]]
+        layers = layers.assign(**keys)[FRAME_COLUMNS["layers"]]
+    row.update(test_acc=evaluate(model, ds.test_x, ds.test_y), **size, lr=lr)
+    row.update(keys, seconds=time.perf_counter() - start)
+    if bits is not None:
+        folder.append("bits", bits)
+        folder.append("layers", layers)
+    folder.append("metrics", pd.DataFrame([row])[FRAME_COLUMNS["metrics"]])
+    return dict(metrics=row, bits=bits, layers=layers, requant=requant), opt
 
 
-def progress_bar(total: int, desc: str) -> Callable[[Event], None]:
-    """The default callback: a tqdm.auto bar (terminal or notebook) over the epochs of the run."""
-    from tqdm.auto import tqdm
+# --- a run: new or resumed --------------------------------------------------------------------
 
-    bar = tqdm(total=total, desc=desc, unit="epoch")
-
-    def update(event: Event) -> None:
-        bar.update(1)
-        bar.set_postfix(stage=event.stage, acc=f"{event.metrics['test_acc']:.3f}",
-                        bits=f"{event.metrics['avg_bits']:.2f}")
-        if bar.n >= total:
-            bar.close()
-    update.close = bar.close  # train() closes it when a run stops early, so its error prints below the bar
-    return update
-
-
-def _this_process() -> dict:
-    """The provenance of the process writing a run (a resumed run records its new writer)."""
-    return dict(host=socket.gethostname(), pid=os.getpid(), threads=torch.get_num_threads())
-
-
-class RunFolder:
-    """Writes one run's folder: run.json, the frames after every epoch, checkpoint.pt and model.pt."""
-
-    def __init__(self, path: Path, info: dict, frames: dict[str, pd.DataFrame]):
-        self.path, self.info, self.frames = path, info, frames
-
-    @classmethod
-    def create(cls, path: Path, config: BSQConfig, device: torch.device, sweep: str | None) -> "RunFolder":
-        path.mkdir(parents=True)
-        info = dict(config=config.to_dict(), sweep=sweep, status="running", error=None, summary={},
-                    provenance=dict(package=__version__, torch=torch.__version__, python=platform.python_version(),
-                                    git_sha=_git_sha(), device=str(device), seed=config.seed,
-                                    start=_now(), end=None, **_this_process()))
-        folder = cls(path, info, {k: pd.DataFrame(columns=c) for k, c in FRAME_COLUMNS.items()})
-        try:
-            folder.write_info()
-        except OSError:  # leave no folder without run.json behind: it would list as damaged
-            shutil.rmtree(path, ignore_errors=True)
-            raise
-        return folder
-
-    @classmethod
-    def reopen(cls, path: Path, kept: list[tuple[str, int, int]]) -> "RunFolder":
-        """Continue a run: keep the rows of the checkpointed epochs (a later, unsaved one is re-run)."""
-        for tmp in path.glob(".*.tmp"):  # half-written files of a killed process
-            tmp.unlink(missing_ok=True)
-        run = load_run(path)
-        keys = {(stage, epoch) for stage, epoch, _ in kept}
-        frames = {}
-        for k in FRAME_COLUMNS:
-            frame = getattr(run, k)
-            mask = [key in keys for key in zip(frame.stage, frame.epoch)]
-            frames[k] = frame[mask].reset_index(drop=True)
-        run.info.update(status="running", error=None)
-        run.info["provenance"].update(end=None, **_this_process())
-        folder = cls(path, run.info, frames)
-        folder.write_info()
-        return folder
-
-    def write_info(self) -> None:
-        write_json(self.path / "run.json", self.info)
-
-    def append(self, key: str, rows: pd.DataFrame) -> None:
-        old = self.frames[key]
-        self.frames[key] = rows if old.empty else pd.concat([old, rows], ignore_index=True)
-        write_frame(self.path / f"{key}.parquet", self.frames[key])
-
-    def save(self, name: str, obj) -> None:
-        buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        write_atomic(self.path / name, buffer.getvalue())
-
-    def end(self, status: str, error: str | None = None, **summary) -> None:
-        self.info.update(status=status, error=error)
-        self.info["summary"].update(summary)
-        self.info["provenance"]["end"] = _now()
-        self.write_info()
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for, but CUDA is not available here (use --device cpu or auto)")
+    return torch.device(name)
 
 
 @contextmanager
@@ -253,164 +227,110 @@ def cpu_threads(n: int):
         torch.set_num_threads(before)
 
 
-def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | None = None,
-          sweep: str | None = None, callbacks: Iterable[Callable[[Event], None]] | None = None,
-          resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
-    """Run config into the folder <runs>/<name>/ and return its path.
+def _setup(config: BSQConfig, device: torch.device):
+    """The dataset on device, the seeded float model and the batch-order generator."""
+    ds = data.load(config.dataset, config.train_subset, config.test_subset, config.download).to(device)
+    torch.manual_seed(config.seed)
+    model = build_model(config, ds).to(device)
+    return ds, model, torch.Generator(device).manual_seed(config.seed)
 
-    resume=True continues the named run from its checkpoint; overwrite=True replaces a run of
-    that name (otherwise an existing name is an error). Callbacks get an Event per epoch.
-    Errors inside training mark the run failed (with the reason) and re-raise; finished epochs stay.
+
+def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | None = None,
+          sweep: str | None = None, callbacks: Iterable[Callable[[Event], None]] = (),
+          overwrite: bool = False) -> Path:
+    """Run config into the new folder <runs>/<name>/ and return its path.
+
+    An existing name is an error unless overwrite=True replaces it. Callbacks get an Event per
+    epoch. An error once the run has begun marks it failed and raises RunFailed from it (a
+    KeyboardInterrupt is re-raised as it is); finished epochs stay, and resume() goes on.
     """
     root = runs_root(runs)
-    name = check_name(name or f"{config.model}-a{config.alpha:g}-{datetime.now():%Y%m%d-%H%M%S}")
-    path = root / name
-    device = resolve_device(config.device)
-    steps = plan(config)
-    ckpt = None
-    if path.exists() and not (resume or overwrite):
+    path = root / check_name(name or f"{run_name(config, config.model)}-{datetime.now():%Y%m%d-%H%M%S}")
+    if path.exists() and not overwrite:
         raise FileExistsError(f"run {path} already exists (pick another --name, or pass --resume or --overwrite)")
     if path.exists():
-        _check_idle(path)
-    if resume:
-        if not (path / "checkpoint.pt").exists():
-            raise FileNotFoundError(f"cannot resume {path}: it has no checkpoint.pt")
-        try:
-            ckpt = torch.load(path / "checkpoint.pt", map_location=device, weights_only=True)
-            config = BSQConfig.from_dict(ckpt["config"])
-        except Exception as err:  # torch raises several types for a truncated or foreign file
-            raise unreadable(path / "checkpoint.pt", err) from None
-        steps = plan(config)
+        check_idle(path)
+    device = resolve_device(config.device)
     prepare_root(root)
-
     with cpu_threads(config.threads):  # before the data: even its normalization sums floats
-        ds = data.load(config.dataset, config.train_subset, config.test_subset, config.download).to(device)
-        torch.manual_seed(config.seed)
-        model = build_model(config, ds).to(device)
-        generator = torch.Generator(device).manual_seed(config.seed)
-        if config.pretrained and not resume:
+        ds, model, generator = _setup(config, device)
+        if config.pretrained:
             model.load_state_dict(torch.load(config.pretrained, map_location=device, weights_only=True))
-
-        done, stage = 0, "pretrain"
-        if ckpt is not None:
-            stage, done = ckpt["stage"], ckpt["done"]
-            shape_for(model, config, stage)
-            model.load_state_dict(ckpt["model"])
-            generator.set_state(ckpt["generator"])
-            folder = RunFolder.reopen(path, steps[:done])
-        else:
-            if overwrite and path.exists():
-                shutil.rmtree(path)
-            folder = RunFolder.create(path, config, device, sweep)
-        opt = optimizer(model, config, stage_lr(config, stage, 1))
-        if ckpt is not None:
-            opt.load_state_dict(ckpt["optimizer"])
-
-        listeners = list(callbacks or [])
-        if progress:
-            listeners.append(progress_bar(len(steps) - done, name))
-        try:
-            for index in range(done, len(steps)):
-                next_stage, epoch, step = steps[index]
-                if next_stage != stage:
-                    if stage == "pretrain":  # the float model: every sweep run starts from it
-                        if config.pretrain_epochs:
-                            folder.save("float.pt", model.state_dict())
-                        convert_(model, config.nbits, filter_fn=convert_filter(config))
-                    if next_stage == "finetune":
-                        freeze_(model)
-                    stage = next_stage
-                    opt = optimizer(model, config, stage_lr(config, stage, epoch))
-                event = run_epoch(model, opt, ds, config, generator, stage, epoch, step, steps[-1][2], folder)
-                if event.requant is not None:
-                    opt = optimizer(model, config, stage_lr(config, stage, epoch + 1))  # shapes changed
-                folder.save("checkpoint.pt", dict(config=config.to_dict(), stage=stage, done=index + 1,
-                                                  model=model.state_dict(), optimizer=opt.state_dict(),
-                                                  generator=generator.get_state().cpu()))
-                for listener in listeners:
-                    listener(event)
-            if stage == "pretrain":
-                folder.save("float.pt", model.state_dict())
-            else:
-                folder.save("model.pt", export(model))
-            metrics = folder.frames["metrics"]
-            bsq_rows = metrics[metrics.stage == "bsq"]
-            last = metrics.iloc[-1] if len(metrics) else None
-            folder.end("finished",
-                       test_acc=float(last.test_acc) if last is not None else None,
-                       bsq_acc=float(bsq_rows.test_acc.iloc[-1]) if len(bsq_rows) else None,
-                       avg_bits=float(last.avg_bits) if last is not None else None,
-                       compression=float(last.compression) if last is not None else None,
-                       collapsed=bool(last is not None and last.avg_bits == 0))
-        except BaseException as err:
-            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-            try:
-                folder.end("failed", error=reason.splitlines()[0])
-            except OSError:  # a full disk can refuse run.json too; keep the first error (the run then lists as stale)
-                pass
-            err.failed_run = path  # lets the CLI tell a failed run (exit 1) from bad input (exit 2)
-            raise
-        finally:
-            if progress:
-                listeners[-1].close()
-    return path
+        folder = RunFolder.create(path, config, device, sweep)
+        opt = optimizer(model, config, stage_lr(config, STAGES[0].name, 1))
+        return _run(folder, config, model, ds, generator, opt, 0, callbacks)
 
 
-def _check_idle(path: Path) -> None:
-    """Refuse to resume or overwrite a run whose process still runs on this host: two writers would mix it."""
+def resume(path: str | os.PathLike, config: BSQConfig | None = None,
+           callbacks: Iterable[Callable[[Event], None]] = ()) -> Path:
+    """Continue the run at path from its checkpoint (the epoch it was in is re-run) and return
+    its path. config, when given, must equal the run's own: resuming cannot change a run."""
+    path = Path(path)
+    check_idle(path)
+    ckpt = read_checkpoint(path)
+    saved = BSQConfig.from_dict(ckpt["config"])
+    if config is not None and config != saved:
+        changed = [f"{k} ({saved.to_dict()[k]!r} in the run, {v!r} given)"
+                   for k, v in config.to_dict().items() if saved.to_dict()[k] != v]
+        raise ValueError(f"cannot resume {path} with another config: {', '.join(changed)}")
+    device = resolve_device(saved.device)
+    with cpu_threads(saved.threads):
+        ds, model, generator = _setup(saved, device)
+        enter_(model, saved, ckpt["stage"])
+        model.load_state_dict(ckpt["model"])
+        generator.set_state(ckpt["generator"])
+        opt = optimizer(model, saved, stage_lr(saved, ckpt["stage"], 1))
+        opt.load_state_dict(ckpt["optimizer"])
+        folder = RunFolder.reopen(path, plan(saved)[:ckpt["done"]])
+        return _run(folder, saved, model, ds, generator, opt, ckpt["done"], callbacks)
+
+
+def _run(folder: RunFolder, config: BSQConfig, model, ds, generator, opt, done: int, callbacks) -> Path:
+    """The epochs of the plan after the first `done`, each written and checkpointed, then the export."""
+    epochs = plan(config)
+    stage = epochs[done - 1].stage if done else STAGES[0].name
     try:
-        info = read_info(path)
-    except DamagedRun:
-        return
-    pid = (info.get("provenance") or {}).get("pid")
-    if info["status"] == "running" and pid != os.getpid() and process_alive(info):
-        raise FileExistsError(f"run {path} is still running (process {pid}); stop it first")
+        for index, e in enumerate(epochs[done:], done + 1):
+            if e.stage != stage:
+                if stage == "pretrain" and config.pretrain_epochs:
+                    folder.save_float(model.state_dict())  # the float model: every sweep run starts from it
+                enter_(model, config, e.stage, after=stage)
+                stage = e.stage
+                opt = optimizer(model, config, stage_lr(config, stage, e.epoch))
+            rows, opt = run_epoch(model, opt, ds, config, generator, e, folder)
+            folder.save_checkpoint(dict(config=config.to_dict(), stage=stage, done=index, model=model.state_dict(),
+                                        optimizer=opt.state_dict(), generator=generator.get_state().cpu()))
+            event = Event(e.stage, e.epoch, e.step, index, len(epochs), **rows)
+            for callback in callbacks:
+                callback(event)
+        if stage == "pretrain":
+            folder.save_float(model.state_dict())
+        else:
+            folder.save_model(export(model))
+        folder.finish()
+    except BaseException as err:
+        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+        try:
+            folder.fail(reason.splitlines()[0])
+        except OSError:  # a full disk can refuse run.json too; keep the first error (the run then lists as stale)
+            pass
+        if isinstance(err, Exception):
+            raise RunFailed(folder.path, reason.splitlines()[0]) from err
+        raise
+    return folder.path
 
 
-def run_epoch(model, opt, ds, config, generator, stage, epoch, step, total_steps, folder) -> Event:
-    """Train (or, at BSQ epoch 0, only re-quantize) one epoch, then measure and write its rows."""
-    start = time.perf_counter()
-    lr = stage_lr(config, stage, epoch)
-    for group in opt.param_groups:
-        group["lr"] = lr
-    row = dict(train_loss=float("nan"), reg_loss=float("nan"), train_acc=float("nan"))
-    if not (stage == "bsq" and epoch == 0):
-        row = train_epoch(model, opt, ds, config, generator, stage)
-    requant = None
-    if stage == "bsq" and (epoch % config.requant_every == 0 or epoch == config.bsq_epochs):
-        requant = requantize_(model, config.max_bits)
-    keys = dict(stage=stage, epoch=epoch, step=step)
-    bits = layers = None
-    if stage == "pretrain":
-        size = dict(avg_bits=32.0, compression=1.0)
-    else:
-        s = model_size(model)
-        size = dict(avg_bits=s.avg_bits, compression=s.compression)
-        bits = bit_sparsity(model).assign(**keys)[FRAME_COLUMNS["bits"]]
-        layers = layer_precision(model).assign(**keys)[FRAME_COLUMNS["layers"]]
-    row.update(test_acc=evaluate(model, ds.test_x, ds.test_y), **size, lr=lr)
-    row.update(keys, seconds=time.perf_counter() - start)
-    metrics = pd.DataFrame([row])[FRAME_COLUMNS["metrics"]]
-    if bits is not None:
-        folder.append("bits", bits)
-        folder.append("layers", layers)
-    folder.append("metrics", metrics)
-    return Event(folder.path, stage, epoch, step, total_steps, row, bits, layers, requant)
+def launch(config: BSQConfig, runs: str | os.PathLike, name: str) -> subprocess.Popen:
+    """Start `bsq-explore train` on config as a background process in its own session, so it
+    outlives its caller (an app page can close without killing or corrupting the run). The
+    config travels whole, as JSON on the process's stdin."""
+    import json
 
-
-def launch(preset_name: str, runs: str | os.PathLike, name: str, **overrides) -> subprocess.Popen:
-    """Start `bsq-explore train` as a background process in its own session, so it outlives its
-    caller (an app page can close without killing or corrupting the run). The config is
-    validated here first, so bad input fails at once instead of in the background."""
-    import sys
-
-    from .config import preset
-
-    preset(preset_name, **overrides)
     if (Path(runs) / check_name(name)).exists():
         raise FileExistsError(f"run {name} already exists in {runs}")
-    args = [sys.executable, "-m", "bsq_explore.cli", "train", "--preset", preset_name, "--runs", str(runs), "--name", name]
-    for key, value in overrides.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
-    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    args = [sys.executable, "-m", "bsq_explore.cli", "train", "--config", "-", "--runs", str(runs), "--name", name]
+    process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    process.stdin.write(json.dumps(config.to_dict()).encode())
+    process.stdin.close()
+    return process

@@ -54,7 +54,7 @@ def tiny_run(tmp_path_factory):
     from bsq_explore.train import train
 
     root = tmp_path_factory.mktemp("runs")
-    return train(preset("digits-mlp", **TINY), runs=root, name="tiny", progress=False)
+    return train(preset("digits-mlp", **TINY), runs=root, name="tiny")
 
 
 # The files that take longest, started first, so that `make test`'s two workers (pytest-xdist,

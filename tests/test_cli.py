@@ -24,6 +24,10 @@ def run_cli(*args):
     (["train", "--dataset", "folder:/nonexistent"], "needs train/ and test/ subfolders"),
     (["train", "--name", "../escape"], "bad run name"),
     (["train", "--resume"], "--resume and --overwrite need --name"),
+    (["train", "--device", "cuda:1"] if not torch.cuda.is_available() else ["train", "--device", "tpu"],
+     "CUDA is not available" if not torch.cuda.is_available() else "device must be cpu, cuda, auto or cuda:N"),
+    (["train", "--config", "/nonexistent.json"], "cannot read --config /nonexistent.json"),
+    (["train", "--preset", "digits-mlp", "--config", "x.json"], "--preset and --config exclude each other"),
     (["sweep", "--alphas", "a,b"], "expected comma-separated numbers"),
     (["show", "no-such-run"], "no run 'no-such-run'"),
     (["frobnicate"], "invalid choice"),
@@ -78,3 +82,13 @@ def test_train_with_overrides(tmp_path, capsys):
     run = load_run(tmp_path / "cli")
     assert run.info["config"]["alpha"] == 0.2 and run.info["config"]["bsq_milestones"] == [1]
     assert run.metrics.lr.tolist() == pytest.approx([0.1, 0.05, 0.05, 0.005])
+
+
+def test_train_from_a_run_json_config_with_overrides(tmp_path, tiny_run, capsys):
+    from bsq_explore.runs import load_run
+
+    args = ["train", "--config", str(tiny_run / "run.json"), "--pretrain-epochs", "1", "--bsq-epochs", "0",
+            "--finetune-epochs", "0", "--name", "again", "--runs", str(tmp_path)]
+    assert main(args) == 0
+    config, source = load_run(tmp_path / "again").config, load_run(tiny_run).config
+    assert config == source.replace(pretrain_epochs=1, bsq_epochs=0, finetune_epochs=0)

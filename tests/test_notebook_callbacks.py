@@ -161,7 +161,7 @@ def test_live_heatmap_and_curves_follow_every_training_event(tmp_path):
         assert curves.data[0].x[-1] == event.step and curves.data[0].y[-1] == event.metrics["test_acc"]
         seen.append(event.stage)
 
-    path = train(preset("digits-mlp", **TINY), runs=tmp_path, name="live", progress=False,
+    path = train(preset("digits-mlp", **TINY), runs=tmp_path, name="live",
                  callbacks=[heat_cb, norm_cb, curves_cb, check])
     assert seen == ["pretrain"] * 3 + ["bsq"] * 5 + ["finetune"] * 2
     metrics = load_run(path).metrics
@@ -169,7 +169,7 @@ def test_live_heatmap_and_curves_follow_every_training_event(tmp_path):
     assert list(curves.data[1].y) == pytest.approx(metrics.avg_bits.tolist())
     assert heat_widget.layout.plot_bgcolor == plots.REMOVED
     last = heat_widget.data[0].z
-    heat_cb(Event(path, "bsq", 9, 99, 99, {}, pd.DataFrame(columns=FRAME_COLUMNS["bits"]), None, None))  # all collapsed
+    heat_cb(Event("bsq", 9, 99, 10, 10, {}, pd.DataFrame(columns=FRAME_COLUMNS["bits"]), None, None))  # all collapsed
     assert heat_widget.layout.title.text == "bit planes: bsq 9 (no plane left)" and heat_widget.data[0].z == last
 
 

@@ -17,7 +17,7 @@ ALPHAS, UNIFORM = [0.3, 0.0], [3]
 
 
 def small_sweep(root, alphas=ALPHAS, uniform=UNIFORM, **how):
-    return sweep("digits-mlp", alphas, runs=root, name="sw", uniform_bits=uniform, progress=False, **SMALL, **how)
+    return sweep("digits-mlp", alphas, runs=root, name="sw", uniform_bits=uniform, **SMALL, **how)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ from bsq_explore.bsq import load_quantized
 from bsq_explore.config import BSQConfig, preset
 from bsq_explore.data import load
 from bsq_explore.runs import FRAME_COLUMNS, load_run
-from bsq_explore.train import build_model, evaluate, plan, stage_lr, train
+from bsq_explore.models import build_model
+from bsq_explore.train import RunFailed, evaluate, plan, resume, stage_lr, train
 from conftest import TINY
 
 KEYS = {"metrics": ["stage", "epoch"], "bits": ["stage", "epoch", "layer", "bit"], "layers": ["stage", "epoch", "layer"]}
@@ -76,15 +77,21 @@ def test_same_seed_same_run_and_resume_matches(tmp_path, tiny_run):
         if event.stage == "bsq" and event.epoch == 2:
             raise Stop
 
-    with pytest.raises(Stop):
-        train(preset("digits-mlp", **TINY), runs=tmp_path, name="cut", callbacks=[stop_in_bsq], progress=False)
+    with pytest.raises(RunFailed) as failed:
+        train(preset("digits-mlp", **TINY), runs=tmp_path, name="cut", callbacks=[stop_in_bsq])
+    assert isinstance(failed.value.__cause__, Stop) and failed.value.path == tmp_path / "cut"
     cut = load_run(tmp_path / "cut")
     assert cut.info["status"] == "failed" and len(cut.metrics) == 6
-    train(preset("digits-mlp", **TINY), runs=tmp_path, name="cut", resume=True, progress=False)
+    resume(tmp_path / "cut")
     resumed = load_run(tmp_path / "cut")
     assert resumed.info["status"] == "finished"
     for kind in ("metrics", "bits", "layers"):
         pd.testing.assert_frame_equal(comparable(getattr(resumed, kind)), comparable(getattr(reference, kind)))
+
+
+def test_resuming_with_another_config_says_which_fields_differ(tmp_path, tiny_run):
+    with pytest.raises(ValueError, match=r"alpha \(0.3 in the run, 1.0 given\), seed \(0 in the run, 2 given\)"):
+        resume(tiny_run, preset("digits-mlp", **dict(TINY, alpha=1.0, seed=2)))
 
 
 def test_plan_and_learning_rate_schedule():
@@ -97,7 +104,7 @@ def test_plan_and_learning_rate_schedule():
 
 def test_uniform_baseline_keeps_its_precision(tmp_path):
     path = train(preset("digits-mlp", pretrain_epochs=2, bsq_epochs=0, finetune_epochs=2, nbits=3),
-                 runs=tmp_path, name="u3", progress=False)
+                 runs=tmp_path, name="u3")
     run = load_run(path)
     assert set(run.metrics.stage) == {"pretrain", "finetune"}
     assert (run.layers.nbits == 3).all() and (run.metrics[run.metrics.stage == "finetune"].avg_bits == 3).all()
@@ -105,10 +112,10 @@ def test_uniform_baseline_keeps_its_precision(tmp_path):
 
 def test_existing_name_is_refused_unless_overwritten(tmp_path):
     config = preset("digits-mlp", pretrain_epochs=1, bsq_epochs=0, finetune_epochs=0)
-    train(config, runs=tmp_path, name="x", progress=False)
+    train(config, runs=tmp_path, name="x")
     with pytest.raises(FileExistsError, match="already exists"):
-        train(config, runs=tmp_path, name="x", progress=False)
-    train(config.replace(seed=1), runs=tmp_path, name="x", overwrite=True, progress=False)
+        train(config, runs=tmp_path, name="x")
+    train(config.replace(seed=1), runs=tmp_path, name="x", overwrite=True)
     assert load_run(tmp_path / "x").info["config"]["seed"] == 1
 
 
@@ -124,7 +131,7 @@ def test_conv_presets_train_end_to_end(tmp_path, name, extra):
             pytest.skip("../shared/datasets/cifar10 is absent")
         extra["dataset"] = f"folder:{CIFAR}"
     config = preset(name, pretrain_epochs=1, bsq_epochs=2, requant_every=1, finetune_epochs=1, batch_size=32, **extra)
-    run = load_run(train(config, runs=tmp_path, name="conv", progress=False))
+    run = load_run(train(config, runs=tmp_path, name="conv"))
     assert run.info["status"] == "finished" and len(run.metrics) == 5
     layers = run.layers[run.layers.step == run.layers.step.max()]
     kinds = set(layers.kind)
@@ -138,7 +145,7 @@ def test_a_run_uses_its_configs_thread_count_and_gives_the_callers_back(tmp_path
     torch.set_num_threads(3)  # the caller's own count, unlike the run's
     seen = []
     try:
-        path = train(preset("digits-mlp", **dict(TINY, threads=2)), runs=tmp_path, name="t", progress=False,
+        path = train(preset("digits-mlp", **dict(TINY, threads=2)), runs=tmp_path, name="t",
                      callbacks=[lambda event: seen.append(torch.get_num_threads())])
         assert torch.get_num_threads() == 3
     finally:

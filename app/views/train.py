@@ -1,8 +1,8 @@
 """Start a run in the background and watch its bits die while it trains."""
 import streamlit as st
 
-from bsq_explore import dashboard, plots, train
-from bsq_explore.config import PRESETS, BSQConfig
+from bsq_explore import dashboard, plots, runs, train
+from bsq_explore.config import PRESETS, preset
 
 st.title("Train")
 root = dashboard.roots()[0]
@@ -10,11 +10,11 @@ with st.form("new_run"):
     name_of_preset = st.selectbox("preset", list(PRESETS))
     alpha = st.number_input("alpha", min_value=0.0, value=0.3, step=0.05, format="%.3f")
     epochs = st.number_input("BSQ epochs", min_value=1, value=40, step=5)
-    name = st.text_input("run name", value=f"{name_of_preset}-a{alpha:g}-app")
+    name = st.text_input("run name", value=runs.run_name(preset(name_of_preset, alpha=alpha), name_of_preset) + "-app")
     start = st.form_submit_button("start training")
 if start:
     try:
-        train.launch(name_of_preset, root, name, alpha=alpha, bsq_epochs=int(epochs))
+        train.launch(preset(name_of_preset, alpha=alpha, bsq_epochs=int(epochs)), root, name)
         st.session_state["watching"] = name
         st.success(f"started {name} in {root}; it keeps running if you close this page")
     except (ValueError, FileExistsError) as err:
@@ -27,7 +27,7 @@ def watch(name: str) -> None:
     if run is None:
         st.info(f"waiting for {name} to write its first epoch…")
         return
-    total, done = len(train.plan(BSQConfig.from_dict(run.info["config"]))), len(run.metrics)
+    total, done = len(train.plan(run.config)), len(run.metrics)
     st.progress(min(done / max(total, 1), 1.0), text=f"{name}: {run.info['status']}, epoch {done} of {total}")
     if run.info.get("error"):
         st.error(run.info["error"])
