@@ -4,9 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .bits import from_bits, levels, to_bits
+from .bits import from_bits, levels, plane_values, to_bits
 from .runs import Run
-from .stats import size_of
+from .stats import FLOAT_BITS, size_of
 
 
 def epoch_labels(frame: pd.DataFrame) -> pd.Series:
@@ -145,3 +145,81 @@ def logged_steps(frame: pd.DataFrame) -> tuple[list[int], list[str]]:
     """The distinct steps of a frame in order, with their 'bsq 12' labels."""
     steps = frame.drop_duplicates("step").sort_values("step")
     return steps.step.astype(int).tolist(), epoch_labels(steps).tolist()
+
+
+def layer_weights(run: Run) -> dict[str, torch.Tensor]:
+    """Every conv and linear weight of a run, in network order: the float weights of its float
+    model when it has one, else its final model's quantized weights (scale q / (2^n - 1))."""
+    state = run.read_float()
+    if state is not None:
+        return {k.removesuffix(".weight"): v.float() for k, v in state.items() if k.endswith(".weight") and v.dim() > 1}
+    return {name: spec["scale"] * spec["q"].float() / levels(spec["nbits"]) if spec["nbits"] else spec["q"].float() * 0
+            for name, spec in run.read_model()["layers"].items()}
+
+
+def digit_table(w: torch.Tensor, nbits: int, count: int = 8) -> pd.DataFrame:
+    """The first count weights of w at nbits: the weight, its integer q, q's digits in the pos and the
+    neg planes (MSB first), the (nbits+1)-bit two's complement of q for contrast, and the weight
+    the planes give back (scale q / (2^n - 1))."""
+    flat = w.detach().float().reshape(-1)
+    pos, neg, scale = to_bits(flat, nbits)  # (nbits, N)
+    q = plane_values(pos, neg).round().long()
+    back = from_bits(pos, neg, scale)
+    rows = []
+    for i in range(min(count, len(flat))):
+        rows.append(dict(weight=float(flat[i]), q=int(q[i]),
+                         pos="".join(str(int(pos[b, i])) for b in range(nbits - 1, -1, -1)),
+                         neg="".join(str(int(neg[b, i])) for b in range(nbits - 1, -1, -1)),
+                         twos_complement=format(int(q[i]) % 2 ** (nbits + 1), f"0{nbits + 1}b"),
+                         quantized=float(back[i])))
+    return pd.DataFrame(rows)
+
+
+def plane_occupancy(w: torch.Tensor, nbits: int) -> pd.DataFrame:
+    """How many weights use each plane, MSB first: in BSQ's pos and neg planes (sign-magnitude: a
+    plane is used by a weight whose |q| has that digit) and in an (nbits+1)-bit two's complement
+    code, where every negative weight fills the top planes with ones. Bit nbits is that code's
+    sign bit; BSQ has no such plane (the sign is which plane holds the digits)."""
+    pos, neg, _ = to_bits(w.detach().float().reshape(-1), nbits)  # (nbits, N)
+    ints = plane_values(pos, neg).round().long()
+    twos = ints % 2 ** (nbits + 1)
+    n = max(len(ints), 1)
+    rows = [dict(bit=nbits, pos=float("nan"), neg=float("nan"), sign_magnitude=float("nan"),
+                 twos_complement=float(((twos >> nbits) & 1).sum()) / n)]
+    for b in range(nbits - 1, -1, -1):
+        rows.append(dict(bit=b, pos=float(pos[b].sum()) / n, neg=float(neg[b].sum()) / n,
+                         sign_magnitude=float((pos[b] + neg[b]).sum()) / n,
+                         twos_complement=float(((twos >> b) & 1).sum()) / n))
+    return pd.DataFrame(rows)
+
+
+def size_table(exported: dict) -> pd.DataFrame:
+    """Bytes of each converted layer of a bsq.export: as float32, as stored (the integer dtype of
+    q) and bit-packed (numel * nbits / 8), and a total row whose nbits is the average."""
+    rows = []
+    for name, spec in exported["layers"].items():
+        numel, nbits = spec["q"].numel(), spec["nbits"]
+        rows.append(dict(layer=name, nbits=float(nbits), numel=numel, float32_bytes=numel * FLOAT_BITS // 8,
+                         stored_bytes=numel * spec["q"].element_size(),
+                         packed_bytes=size_of([numel], [nbits]).packed_bytes))
+    table = pd.DataFrame(rows)
+    total = table[["numel", "float32_bytes", "stored_bytes", "packed_bytes"]].sum()
+    total = dict(layer="total", nbits=size_of(table.numel, table.nbits).avg_bits, **total)
+    table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    return table.astype(dict(numel="int64", float32_bytes="int64", stored_bytes="int64"))
+
+
+# Yang et al. (ICLR 2021), ResNet-20 on CIFAR-10 with 4-bit activations: the trade-off they report
+PAPER = dict(source="paper (Yang et al. 2021)", model="resnet20", act_bits=4, alpha=5e-3, avg_bits=FLOAT_BITS / 14,
+             compression=14.0, test_acc=0.92)
+
+
+def paper_comparison(run: Run) -> pd.DataFrame:
+    """The run's alpha, activation bits, epochs, average bits, compression and test accuracy next to
+    the paper's reported ResNet-20 / CIFAR-10 trade-off."""
+    c, s = run.info["config"], run.info.get("summary") or {}
+    columns = ["source", "model", "act_bits", "alpha", "epochs", "avg_bits", "compression", "test_acc"]
+    mine = dict(source=run.name, model=c["model"], act_bits=c["act_bits"], alpha=c["alpha"],
+                epochs=f"{c['pretrain_epochs']}+{c['bsq_epochs']}+{c['finetune_epochs']}",
+                avg_bits=s.get("avg_bits"), compression=s.get("compression"), test_acc=s.get("test_acc"))
+    return pd.DataFrame([dict(PAPER, epochs="float+350+300"), mine])[columns]

@@ -111,7 +111,8 @@ def build_parser() -> Parser:
 
 
 def find_run(run: str, runs: str | None) -> Path:
-    from .runs import EXAMPLES, check_name, runs_root
+    from .paths import EXAMPLES, runs_root
+    from .runs import check_name
 
     if Path(run).is_dir():
         return Path(run)
@@ -165,7 +166,7 @@ def cmd_train(args) -> int:
     from contextlib import closing
 
     from .progress import ProgressBar
-    from .runs import runs_root
+    from .paths import runs_root
     from .train import resume, train
 
     if (args.resume or args.overwrite) and not args.name:
@@ -196,7 +197,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from .runs import EXAMPLES, list_runs, runs_root
+    from .paths import EXAMPLES, runs_root
+    from .runs import list_runs
 
     roots = args.dirs or [runs_root(), EXAMPLES]
     table = list_runs(*roots)

@@ -1,15 +1,13 @@
 """Streamlit glue shared by the app's pages: runs roots, cached loading, the URL's run/sweep/epoch."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from .runs import DamagedRun, Run, check_name, list_runs, load_run, runs_root
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+from .paths import EXAMPLES, runs_root
+from .runs import DamagedRun, Run, check_name, finished_bsq, list_runs, load_run, stamp
 
 
 _PERCENT = dict(format="percent")
@@ -33,12 +31,6 @@ def roots() -> list[Path]:
     """The user's runs root (sidebar, else $BSQ_RUNS or data/runs) and the shipped examples."""
     user = Path(st.session_state.get("runs_root") or runs_root())
     return [user, EXAMPLES] if user.resolve() != EXAMPLES.resolve() else [EXAMPLES]
-
-
-def stamp(folder: Path) -> tuple:
-    """Changes whenever the run writes an epoch: the cache key of a loaded run."""
-    return tuple(os.stat(p).st_mtime_ns if p.exists() else 0
-                 for p in (folder / "run.json", folder / "metrics.parquet", folder / "bits.parquet"))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -109,7 +101,7 @@ def featured(table: pd.DataFrame) -> str:
     """The run to open first: from the sweep on the hardest problem (its float model the least
     accurate: real data before digits), the most compressed BSQ run within 2 points of that float
     model; without sweeps, the most compressed BSQ run within 2 points of the best; else the first run."""
-    done = table[(table.kind == "bsq") & (table.status == "finished")].dropna(subset=["test_acc", "compression"])
+    done = finished_bsq(table).dropna(subset=["test_acc", "compression"])
     if done.empty:
         return table.name.iloc[0]
     floats = table[(table.kind == "float") & (table.status == "finished") & table.sweep.isin(done.sweep)]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .paths import SHARED_CIFAR10, data_root
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
@@ -30,11 +32,6 @@ class Dataset:
         move = lambda t: t.to(device)  # noqa: E731
         return Dataset(self.name, move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y),
                        self.classes, self.augment)
-
-
-def data_root() -> Path:
-    """Where torchvision datasets are kept: $BSQ_DATA, else data/datasets under the working folder."""
-    return Path(os.environ.get("BSQ_DATA", "data/datasets"))
 
 
 def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool = False, seed: int = 0) -> Dataset:
@@ -242,3 +239,36 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.
         idx = order[start:start + batch_size]
         xb = x[idx]
         yield (augment(xb, generator) if augmented and generator is not None else xb), y[idx]
+
+
+def synthetic_image_folder(root: str | os.PathLike, classes: int = 10, train_per_class: int = 26,
+                           test_per_class: int = 13, size: int = 32, seed: int = 0) -> Path:
+    """A tiny stand-in for CIFAR-10 in the folder layout (root/train/<class>/*.png, root/test/...):
+    each class is a noisy image of its own colour and stripe direction, so it is learnable."""
+    import numpy as np
+    from PIL import Image
+
+    root, rng = Path(root), np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for c in range(classes):
+        colour = rng.uniform(40, 215, 3)
+        stripes = np.sin((xx * np.cos(np.pi * c / classes) + yy * np.sin(np.pi * c / classes)) / 2.0)
+        for part, count in (("train", train_per_class), ("test", test_per_class)):
+            folder = root / part / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = colour + 30 * stripes[..., None] + rng.normal(0, 25, (size, size, 3))
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
+    return root
+
+
+def cifar10_source(fallback: str | os.PathLike | None = None) -> tuple[str, str]:
+    """(dataset, note): the shared CIFAR-10 image folder when this checkout has one beside it, else a
+    synthetic stand-in made under fallback (default: a new temporary folder), with a note that says which."""
+    if (SHARED_CIFAR10 / "train").is_dir() and (SHARED_CIFAR10 / "test").is_dir():
+        return f"folder:{SHARED_CIFAR10}", f"Using the CIFAR-10 image folder {SHARED_CIFAR10}."
+    import tempfile
+
+    root = synthetic_image_folder(fallback or Path(tempfile.mkdtemp(prefix="bsq-synthetic-cifar10-")))
+    return f"folder:{root}", (f"{SHARED_CIFAR10} does not exist, so a tiny synthetic 10-class image folder "
+                              f"({root}) stands in: the pipeline runs, but its numbers say nothing about CIFAR-10.")

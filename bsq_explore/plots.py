@@ -26,58 +26,70 @@ def _grid(bits: pd.DataFrame, layers: list[str], columns: list[int], value: str)
     return [[None if math.isnan(v) else float(v) for v in row] for row in table.to_numpy()]
 
 
-def bit_heatmap(bits: pd.DataFrame, step: int | None = None, value: str = "density", animate: bool = False):
-    """Layers (network order, top to bottom) x bits (most significant on the left).
-
-    Colour is the plane's density on a fixed 0..1 scale (or its group norm, value='norm', on
-    0..the run's largest norm); removed planes show the grey background, so a live plane that is
-    merely sparse (dark) never looks like a dead one. One epoch (step, default the last), or
-    every epoch as animation frames with a slider and a play button (animate=True).
-    """
+def _heatmap_trace(bits: pd.DataFrame, value: str):
+    """(trace(step), steps frame, {step: label}) of bit_heatmap: one grid shape and colour scale for every epoch."""
     go = _go()
     if value not in ("density", "norm"):
         raise ValueError(f"value must be 'density' or 'norm', not {value!r}")
     if bits.empty:
         raise ValueError("no bit frames yet: the run has not reached BSQ training")
-    order = bits.drop_duplicates("layer").sort_values("layer_index")
-    layers = order.layer.tolist()
+    layers = bits.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
     columns = list(range(int(bits.bit.max()), int(bits.bit.min()) - 1, -1))  # MSB first
     zmax = 1.0 if value == "density" else float(bits.norm.max()) or 1.0
     steps = bits.drop_duplicates("step").sort_values("step")
-    labels = dict(zip(steps.step, epoch_labels(steps)))
     groups = dict(tuple(bits.groupby("step")))
-    step = int(steps.step.iloc[-1]) if step is None else int(step)
-    if step not in groups:
-        raise ValueError(f"no bit frame at step {step}; steps run from {steps.step.min()} to {steps.step.max()}")
     hover = "layer %{y}<br>bit %{x}<br>" + value + " %{z:.3f}<extra></extra>"
 
     def trace(s):
         return go.Heatmap(z=_grid(groups[s], layers, columns, value), x=[str(c) for c in columns], y=layers,
                           zmin=0, zmax=zmax, colorscale="Viridis", hovertemplate=hover, hoverongaps=False,
                           colorbar=dict(title=value))
+    return trace, steps, dict(zip(steps.step, epoch_labels(steps)))
 
-    fig = go.Figure(trace(step))
+
+def bit_heatmap(bits: pd.DataFrame, step: int | None = None, value: str = "density"):
+    """Layers (network order, top to bottom) x bits (most significant on the left) at one epoch
+    (step, default the last).
+
+    Colour is the plane's density on a fixed 0..1 scale (or its group norm, value='norm', on
+    0..the run's largest norm); removed planes show the grey background, so a live plane that is
+    merely sparse (dark) never looks like a dead one.
+    """
+    trace, steps, labels = _heatmap_trace(bits, value)
+    step = int(steps.step.iloc[-1]) if step is None else int(step)
+    if step not in labels:
+        raise ValueError(f"no bit frame at step {step}; steps run from {steps.step.min()} to {steps.step.max()}")
+    fig = _go().Figure(trace(step))
     fig.update_layout(title=f"bit planes, {labels[step]}", xaxis_title="bit (most significant left)",
                       yaxis=dict(title="layer", autorange="reversed", type="category"),
-                      xaxis=dict(type="category"), plot_bgcolor=REMOVED, height=max(260, 28 * len(layers) + 140),
+                      xaxis=dict(type="category"), plot_bgcolor=REMOVED, height=max(260, 28 * len(fig.data[0].y) + 140),
                       margin=dict(l=10, r=10, t=50, b=10))
-    if animate:
-        shown = steps.step.tolist()[:: max(1, math.ceil(len(steps) / MAX_FRAMES))]
-        if shown[-1] != steps.step.iloc[-1]:
-            shown.append(int(steps.step.iloc[-1]))
-        fig.frames = [go.Frame(data=[trace(s)], name=str(s), layout=dict(title=f"bit planes, {labels[s]}"))
-                      for s in shown]
-        play = dict(frame=dict(duration=150, redraw=True), fromcurrent=True, transition=dict(duration=0))
-        fig.update_layout(
-            updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.08, xanchor="left", buttons=[
-                dict(label="▶ play", method="animate", args=[None, play]),
-                dict(label="❚❚ pause", method="animate",
-                     args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])],
-            sliders=[dict(active=shown.index(step) if step in shown else len(shown) - 1, x=0.12, len=0.88,
-                          y=-0.02, currentvalue=dict(prefix="epoch: "),
-                          steps=[dict(label=labels[s], method="animate",
-                                      args=[[str(s)], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
-                                 for s in shown])])
+    return fig
+
+
+def bit_heatmap_animation(bits: pd.DataFrame, step: int | None = None, value: str = "density"):
+    """bit_heatmap with every epoch as an animation frame (at most MAX_FRAMES, the last always),
+    a slider and a play button; it opens at step (default the last)."""
+    go = _go()
+    fig = bit_heatmap(bits, step, value)
+    trace, steps, labels = _heatmap_trace(bits, value)
+    step = int(steps.step.iloc[-1]) if step is None else int(step)
+    shown = steps.step.tolist()[:: max(1, math.ceil(len(steps) / MAX_FRAMES))]
+    if shown[-1] != steps.step.iloc[-1]:
+        shown.append(int(steps.step.iloc[-1]))
+    fig.frames = [go.Frame(data=[trace(s)], name=str(s), layout=dict(title=f"bit planes, {labels[s]}"))
+                  for s in shown]
+    play = dict(frame=dict(duration=150, redraw=True), fromcurrent=True, transition=dict(duration=0))
+    fig.update_layout(
+        updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.08, xanchor="left", buttons=[
+            dict(label="▶ play", method="animate", args=[None, play]),
+            dict(label="❚❚ pause", method="animate",
+                 args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])],
+        sliders=[dict(active=shown.index(step) if step in shown else len(shown) - 1, x=0.12, len=0.88,
+                      y=-0.02, currentvalue=dict(prefix="epoch: "),
+                      steps=[dict(label=labels[s], method="animate",
+                                  args=[[str(s)], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
+                             for s in shown])])
     return fig
 
 
@@ -195,10 +207,11 @@ def compare_metrics(metrics: dict[str, pd.DataFrame]):
     return fig
 
 
-def bit_planes_image(w: torch.Tensor, nbits: int, max_side: int = 64):
-    """The bit planes of one weight tensor as small images, MSB first: +1 where the weight's digit
-    is in pos, -1 where it is in neg, 0 elsewhere; the last panel is the quantized weight.
-    A conv weight is shown as (out channels, in channels x kernel)."""
+def bit_planes_image(w: torch.Tensor, nbits: int, max_side: int = 64, name: str = ""):
+    """The bit planes of one weight tensor (layer `name`) as small images, MSB first: +1 where the
+    weight's digit is in pos, -1 where it is in neg, 0 elsewhere; the last panel is the quantized
+    weight. A conv weight is shown as (out channels, in channels x kernel), its top-left
+    max_side x max_side corner."""
     from plotly.subplots import make_subplots
 
     from .bits import from_bits, to_bits
@@ -222,5 +235,31 @@ def bit_planes_image(w: torch.Tensor, nbits: int, max_side: int = 64):
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed")
     fig.update_layout(height=190 * rows + 40, margin=dict(l=10, r=10, t=40, b=10),
-                      title=f"{nbits}-bit planes (blue: digit in pos, red: digit in neg)")
+                      title=(f"{name} {tuple(w.shape)}: " if name else "") +
+                      f"{nbits}-bit planes (blue: digit in pos, red: digit in neg)")
+    return fig
+
+
+def error_curves(w: torch.Tensor, nbits: int, max_bits: int = 8):
+    """Reconstruction error of w against precision (analysis.reconstruction_errors) on a log scale,
+    with the half-step bound scale / (2 (2^n - 1)) and the chosen nbits marked."""
+    from .analysis import reconstruction_errors
+
+    go = _go()
+    errors = reconstruction_errors(w, max_bits)
+    fig = go.Figure()
+    for column, dash in (("max_abs_error", None), ("rmse", None), ("bound", "dot")):
+        fig.add_trace(go.Scatter(x=errors.nbits, y=errors[column], name=column, mode="lines+markers",
+                                 line=dict(dash=dash)))
+    fig.add_vline(x=nbits, line_color="crimson", annotation_text=f"{nbits} bits")
+    fig.update_layout(title="reconstruction error against bits", xaxis=dict(title="nbits", dtick=1),
+                      yaxis=dict(title="error (weight units)", type="log"), height=360,
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def run_heatmap(run, value: str = "density"):
+    """The last bit heatmap of a run, titled with its name, accuracy and size (Run.caption)."""
+    fig = bit_heatmap(run.bits, value=value)
+    fig.update_layout(title=f"{run.name}: {run.caption}")
     return fig

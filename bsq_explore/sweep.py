@@ -12,7 +12,8 @@ import pandas as pd
 
 from .config import UNIFORM_BITS, BSQConfig, preset
 from .progress import ProgressBar
-from .runs import CHECKPOINT, FLOAT_MODEL, DamagedRun, check_name, list_runs, read_info, run_name, runs_root, sweep_table
+from .paths import runs_root
+from .runs import CHECKPOINT, FLOAT_MODEL, DamagedRun, check_name, list_runs, read_info, run_name, sweep_table
 from .train import RunFailed, resume, train
 
 

@@ -25,8 +25,8 @@ from .bsq import bit_lasso, bit_weights, clamp_bits_, export, freeze_, requantiz
 from .config import BSQConfig
 from .layers import convert_, weights_up_front
 from .models import build_model, convert_filter
-from .runs import (FRAME_COLUMNS, RunFolder, check_idle, check_name, prepare_root, read_checkpoint, run_name,
-                   runs_root)
+from .paths import runs_root
+from .runs import FRAME_COLUMNS, RunFolder, check_idle, check_name, prepare_root, read_checkpoint, run_name
 from .stats import FLOAT_BITS, bit_sparsity, layer_precision, size_of
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bsq_explore import analysis, bsq, notebook, plots
+from bsq_explore import analysis, bsq, data, notebook, paths, plots, runs
 from bsq_explore.bits import from_bits, levels, to_bits
 from bsq_explore.config import preset
 from bsq_explore.data import load
@@ -34,7 +34,7 @@ def assert_heatmap_shows(heat, bits: pd.DataFrame, value: str = "density"):
 
 @pytest.fixture(scope="module")
 def weights(tiny_run):
-    return notebook.layer_weights(tiny_run)
+    return analysis.layer_weights(load_run(tiny_run))
 
 
 def test_quick_is_one_environment_switch(monkeypatch):
@@ -47,18 +47,20 @@ def test_quick_is_one_environment_switch(monkeypatch):
 
 def test_runs_root_is_bsq_runs_else_the_checkouts_data_runs(monkeypatch, tmp_path):
     monkeypatch.setenv("BSQ_RUNS", str(tmp_path))
-    assert notebook.runs_root() == tmp_path
+    assert paths.runs_root() == tmp_path
     monkeypatch.delenv("BSQ_RUNS")
     monkeypatch.chdir(tmp_path)  # a notebook runs in notebooks/; the default must not depend on that
-    assert notebook.runs_root() == notebook.REPO / "data" / "runs"
-    monkeypatch.setenv("BSQ_RUNS", str(notebook.EXAMPLES))
+    assert paths.runs_root() == paths.REPO / "data" / "runs"
+    assert paths.runs_root(tmp_path / "given") == tmp_path / "given"
+    monkeypatch.setenv("BSQ_RUNS", str(paths.EXAMPLES))
     with pytest.raises(ValueError, match="shipped examples"):
-        notebook.runs_root()
+        paths.runs_root()
+    assert paths.runs_root(paths.EXAMPLES) == paths.EXAMPLES, "an explicit root may be (make examples writes it)"
 
 
 def test_layer_weights_float_and_quantized(tiny_run, tmp_path):
     state = torch.load(tiny_run / "float.pt", weights_only=True)
-    weights = notebook.layer_weights(tiny_run)
+    weights = analysis.layer_weights(load_run(tiny_run))
     assert list(weights) == ["fc1", "fc2", "fc3"]
     for name, w in weights.items():
         assert torch.equal(w, state[f"{name}.weight"])
@@ -67,14 +69,14 @@ def test_layer_weights_float_and_quantized(tiny_run, tmp_path):
     torch.save(dict(format=1, state={}, layers={"a": dict(kind="linear", nbits=2, scale=1.5, lsb_offset=0, q=q),
                                                  "b": dict(kind="linear", nbits=0, scale=0.0, lsb_offset=0, q=q * 0)}),
                tmp_path / "model.pt")
-    weights = notebook.layer_weights(tmp_path)
+    weights = analysis.layer_weights(Run(tmp_path, {}, *[pd.DataFrame()] * 3))
     assert weights["a"].tolist() == [[1.5, -0.5], [0.0, 1.0]] and not weights["b"].any()
 
 
 def test_planes_figure_for_every_layer_and_nbits(weights):
     for layer, w in weights.items():
         for nbits in (1, 4, 8):
-            fig = notebook.planes_figure(weights, layer, nbits, max_side=16)
+            fig = plots.bit_planes_image(weights[layer], nbits, max_side=16, name=layer)
             assert len(fig.data) == nbits + 1 and fig.layout.title.text.startswith(f"{layer} ")
             corner = w[:16, :16]
             assert torch.allclose(torch.tensor(fig.data[-1].z), from_bits(*to_bits(corner, nbits)))
@@ -88,17 +90,17 @@ def test_error_figure_shrinks_with_bits_and_marks_the_slider(weights):
     assert errors.rmse.is_monotonic_decreasing and errors.max_abs_error.is_monotonic_decreasing
     assert (errors.max_abs_error <= errors.bound * (1 + 1e-5)).all()  # rounding is off by half a step at most
     for nbits in NBITS:
-        fig = notebook.error_figure(w, nbits)
+        fig = plots.error_curves(w, nbits)
         assert [t.name for t in fig.data] == ["max_abs_error", "rmse", "bound"]
         assert list(fig.data[1].y) == pytest.approx(errors.rmse.tolist())
         assert [s.x0 for s in fig.layout.shapes] == [nbits]
     # by hand: w = (1, 0.4); 1 bit keeps {0, 1}: 0.4 -> 0; 2 bits keep thirds: 0.4 -> 1/3
-    fig = notebook.error_figure(torch.tensor([1.0, 0.4]), 1, max_bits=2)
+    fig = plots.error_curves(torch.tensor([1.0, 0.4]), 1, max_bits=2)
     assert list(fig.data[0].y) == pytest.approx([0.4, 0.4 - 1 / 3])
 
 
 def test_digit_table_by_hand():
-    table = notebook.digit_table(torch.tensor([[3.0, -1.0], [0.0, 2.0]]), 2)
+    table = analysis.digit_table(torch.tensor([[3.0, -1.0], [0.0, 2.0]]), 2)
     assert table.q.tolist() == [3, -1, 0, 2]
     assert table.pos.tolist() == ["11", "00", "00", "10"] and table.neg.tolist() == ["00", "01", "00", "00"]
     assert table.twos_complement.tolist() == ["011", "111", "000", "010"]
@@ -108,7 +110,7 @@ def test_digit_table_by_hand():
 def test_digit_table_digits_rebuild_q_at_every_nbits(weights):
     w = weights["fc1"]
     for nbits in NBITS:
-        table = notebook.digit_table(w, nbits, count=20)
+        table = analysis.digit_table(w, nbits, count=20)
         scale = w.abs().max().item()
         for row in table.itertuples():
             assert int(row.pos, 2) - int(row.neg, 2) == row.q and abs(row.q) <= levels(nbits)
@@ -119,7 +121,7 @@ def test_digit_table_digits_rebuild_q_at_every_nbits(weights):
 
 
 def test_plane_occupancy_by_hand():
-    table = notebook.plane_occupancy(torch.tensor([3.0, -1.0, 0.0, 2.0]), 2)  # q = 3, -1, 0, 2
+    table = analysis.plane_occupancy(torch.tensor([3.0, -1.0, 0.0, 2.0]), 2)  # q = 3, -1, 0, 2
     assert table.bit.tolist() == [2, 1, 0]
     assert table.pos.tolist()[1:] == [0.5, 0.25] and table.neg.tolist()[1:] == [0.0, 0.25]
     assert table.sign_magnitude.tolist()[1:] == [0.5, 0.5] and math.isnan(table.sign_magnitude[0])
@@ -130,7 +132,7 @@ def test_plane_occupancy_of_a_real_weight(weights):
     w = weights["fc1"]
     negative = (w < 0).float().mean().item()
     for nbits in NBITS:
-        table = notebook.plane_occupancy(w, nbits)
+        table = analysis.plane_occupancy(w, nbits)
         pos, neg, _ = to_bits(w, nbits)
         planes = table.iloc[1:]
         assert planes.bit.tolist() == list(range(nbits - 1, -1, -1))
@@ -175,11 +177,11 @@ def test_live_heatmap_and_curves_follow_every_training_event(tmp_path):
 
 @pytest.fixture(scope="module")
 def sweep_runs():
-    return notebook.sweep_runs(notebook.EXAMPLES, "digits")
+    return runs.load_sweep(paths.EXAMPLES, "digits")
 
 
 def test_sweep_runs_are_the_finished_bsq_runs(sweep_runs):
-    table = sweep_table(list_runs(notebook.EXAMPLES), "digits")
+    table = sweep_table(list_runs(paths.EXAMPLES), "digits")
     bsq_rows = table[table.kind == "bsq"]
     assert list(sweep_runs) == sorted(bsq_rows.alpha.tolist())
     assert [r.name for r in sweep_runs.values()] == bsq_rows.sort_values("alpha").name.tolist()
@@ -187,7 +189,7 @@ def test_sweep_runs_are_the_finished_bsq_runs(sweep_runs):
 
 def test_alpha_heatmap_for_every_alpha(sweep_runs):
     for alpha, run in sweep_runs.items():  # the alpha picker's whole range
-        fig = notebook.alpha_heatmap(sweep_runs, alpha)
+        fig = plots.run_heatmap(sweep_runs[alpha])
         last = run.bits[run.bits.step == run.bits.step.max()]
         assert_heatmap_shows(fig.data[0], last)
         assert run.name in fig.layout.title.text and f"alpha {alpha:g}:" in fig.layout.title.text
@@ -195,17 +197,17 @@ def test_alpha_heatmap_for_every_alpha(sweep_runs):
 
 def test_run_caption(sweep_runs):
     s = sweep_runs[0.3].info["summary"]
-    assert notebook.run_caption(sweep_runs[0.3]) == \
+    assert sweep_runs[0.3].caption == \
         f"alpha 0.3: {100 * s['test_acc']:.1f} % test accuracy, {s['avg_bits']:.2f} bits ({s['compression']:.1f}x)"
-    empty = Run(None, dict(config=dict(alpha=2.0), status="finished",
+    empty = Run(None, dict(config=dict(alpha=2.0, bsq_epochs=1), status="finished",
                            summary=dict(test_acc=0.1, avg_bits=0.0, compression=math.inf)), *[pd.DataFrame()] * 3)
-    assert notebook.run_caption(empty) == "alpha 2: 10.0 % test accuracy, collapsed: no weight left"
-    running = Run(None, dict(config=dict(alpha=0.1), status="running", summary={}), *[pd.DataFrame()] * 3)
-    assert notebook.run_caption(running) == "alpha 0.1: running"
+    assert empty.caption == "alpha 2: 10.0 % test accuracy, collapsed: no weight left"
+    running = Run(None, dict(config=dict(alpha=0.1, bsq_epochs=1), status="running", summary={}), *[pd.DataFrame()] * 3)
+    assert running.caption == "alpha 0.1: running"
 
 
 def test_epoch_slider_heatmap_at_every_step():
-    run = load_run(notebook.EXAMPLES / "digits-a0.3")
+    run = load_run(paths.EXAMPLES / "digits-a0.3")
     steps, labels = analysis.logged_steps(run.bits)
     for step, label in zip(steps, labels):  # notebook 04's epoch slider calls plots.bit_heatmap(bits, step, value)
         for value in ("density", "norm"):
@@ -215,14 +217,15 @@ def test_epoch_slider_heatmap_at_every_step():
 
 
 def test_load_model_export_and_size_table():
-    run = load_run(notebook.EXAMPLES / "digits-a0.3")
-    model, ds = notebook.load_model(run)
+    run = load_run(paths.EXAMPLES / "digits-a0.3")
+    ds = run.load_data()
+    model = run.load_model(ds)
     assert evaluate(model, ds.test_x, ds.test_y) == pytest.approx(run.info["summary"]["test_acc"])
     exported = bsq.export(model)
     shipped = torch.load(run.path / "model.pt", weights_only=True)
     for name, spec in shipped["layers"].items():
         assert torch.equal(exported["layers"][name]["q"], spec["q"])
-    table = notebook.size_table(exported)
+    table = analysis.size_table(exported)
     final = analysis.final_layers(run).set_index("layer")
     layers = table[table.layer != "total"].set_index("layer")
     assert layers.nbits.tolist() == final.nbits.tolist() and layers.numel.tolist() == final.numel.tolist()
@@ -235,30 +238,30 @@ def test_load_model_export_and_size_table():
 
 
 def test_synthetic_image_folder_loads_as_a_dataset(tmp_path):
-    root = notebook.synthetic_image_folder(tmp_path / "fake", classes=4, train_per_class=5, test_per_class=3)
+    root = data.synthetic_image_folder(tmp_path / "fake", classes=4, train_per_class=5, test_per_class=3)
     ds = load(f"folder:{root}")
     assert ds.shape == (3, 32, 32) and len(ds.classes) == 4 and ds.augment
     assert ds.train_y.bincount().tolist() == [5] * 4 and ds.test_y.bincount().tolist() == [3] * 4
 
 
 def test_cifar10_source_uses_the_shared_folder_or_says_it_stands_in(tmp_path, monkeypatch):
-    monkeypatch.setattr(notebook, "SHARED_CIFAR10", tmp_path / "absent")
-    dataset, note = notebook.cifar10_source(tmp_path / "fake")
+    monkeypatch.setattr(data, "SHARED_CIFAR10", tmp_path / "absent")
+    dataset, note = data.cifar10_source(tmp_path / "fake")
     assert dataset == f"folder:{tmp_path / 'fake'}" and "does not exist" in note and "synthetic" in note
     assert len(load(dataset).classes) == 10
-    dataset, _ = notebook.cifar10_source()  # a fresh temporary folder by default
+    dataset, _ = data.cifar10_source()  # a fresh temporary folder by default
     assert "bsq-synthetic-cifar10-" in dataset and len(load(dataset).classes) == 10
     shared = tmp_path / "cifar"
     for part in ("train", "test"):
         (shared / part).mkdir(parents=True)
-    monkeypatch.setattr(notebook, "SHARED_CIFAR10", shared)
-    assert notebook.cifar10_source(tmp_path / "unused") == (f"folder:{shared}", f"Using the CIFAR-10 image folder {shared}.")
+    monkeypatch.setattr(data, "SHARED_CIFAR10", shared)
+    assert data.cifar10_source(tmp_path / "unused") == (f"folder:{shared}", f"Using the CIFAR-10 image folder {shared}.")
     assert not (tmp_path / "unused").exists()
 
 
 def test_paper_comparison(tiny_run):
     run = load_run(tiny_run)
-    table = notebook.paper_comparison(run).set_index("source")
+    table = analysis.paper_comparison(run).set_index("source")
     paper, mine = table.iloc[0], table.loc[run.name]
     assert (paper.compression, paper.test_acc, paper.alpha, paper.act_bits) == (14.0, 0.92, 5e-3, 4)
     assert mine.compression == run.info["summary"]["compression"] and mine.test_acc == run.info["summary"]["test_acc"]
@@ -266,8 +269,8 @@ def test_paper_comparison(tiny_run):
 
 
 def test_shipped_sweeps_lists_each_sweep_with_its_float_model():
-    listed = notebook.shipped_sweeps().set_index("sweep")
-    float_run = load_run(notebook.EXAMPLES / "digits-float")
+    listed = runs.list_sweeps(paths.EXAMPLES).set_index("sweep")
+    float_run = load_run(paths.EXAMPLES / "digits-float")
     assert listed.loc["digits", "model"] == "mlp" and listed.loc["digits", "dataset"] == "digits"
     assert listed.loc["digits", "float_acc"] == float_run.info["summary"]["test_acc"]
-    assert listed.loc["digits", "runs"] == len(list(notebook.EXAMPLES.glob("digits-*")))
+    assert listed.loc["digits", "runs"] == len(list(paths.EXAMPLES.glob("digits-*")))

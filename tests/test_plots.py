@@ -33,7 +33,7 @@ def test_bit_heatmap_one_epoch(run):
 
 
 def test_bit_heatmap_animation_and_norm(run):
-    fig = plots.bit_heatmap(run.bits, step=0, value="norm", animate=True)
+    fig = plots.bit_heatmap_animation(run.bits, step=0, value="norm")
     steps = sorted(run.bits.step.unique())
     assert [f.name for f in fig.frames] == [str(s) for s in steps]
     assert len(fig.layout.sliders[0].steps) == len(steps) and fig.layout.updatemenus[0].buttons[0].label == "▶ play"
@@ -51,7 +51,7 @@ def test_bit_heatmap_rejects_unknown_steps_and_values(run):
 
 def test_long_runs_animate_a_bounded_number_of_frames(run):
     many = pd.concat([run.bits.assign(step=run.bits.step + 100 * k) for k in range(10)], ignore_index=True)
-    fig = plots.bit_heatmap(many, animate=True)
+    fig = plots.bit_heatmap_animation(many)
     assert len(fig.frames) <= plots.MAX_FRAMES + 1 and fig.frames[-1].name == str(many.step.max())
 
 

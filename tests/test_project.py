@@ -5,6 +5,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,6 +39,19 @@ def test_console_script_and_light_import():
     code = "import sys, bsq_explore; print(sorted(m for m in ('torch','streamlit','plotly','ipywidgets','pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", "import bsq_explore must stay light"
+
+
+def test_the_packages_verbs_are_the_modules_own():
+    import bsq_explore
+    from bsq_explore import bsq, config, layers, progress, runs, train
+
+    owners = {"preset": config, "BSQConfig": config, "resume": train, "load_run": runs, "list_runs": runs,
+              "convert_": layers, "requantize_": bsq, "bit_lasso": bsq, "ProgressBar": progress}
+    assert sorted(bsq_explore.__all__) == sorted(owners)
+    for name, module in owners.items():
+        assert getattr(bsq_explore, name) is getattr(module, name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        bsq_explore.nope
 
 
 def test_readme_shows_the_two_commands_and_every_tracked_module():

@@ -23,6 +23,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 
 import bsq_explore.cli as cli
+import bsq_explore.paths as paths
 import bsq_explore.runs as runs
 import bsq_explore.sweep as sweep_module
 import bsq_explore.train as train_module
@@ -539,7 +540,7 @@ def fuzz_cli(tmp_path, tiny_run, monkeypatch):
     copy_run(tiny_run, tmp_path / "runs", "tiny")
     monkeypatch.chdir(sandbox)
     monkeypatch.setenv("BSQ_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setattr(runs, "EXAMPLES", tmp_path / "examples")
+    monkeypatch.setattr(paths, "EXAMPLES", tmp_path / "examples")
     monkeypatch.setattr(train_module, "train", stub_train)
     monkeypatch.setattr(train_module, "resume", stub_resume)
     monkeypatch.setattr(sweep_module, "train", stub_train)

@@ -9,7 +9,7 @@ from bsq_explore.runs import list_runs, load_run, sweep_table
 from bsq_explore.sweep import sweep
 from conftest import TINY
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+from bsq_explore.paths import EXAMPLES
 
 
 SMALL = {k: v for k, v in TINY.items() if k != "alpha"}

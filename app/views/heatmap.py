@@ -17,7 +17,7 @@ step = dashboard.pick_step(steps, labels)
 st.plotly_chart(plots.bit_heatmap(run.bits, step, value))
 st.caption("Grey: the plane was removed. Dark: the plane is alive but few weights use it.")
 if st.toggle("animate every epoch"):
-    st.plotly_chart(plots.bit_heatmap(run.bits, step, value, animate=True))
+    st.plotly_chart(plots.bit_heatmap_animation(run.bits, step, value))
 st.subheader("When each plane died")
 deaths = analysis.death_epochs(run.bits)
 st.dataframe(deaths, hide_index=True)

@@ -1,7 +1,7 @@
 """Every run under the runs roots, with its status and summary; damaged runs with the reason."""
 import streamlit as st
 
-from bsq_explore import dashboard
+from bsq_explore import dashboard, runs
 
 st.title("Runs")
 st.caption("BSQ stores every weight as bit planes and a group Lasso kills whole planes: each run "
@@ -20,10 +20,10 @@ st.dataframe(table[columns], hide_index=True,
                             "compression": st.column_config.NumberColumn(format="%.1fx")})
 run = dashboard.pick_run("open a run")
 if run is not None:
-    summary = run.info.get("summary") or {}
+    text = runs.describe(run.summary)
     cols = st.columns(4)
     cols[0].metric("status", run.info["status"])
-    cols[1].metric("test accuracy", f"{summary['test_acc']:.3f}" if summary.get("test_acc") is not None else "–")
-    cols[2].metric("average bits", f"{summary['avg_bits']:.2f}" if summary.get("avg_bits") is not None else "–")
-    cols[3].metric("compression", f"{summary['compression']:.1f}x" if summary.get("compression") else "–")
+    cols[1].metric("test accuracy", text["test_acc"])
+    cols[2].metric("average bits", text["avg_bits"])
+    cols[3].metric("compression", text["compression"])
     st.page_link("views/heatmap.py", label="Open its bit heatmap", icon=":material/grid_on:", query_params={"run": run.name})

@@ -14,7 +14,7 @@ name = st.selectbox("sweep", sweeps, index=sweeps.index(wanted) if wanted in swe
 st.query_params["sweep"] = name
 sweep = runs.sweep_table(table, name)
 event = st.plotly_chart(plots.pareto(sweep), on_select="rerun", selection_mode="points")
-bsq = sweep[(sweep.kind == "bsq") & (sweep.status == "finished")]
+bsq = runs.finished_bsq(sweep)
 opened = [r for r in (dashboard.open_run(n) for n in bsq.name) if r is not None]
 st.plotly_chart(plots.layer_precision_bars(analysis.sweep_layers(opened)))
 st.dataframe(sweep, hide_index=True)

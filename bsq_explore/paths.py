@@ -1,0 +1,31 @@
+"""Where things live: the checkout, its shipped examples, new runs and datasets (one rule each)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "data" / "examples"   # the shipped example runs, tracked in git
+RUNS = REPO / "data" / "runs"           # new runs unless told otherwise, ignored by git
+DATASETS = REPO / "data" / "datasets"   # torchvision downloads unless $BSQ_DATA says otherwise
+SHARED_CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"  # the CIFAR-10 JPEG folder beside a checkout
+
+
+def runs_root(path: str | os.PathLike | None = None) -> Path:
+    """The folder new runs go to: path, else $BSQ_RUNS, else data/runs of this checkout (the same
+    folder whatever the working folder: the CLI and a notebook in notebooks/ agree). $BSQ_RUNS may
+    not be the shipped examples, which notebooks would overwrite; an explicit path may
+    (`make examples` writes them)."""
+    if path:
+        return Path(path)
+    if not os.environ.get("BSQ_RUNS"):
+        return RUNS
+    root = Path(os.environ["BSQ_RUNS"])
+    if root.resolve() == EXAMPLES.resolve():
+        raise ValueError(f"BSQ_RUNS={root} holds the shipped examples; point it at another folder")
+    return root
+
+
+def data_root() -> Path:
+    """Where torchvision datasets are kept: $BSQ_DATA, else data/datasets of this checkout."""
+    return Path(os.environ["BSQ_DATA"]) if os.environ.get("BSQ_DATA") else DATASETS
