@@ -3,7 +3,7 @@ import streamlit as st
 
 from bsq_explore import dashboard
 
-st.set_page_config(page_title="bsq_explore", page_icon=":material/grid_on:", layout="wide")
+st.set_page_config(page_title="bsq_explore", page_icon="🔢", layout="wide")
 dashboard.sidebar()
 pages = [
     st.Page("views/runs.py", title="Runs", icon=":material/table_rows:", default=True),

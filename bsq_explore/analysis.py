@@ -14,6 +14,29 @@ def epoch_labels(frame: pd.DataFrame) -> pd.Series:
     return frame.stage.astype(str) + " " + frame.epoch.astype(str)
 
 
+def aligned_steps(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Series], pd.DataFrame]:
+    """x positions that align the stages of several runs' frames (stage and epoch columns): each
+    stage starts at one position in every run and is as wide as its longest run, so BSQ epoch 1
+    lines up whether a run pretrained for 30 epochs or for none. Returns each frame's positions
+    (a Series per name, by row) and ticks (position, 'bsq 1' label) at every stage's first and last epoch."""
+    from .train import STAGES
+
+    spans = {}
+    for frame in frames.values():
+        for stage, rows in frame.groupby("stage"):
+            lo, hi = spans.get(stage, (rows.epoch.min(), rows.epoch.max()))
+            spans[stage] = (min(lo, rows.epoch.min()), max(hi, rows.epoch.max()))
+    start, offset = {}, 0
+    for s in STAGES:
+        if s.name in spans:
+            lo, hi = spans[s.name]
+            start[s.name] = offset - int(lo)
+            offset += int(hi - lo) + 1
+    positions = {name: frame.stage.map(start) + frame.epoch for name, frame in frames.items()}
+    ticks = sorted({(start[stage] + int(e), f"{stage} {int(e)}") for stage, span in spans.items() for e in span})
+    return positions, pd.DataFrame(ticks, columns=["position", "label"])
+
+
 def death_epochs(bits: pd.DataFrame) -> pd.DataFrame:
     """When each bit plane of each layer was removed for good.
 

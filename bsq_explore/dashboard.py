@@ -27,6 +27,69 @@ VERDICT_COLUMNS = {  # analysis.verdict's columns as the Sweep page shows them
 }
 
 
+RUN_COLUMNS = {  # list_runs / sweep_table columns as the app shows them
+    "name": st.column_config.TextColumn("run", help="the run's folder name"),
+    "status": st.column_config.TextColumn("status", help="running, finished, failed, damaged or stale (killed)"),
+    "sweep": st.column_config.TextColumn("sweep", help="the sweep the run belongs to"),
+    "kind": st.column_config.TextColumn("kind", help="bsq: trained with the bit penalty; uniform: fixed bits, "
+                                                     "the baseline; float: the 32-bit model a sweep starts from"),
+    "alpha": st.column_config.NumberColumn("alpha", help="strength of the bit penalty", format="%g"),
+    "nbits": st.column_config.NumberColumn("start bits", help="bits per weight at conversion"),
+    "test_acc": st.column_config.NumberColumn("test accuracy", help="after finetuning, the last epoch", **_PERCENT),
+    "bsq_acc": st.column_config.NumberColumn("after BSQ", help="test accuracy before finetuning", **_PERCENT),
+    "avg_bits": st.column_config.NumberColumn("average bits", help="bits per weight over the quantized layers",
+                                              format="%.2f"),
+    "compression": st.column_config.NumberColumn("compression", help="32 / average bits", format="%.1fx"),
+    "epochs": st.column_config.NumberColumn("epochs", help="epochs logged so far"),
+    "reason": st.column_config.TextColumn("reason", help="why a run failed or cannot be read"),
+}
+
+
+def run_table(frame: pd.DataFrame) -> None:
+    """A table of runs (list_runs or sweep_table rows) with readable headers, help, accuracy in %;
+    columns that are empty in every row are left out."""
+    frame = frame.drop(columns=[c for c in ("path", "reason") if c in frame and not frame[c].astype(bool).any()])
+    frame = frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") for c in ("alpha", "nbits") if c in frame})
+    st.dataframe(frame[[c for c in RUN_COLUMNS if c in frame]], hide_index=True, column_config=RUN_COLUMNS)
+
+
+def pick_sweep(table: pd.DataFrame) -> str | None:
+    """A sweep picker remembered in the URL (?sweep=NAME), opening the sweep of featured() first."""
+    sweeps = sorted(table.sweep.dropna().unique())
+    if not sweeps:
+        return None
+    wanted = st.query_params.get("sweep")
+    if wanted not in sweeps:
+        hit = table[table.name == featured(table)].sweep
+        wanted = hit.iloc[0] if len(hit) and hit.iloc[0] in sweeps else sweeps[0]
+    name = st.selectbox("sweep", sweeps, index=sweeps.index(wanted))
+    st.query_params["sweep"] = name
+    return name
+
+
+def pick_alpha(rows: pd.DataFrame, clicked: list) -> str:
+    """The BSQ run of a sweep (its list_runs rows) to show: a clicked BSQ point (a click on a
+    uniform baseline changes nothing), else ?alpha= from the URL, else featured(). The alpha goes
+    to the URL."""
+    bsq = finished_bsq(rows).sort_values("alpha")
+    names, alphas = bsq.name.tolist(), dict(zip(bsq.name, bsq.alpha))
+    hit = next((c for c in clicked if c in names), None)
+    if hit is not None:
+        st.session_state["pick_alpha"] = hit
+    if st.session_state.get("pick_alpha") not in names:
+        by_alpha = {f"{a:g}": n for n, a in alphas.items()}
+        first = by_alpha.get(st.query_params.get("alpha")) or featured(rows)
+        st.session_state["pick_alpha"] = first if first in names else names[0]
+    name = st.selectbox("alpha", names, key="pick_alpha", format_func=lambda n: f"α = {alphas[n]:g}  ({n})")
+    st.query_params["alpha"] = f"{alphas[name]:g}"
+    return name
+
+
+def chart(fig, **kwargs):
+    """st.plotly_chart with the figure's own projector styling (plots.FONT), not streamlit's theme."""
+    return st.plotly_chart(fig, theme=None, **kwargs)
+
+
 def roots() -> list[Path]:
     """The user's runs root (sidebar, else $BSQ_RUNS or data/runs) and the shipped examples."""
     user = Path(st.session_state.get("runs_root") or runs_root())
@@ -125,6 +188,22 @@ def pick_step(steps: list[int], labels: list[str], key: str = "epoch") -> int:
                             key=f"slider_{key}")
     st.query_params[key] = str(step)
     return step
+
+
+def url_radio(key: str, options: list[str], **kwargs) -> str:
+    """A horizontal radio remembered in the URL (?key=OPTION)."""
+    wanted = st.query_params.get(key)
+    choice = st.radio(key, options, index=options.index(wanted) if wanted in options else 0, horizontal=True,
+                      key=f"radio_{key}", **kwargs)
+    st.query_params[key] = choice
+    return choice
+
+
+def url_toggle(label: str, key: str) -> bool:
+    """A toggle remembered in the URL (?key=1)."""
+    on = st.toggle(label, value=st.query_params.get(key) == "1", key=f"toggle_{key}")
+    st.query_params[key] = "1" if on else "0"
+    return on
 
 
 def sidebar() -> None:

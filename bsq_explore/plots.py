@@ -1,4 +1,8 @@
-"""Plotly figures shared by the notebooks and the app. plotly is imported when a figure is made."""
+"""Plotly figures shared by the notebooks and the app. plotly is imported when a figure is made.
+
+Every figure is made for a projector: 16 px dark text on white, a title, axis titles with units,
+accuracy in %, and colour-blind-safe scales (Viridis for ordered values, Okabe-Ito for runs).
+"""
 from __future__ import annotations
 
 import math
@@ -6,17 +10,50 @@ import math
 import pandas as pd
 import torch
 
-from .analysis import epoch_labels
+from .analysis import aligned_steps, epoch_labels
 
 REMOVED = "#d9d9d9"      # the plot background shows through where a plane no longer exists
-STAGE_COLORS = {"pretrain": "rgba(120,120,120,0.10)", "bsq": "rgba(31,119,180,0.08)", "finetune": "rgba(44,160,44,0.10)"}
+STAGE_COLORS = {"pretrain": "rgba(120,120,120,0.10)", "bsq": "rgba(0,114,178,0.08)", "finetune": "rgba(0,158,115,0.10)"}
 MAX_FRAMES = 200         # longer runs animate every k-th epoch (the slider still reaches every one)
+FONT = dict(family="Arial, Helvetica, sans-serif", size=16, color="#1a1a1a")  # readable from the back row
+RUN_COLORS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"]  # Okabe-Ito
+POS, NEG = "#0072B2", "#D55E00"  # a digit in the pos planes, in the neg planes
+MAX_CELL_TEXT = 200      # heatmaps with at most this many cells print their values
+EPOCH_TITLE = "epoch (stage and epoch within it)"
 
 
 def _go():
     import plotly.graph_objects as go
 
     return go
+
+
+def _style(fig, title: str, height: int, **layout):
+    """The look every figure shares: projector-sized dark text on white, a title, room for it."""
+    fig.update_layout(template="plotly_white", font=FONT, title=dict(text=title, font_size=20), height=height,
+                      margin=dict(l=10, r=10, t=80, b=10), hoverlabel=dict(font_size=16), **layout)
+    return fig
+
+
+def alpha_colors(alphas) -> dict[float, str]:
+    """One colour per alpha, ordered (Viridis, dark for the smallest), so that every chart of a
+    sweep gives an alpha the same colour. The light yellow end is left out: it vanishes on white."""
+    from plotly.colors import sample_colorscale
+
+    order = sorted({float(a) for a in alphas})
+    spots = [0.85 * i / (len(order) - 1) for i in range(len(order))] if len(order) > 1 else [0.4]
+    return dict(zip(order, sample_colorscale("Viridis", spots)))
+
+
+def _epoch_ticks(steps: pd.DataFrame, most: int = 12) -> dict:
+    """An x axis over steps, ticks labelled 'bsq 10' (stage and epoch within it) at every stage's
+    start and evenly between, at most `most` of them. steps: rows with step, stage and epoch."""
+    steps = steps.drop_duplicates("step").sort_values("step")
+    every = max(1, math.ceil(len(steps) / most))
+    starts = set(steps.drop_duplicates("stage").step)
+    shown = steps[[s in starts or i % every == 0 for i, s in enumerate(steps.step)]]
+    return dict(tickmode="array", tickvals=shown.step.tolist(), ticktext=epoch_labels(shown).tolist(),
+                title=EPOCH_TITLE)
 
 
 def _grid(bits: pd.DataFrame, layers: list[str], columns: list[int], value: str) -> list[list[float | None]]:
@@ -27,23 +64,30 @@ def _grid(bits: pd.DataFrame, layers: list[str], columns: list[int], value: str)
 
 
 def _heatmap_trace(bits: pd.DataFrame, value: str):
-    """(trace(step), steps frame, {step: label}) of bit_heatmap: one grid shape and colour scale for every epoch."""
+    """(trace(step), steps frame, {step: label}) of bit_heatmap: one grid shape and colour scale for
+    every epoch. value 'norm' shows each plane's group norm over its layer's largest in the run:
+    layers differ in size by orders of magnitude, and raw norms would make a small layer look dead."""
     go = _go()
     if value not in ("density", "norm"):
         raise ValueError(f"value must be 'density' or 'norm', not {value!r}")
     if bits.empty:
         raise ValueError("no bit frames yet: the run has not reached BSQ training")
+    if value == "norm":
+        top = bits.groupby("layer").norm.transform("max")
+        bits = bits.assign(norm=(bits.norm / top.where(top > 0)).fillna(0.0))
     layers = bits.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
     columns = list(range(int(bits.bit.max()), int(bits.bit.min()) - 1, -1))  # MSB first
-    zmax = 1.0 if value == "density" else float(bits.norm.max()) or 1.0
     steps = bits.drop_duplicates("step").sort_values("step")
     groups = dict(tuple(bits.groupby("step")))
-    hover = "layer %{y}<br>bit %{x}<br>" + value + " %{z:.3f}<extra></extra>"
+    what = "density" if value == "density" else "norm / layer's largest"
+    hover = "layer %{y}<br>bit %{x}<br>" + what + " %{z:.3f}<extra></extra>"
+    text = len(layers) * len(columns) <= MAX_CELL_TEXT
 
     def trace(s):
         return go.Heatmap(z=_grid(groups[s], layers, columns, value), x=[str(c) for c in columns], y=layers,
-                          zmin=0, zmax=zmax, colorscale="Viridis", hovertemplate=hover, hoverongaps=False,
-                          colorbar=dict(title=value))
+                          zmin=0, zmax=1, colorscale="Viridis", hovertemplate=hover, hoverongaps=False,
+                          texttemplate="%{z:.2f}" if text else None, textfont=dict(size=14),
+                          colorbar=dict(title=dict(text="density" if value == "density" else "norm /<br>layer max")))
     return trace, steps, dict(zip(steps.step, epoch_labels(steps)))
 
 
@@ -51,25 +95,25 @@ def bit_heatmap(bits: pd.DataFrame, step: int | None = None, value: str = "densi
     """Layers (network order, top to bottom) x bits (most significant on the left) at one epoch
     (step, default the last).
 
-    Colour is the plane's density on a fixed 0..1 scale (or its group norm, value='norm', on
-    0..the run's largest norm); removed planes show the grey background, so a live plane that is
-    merely sparse (dark) never looks like a dead one.
+    Colour is the plane's density, the share of weights with that bit set, on a fixed 0..1 scale
+    (or value='norm': its group norm, the quantity the Lasso shrinks, over its layer's largest);
+    removed planes show the grey background, so a live plane that is merely sparse (dark) never
+    looks like a dead one. Values are printed in the cells when they fit.
     """
     trace, steps, labels = _heatmap_trace(bits, value)
     step = int(steps.step.iloc[-1]) if step is None else int(step)
     if step not in labels:
         raise ValueError(f"no bit frame at step {step}; steps run from {steps.step.min()} to {steps.step.max()}")
     fig = _go().Figure(trace(step))
-    fig.update_layout(title=f"bit planes, {labels[step]}", xaxis_title="bit (most significant left)",
-                      yaxis=dict(title="layer", autorange="reversed", type="category"),
-                      xaxis=dict(type="category"), plot_bgcolor=REMOVED, height=max(260, 28 * len(fig.data[0].y) + 140),
-                      margin=dict(l=10, r=10, t=50, b=10))
-    return fig
+    rows = len(fig.data[0].y)
+    return _style(fig, f"bit planes, {labels[step]}", max(340, 40 * rows + 180),
+                  xaxis=dict(title="bit (most significant left)", type="category"),
+                  yaxis=dict(title="layer", autorange="reversed", type="category"), plot_bgcolor=REMOVED)
 
 
 def bit_heatmap_animation(bits: pd.DataFrame, step: int | None = None, value: str = "density"):
     """bit_heatmap with every epoch as an animation frame (at most MAX_FRAMES, the last always),
-    a slider and a play button; it opens at step (default the last)."""
+    a slider and a play button below the chart; it opens, and plays on from, step (default the last)."""
     go = _go()
     fig = bit_heatmap(bits, step, value)
     trace, steps, labels = _heatmap_trace(bits, value)
@@ -77,25 +121,30 @@ def bit_heatmap_animation(bits: pd.DataFrame, step: int | None = None, value: st
     shown = steps.step.tolist()[:: max(1, math.ceil(len(steps) / MAX_FRAMES))]
     if shown[-1] != steps.step.iloc[-1]:
         shown.append(int(steps.step.iloc[-1]))
-    fig.frames = [go.Frame(data=[trace(s)], name=str(s), layout=dict(title=f"bit planes, {labels[s]}"))
+    if step not in shown:
+        shown = sorted({*shown, step})
+    fig.frames = [go.Frame(data=[trace(s)], name=str(s), layout=dict(title_text=f"bit planes, {labels[s]}"))
                   for s in shown]
     play = dict(frame=dict(duration=150, redraw=True), fromcurrent=True, transition=dict(duration=0))
+    height = fig.layout.height + 140
+    below = -80 / (height - fig.layout.margin.t - 150)  # paper units: under the ticks and the axis title
     fig.update_layout(
-        updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.08, xanchor="left", buttons=[
-            dict(label="▶ play", method="animate", args=[None, play]),
-            dict(label="❚❚ pause", method="animate",
-                 args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])],
-        sliders=[dict(active=shown.index(step) if step in shown else len(shown) - 1, x=0.12, len=0.88,
-                      y=-0.02, currentvalue=dict(prefix="epoch: "),
+        height=height, margin=dict(b=150),
+        updatemenus=[dict(type="buttons", showactive=False, x=0, y=below, xanchor="left", yanchor="top",
+                          buttons=[dict(label="▶ play", method="animate", args=[None, play]),
+                                   dict(label="❚❚ pause", method="animate",
+                                        args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])],
+        sliders=[dict(active=shown.index(step), x=0.2, len=0.8, y=below, yanchor="top",
+                      currentvalue=dict(prefix="epoch: "),
                       steps=[dict(label=labels[s], method="animate",
                                   args=[[str(s)], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
                              for s in shown])])
     return fig
 
 
-def _stage_bands(fig, metrics: pd.DataFrame) -> None:
+def _stage_bands(fig, frame: pd.DataFrame) -> None:
     """Shade each stage in every panel; name it once, above the first panel."""
-    for stage, rows in metrics.groupby("stage", sort=False):
+    for stage, rows in frame.groupby("stage", sort=False):
         lo, hi = rows.step.min(), rows.step.max()
         fig.add_vrect(x0=lo - 0.5, x1=hi + 0.5, fillcolor=STAGE_COLORS.get(stage, "rgba(0,0,0,0.05)"),
                       line_width=0, layer="below")
@@ -104,107 +153,142 @@ def _stage_bands(fig, metrics: pd.DataFrame) -> None:
 
 
 def precision_timeline(layers: pd.DataFrame, requant_steps: list[int] | None = None):
-    """Layer x epoch heatmap of each layer's bits, stage changes as solid and
-    re-quantizations (requant_steps, default: every step where some layer's bits changed) as dotted lines."""
+    """Layer x epoch heatmap of each layer's bits, stage changes as solid and re-quantizations
+    (requant_steps, default: every step where some layer's bits changed) as dotted lines.
+    A layer at 0 bits (empty) shows the grey background, like a removed plane."""
     go = _go()
     if layers.empty:
         raise ValueError("no layer frames yet: the run has not reached BSQ training")
     order = layers.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
     table = layers.pivot_table(index="layer", columns="step", values="nbits", aggfunc="last").reindex(order)
-    steps = layers.drop_duplicates("step").sort_values("step")
-    fig = go.Figure(go.Heatmap(z=table.to_numpy(), x=table.columns.tolist(), y=order, colorscale="Blues",
-                               zmin=0, zmax=max(8, int(layers.nbits.max())), colorbar=dict(title="bits"),
-                               hovertemplate="layer %{y}<br>step %{x}<br>%{z} bits<extra></extra>"))
+    shown = table.where(table > 0)
+    fig = go.Figure(go.Heatmap(z=[[None if math.isnan(v) else v for v in row] for row in shown.to_numpy()],
+                               x=table.columns.tolist(), y=order, colorscale="Viridis", zmin=0,
+                               zmax=max(8, int(layers.nbits.max())), colorbar=dict(title=dict(text="bits")),
+                               hoverongaps=False, hovertemplate="layer %{y}<br>step %{x}<br>%{z} bits<extra></extra>"))
     if requant_steps is None:
         changed = table.diff(axis=1).ne(0).any(axis=0)
         requant_steps = [s for s, c in zip(table.columns[1:], changed.iloc[1:]) if c]
     for s in requant_steps:
         fig.add_vline(x=s - 0.5, line_dash="dot", line_color="black", line_width=1)
-    starts = steps.drop_duplicates("stage").step.tolist()[1:]
+    starts = layers.drop_duplicates("step").sort_values("step").drop_duplicates("stage").step.tolist()[1:]
     for s in starts:
         fig.add_vline(x=s - 0.5, line_color="crimson", line_width=2)
-    fig.update_layout(title="precision per layer (dotted: re-quantization, red: stage change)",
-                      xaxis_title="epoch (since the run began)", yaxis=dict(autorange="reversed", type="category"),
-                      height=max(260, 26 * len(order) + 120), margin=dict(l=10, r=10, t=50, b=10))
-    return fig
+    return _style(fig, "bits per layer (dotted: re-quantization, red: stage change)", max(320, 36 * len(order) + 180),
+                  xaxis=_epoch_ticks(layers), yaxis=dict(title="layer", autorange="reversed", type="category"),
+                  plot_bgcolor=REMOVED)
 
 
 def metrics_curves(metrics: pd.DataFrame):
-    """Accuracy, losses, average bits and compression against epochs, stages shaded."""
+    """Accuracy (%), losses, average bits and compression against epochs, stages shaded."""
     from plotly.subplots import make_subplots
 
     go = _go()
-    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.04,
-                        subplot_titles=("accuracy", "loss (CE) and regularizer R", "average bits", "compression"),
+    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=("accuracy (%)", "loss (CE) and regularizer R", "average bits per weight",
+                                        "compression (x, vs float32)"),
                         specs=[[{}], [{"secondary_y": True}], [{}], [{}]])
     x = metrics.step
-    fig.add_trace(go.Scatter(x=x, y=metrics.test_acc, name="test acc", mode="lines+markers"), 1, 1)
-    fig.add_trace(go.Scatter(x=x, y=metrics.train_acc, name="train acc", mode="lines"), 1, 1)
-    fig.add_trace(go.Scatter(x=x, y=metrics.train_loss, name="train loss"), 2, 1)
-    fig.add_trace(go.Scatter(x=x, y=metrics.reg_loss, name="R (bit Lasso)", line=dict(dash="dot")), 2, 1,
-                  secondary_y=True)
-    fig.add_trace(go.Scatter(x=x, y=metrics.avg_bits, name="avg bits", line_shape="hv"), 3, 1)
+    fig.add_trace(go.Scatter(x=x, y=100 * metrics.test_acc, name="test accuracy", mode="lines+markers",
+                             line_color=RUN_COLORS[0]), 1, 1)
+    fig.add_trace(go.Scatter(x=x, y=100 * metrics.train_acc, name="train accuracy", mode="lines",
+                             line_color=RUN_COLORS[1]), 1, 1)
+    fig.add_trace(go.Scatter(x=x, y=metrics.train_loss, name="train loss (CE)", line_color=RUN_COLORS[2]), 2, 1)
+    fig.add_trace(go.Scatter(x=x, y=metrics.reg_loss, name="R (bit Lasso)", line=dict(dash="dot", color=RUN_COLORS[3])),
+                  2, 1, secondary_y=True)
+    fig.add_trace(go.Scatter(x=x, y=metrics.avg_bits, name="average bits", line_shape="hv",
+                             line_color=RUN_COLORS[4]), 3, 1)
     fig.add_trace(go.Scatter(x=x, y=metrics.compression.where(metrics.compression.map(math.isfinite)),
-                             name="compression", line_shape="hv"), 4, 1)
-    fig.update_yaxes(range=[0, 1.02], row=1, col=1)
+                             name="compression", line_shape="hv", line_color=RUN_COLORS[5]), 4, 1)
+    fig.update_yaxes(range=[0, 101], title_text="%", row=1, col=1)
+    fig.update_yaxes(title_text="bits", row=3, col=1)
+    fig.update_yaxes(title_text="x", row=4, col=1)
     _stage_bands(fig, metrics)
-    fig.update_layout(height=760, margin=dict(l=10, r=10, t=40, b=10), xaxis4_title="epoch (since the run began)")
-    return fig
+    fig.update_xaxes(**{k: v for k, v in _epoch_ticks(metrics).items() if k != "title"})
+    return _style(fig, "training curves", 900, xaxis4_title=EPOCH_TITLE)
+
+
+def _power_ticks(values) -> dict:
+    """Log-axis ticks at powers of two spanning values, labelled '4x': no minor '2 3 4 5' labels."""
+    values = [v for v in values if v and math.isfinite(v)]
+    lo, hi = (math.floor(math.log2(min(values))), math.ceil(math.log2(max(values)))) if values else (0, 5)
+    ticks = [2.0 ** k for k in range(lo, hi + 1)]
+    return dict(type="log", tickmode="array", tickvals=ticks, ticktext=[f"{t:g}x" for t in ticks])
 
 
 def pareto(table: pd.DataFrame):
-    """Compression (x, log) against final test accuracy (y) over a sweep table (runs.sweep_table):
-    BSQ runs as a line labelled by alpha, uniform baselines as squares, the float model as a line."""
+    """Compression (x, log) against final test accuracy (y, %) over a sweep table (runs.sweep_table):
+    one marker per BSQ run, coloured by alpha (alpha_colors) and joined in order of compression;
+    uniform baselines as squares; the float model as a dashed line. The y axis spans the points."""
     go = _go()
     fig = go.Figure()
     done = table[table.status == "finished"]
     bsq = done[(done.kind == "bsq") & done.compression.map(lambda c: c is not None and math.isfinite(c))]
     bsq = bsq.sort_values("compression")
-    fig.add_trace(go.Scatter(x=bsq.compression, y=bsq.test_acc, mode="lines+markers+text", name="BSQ",
-                             text=[f"α={a:g}" for a in bsq.alpha], textposition="top center", textfont_size=10,
-                             customdata=bsq.name, hovertemplate="%{customdata}<br>%{x:.1f}x, acc %{y:.3f}<extra></extra>"))
+    colors = alpha_colors(table[table.kind == "bsq"].alpha.dropna())
+    hover = "%{customdata}<br>%{x:.1f}x, %{y:.1f} %<extra></extra>"
+    fig.add_trace(go.Scatter(x=bsq.compression, y=100 * bsq.test_acc, mode="lines", name="BSQ, in order",
+                             line=dict(color="#777777", width=2), hoverinfo="skip"))
+    for row in bsq.itertuples():
+        fig.add_trace(go.Scatter(x=[row.compression], y=[100 * row.test_acc], mode="markers", name=f"α={row.alpha:g}",
+                                 marker=dict(color=colors[row.alpha], size=16, line=dict(color="white", width=1)),
+                                 customdata=[row.name], hovertemplate=hover, legendgroup="bsq",
+                                 legendgrouptitle_text="BSQ, by alpha"))
     uniform = done[done.kind == "uniform"].sort_values("nbits")
-    fig.add_trace(go.Scatter(x=uniform.compression, y=uniform.test_acc, mode="markers+text", name="uniform",
-                             marker=dict(symbol="square", size=10), text=[f"{b}-bit" for b in uniform.nbits],
-                             textposition="bottom center", textfont_size=10, customdata=uniform.name,
-                             hovertemplate="%{customdata}<br>%{x:.1f}x, acc %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=uniform.compression, y=100 * uniform.test_acc, mode="markers+text", name="uniform",
+                             marker=dict(symbol="square", size=14, color="#E69F00", line=dict(color="black", width=1)),
+                             text=[f"{b}-bit" for b in uniform.nbits], textposition="bottom center",
+                             textfont_size=16, customdata=uniform.name, hovertemplate=hover,
+                             legendgroup="uniform", legendgrouptitle_text="baselines"))
     floats = done[done.kind == "float"]
+    shown = [*(100 * bsq.test_acc), *(100 * uniform.test_acc), *(100 * floats.test_acc)]
     if len(floats):
-        fig.add_hline(y=float(floats.test_acc.iloc[0]), line_dash="dash", annotation_text="float model",
-                      annotation_position="bottom right")
+        fig.add_hline(y=100 * float(floats.test_acc.iloc[0]), line_dash="dash", annotation_text="float model",
+                      annotation_position="bottom right", annotation_font_size=16)
+    lo, hi = (min(shown), max(shown)) if shown else (0.0, 100.0)
+    pad = max(1.0, 0.08 * (hi - lo))
     gone = len(done[(done.kind == "bsq")]) - len(bsq)
-    fig.update_layout(title="accuracy against compression" + (f" ({gone} empty run(s) off the chart)" if gone else ""),
-                      xaxis=dict(title="compression (x, vs float32)", type="log"),
-                      yaxis=dict(title="test accuracy"), margin=dict(l=10, r=10, t=50, b=10), height=460)
-    return fig
+    return _style(fig, "test accuracy against compression" + (f" ({gone} empty run(s) off the chart)" if gone else ""),
+                  520, xaxis=dict(title="compression (x, vs float32 weights)", **_power_ticks([*bsq.compression,
+                                                                                              *uniform.compression])),
+                  yaxis=dict(title="final test accuracy (%)", range=[max(0.0, lo - pad), min(100.0, hi + pad)]))
 
 
-def layer_precision_bars(layers: pd.DataFrame):
-    """Final bits of each layer, one bar group per layer and one colour per alpha (analysis.sweep_layers)."""
+def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None = None):
+    """Final bits of each layer, one bar group per layer and one colour per alpha (analysis.sweep_layers),
+    the bits printed on the bars. colors: alpha_colors of the whole sweep, so that an alpha keeps the
+    colour it has on the sweep's other charts (default: of the alphas shown)."""
     go = _go()
     fig = go.Figure()
     order = layers.drop_duplicates("layer").sort_values("layer_index").layer.tolist() if len(layers) else []
+    colors = colors or alpha_colors(layers.alpha)
     for alpha, rows in layers.groupby("alpha"):
         rows = rows.set_index("layer").reindex(order)
-        fig.add_trace(go.Bar(x=order, y=rows.nbits, name=f"α={alpha:g}"))
-    fig.update_layout(barmode="group", title="final precision per layer", xaxis=dict(title="layer", type="category"),
-                      yaxis_title="bits", margin=dict(l=10, r=10, t=50, b=10), height=420)
-    return fig
+        fig.add_trace(go.Bar(x=order, y=rows.nbits, name=f"α={alpha:g}", marker_color=colors[float(alpha)],
+                             text=rows.nbits, textposition="outside", textfont_size=14))
+    return _style(fig, "final precision per layer", 460, barmode="group", legend_title_text="alpha",
+                  xaxis=dict(title="layer (network order)", type="category"), yaxis_title="bits per weight")
 
 
 def compare_metrics(metrics: dict[str, pd.DataFrame]):
-    """Test accuracy and average bits of several runs on shared axes."""
+    """Test accuracy (%) and average bits of several runs, stages aligned (analysis.aligned_steps:
+    BSQ epoch 1 sits at the same x in every run, whatever its float pretraining), one colour per run."""
     from plotly.subplots import make_subplots
 
     go = _go()
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=("test accuracy", "average bits"))
-    for name, m in metrics.items():
-        fig.add_trace(go.Scatter(x=m.step, y=m.test_acc, name=name, legendgroup=name), 1, 1)
-        fig.add_trace(go.Scatter(x=m.step, y=m.avg_bits, name=name, legendgroup=name, showlegend=False,
-                                 line_shape="hv"), 2, 1)
-    fig.update_yaxes(range=[0, 1.02], row=1, col=1)
-    fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10), xaxis2_title="epoch (since the run began)")
-    return fig
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=("test accuracy (%)", "average bits per weight"))
+    positions, ticks = aligned_steps(metrics)
+    for i, (name, m) in enumerate(metrics.items()):
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        x = positions[name]
+        fig.add_trace(go.Scatter(x=x, y=100 * m.test_acc, name=name, legendgroup=name, line_color=color), 1, 1)
+        fig.add_trace(go.Scatter(x=x, y=m.avg_bits, name=name, legendgroup=name, showlegend=False,
+                                 line_shape="hv", line_color=color), 2, 1)
+    fig.update_yaxes(range=[0, 101], title_text="%", row=1, col=1)
+    fig.update_yaxes(title_text="bits", row=2, col=1)
+    fig.update_xaxes(tickmode="array", tickvals=ticks.position.tolist(), ticktext=ticks.label.tolist())
+    return _style(fig, "the runs side by side", 600, xaxis2_title=EPOCH_TITLE)
 
 
 def bit_planes_image(w: torch.Tensor, nbits: int, max_side: int = 64, name: str = ""):
@@ -224,19 +308,19 @@ def bit_planes_image(w: torch.Tensor, nbits: int, max_side: int = 64, name: str 
     cols = min(nbits + 1, 5)
     rows = math.ceil((nbits + 1) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles + ["quantized weight"],
-                        horizontal_spacing=0.02, vertical_spacing=0.08)
+                        horizontal_spacing=0.02, vertical_spacing=0.12)
     for i, b in enumerate(range(nbits - 1, -1, -1)):
         fig.add_trace(go.Heatmap(z=(pos[b] - neg[b]).numpy(), zmin=-1, zmax=1, showscale=False,
-                                 colorscale=[[0, "#d62728"], [0.5, "#ffffff"], [1, "#1f77b4"]],
+                                 colorscale=[[0, NEG], [0.5, "#ffffff"], [1, POS]],
                                  hovertemplate=f"bit {b}: %{{z}}<extra></extra>"), i // cols + 1, i % cols + 1)
     q = from_bits(pos, neg, scale).numpy()
     fig.add_trace(go.Heatmap(z=q, colorscale="RdBu", zmid=0, showscale=False,
                              hovertemplate="%{z:.4f}<extra></extra>"), nbits // cols + 1, nbits % cols + 1)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed")
-    fig.update_layout(height=190 * rows + 40, margin=dict(l=10, r=10, t=40, b=10),
-                      title=(f"{name} {tuple(w.shape)}: " if name else "") +
-                      f"{nbits}-bit planes (blue: digit in pos, red: digit in neg)")
+    title = (f"{name} {tuple(w.shape)}: " if name else "") + f"{nbits}-bit planes (blue: digit in pos, orange: in neg)"
+    _style(fig, title, 220 * rows + 110)
+    fig.update_layout(margin=dict(t=110))  # the figure title sits clear of the plane titles
     return fig
 
 
@@ -248,18 +332,17 @@ def error_curves(w: torch.Tensor, nbits: int, max_bits: int = 8):
     go = _go()
     errors = reconstruction_errors(w, max_bits)
     fig = go.Figure()
-    for column, dash in (("max_abs_error", None), ("rmse", None), ("bound", "dot")):
-        fig.add_trace(go.Scatter(x=errors.nbits, y=errors[column], name=column, mode="lines+markers",
-                                 line=dict(dash=dash)))
-    fig.add_vline(x=nbits, line_color="crimson", annotation_text=f"{nbits} bits")
-    fig.update_layout(title="reconstruction error against bits", xaxis=dict(title="nbits", dtick=1),
-                      yaxis=dict(title="error (weight units)", type="log"), height=360,
-                      margin=dict(l=10, r=10, t=50, b=10))
-    return fig
+    for i, (column, label, dash) in enumerate((("max_abs_error", "largest error", None), ("rmse", "RMS error", None),
+                                               ("bound", "bound: half a step", "dot"))):
+        fig.add_trace(go.Scatter(x=errors.nbits, y=errors[column], name=label, mode="lines+markers",
+                                 line=dict(dash=dash, color=RUN_COLORS[i])))
+    fig.add_vline(x=nbits, line_color="crimson", annotation_text=f"{nbits} bits", annotation_font_size=16)
+    return _style(fig, "reconstruction error against bits", 420, xaxis=dict(title="bits per weight", dtick=1),
+                  yaxis=dict(title="error (weight units, log)", type="log"))
 
 
 def run_heatmap(run, value: str = "density"):
     """The last bit heatmap of a run, titled with its name, accuracy and size (Run.caption)."""
     fig = bit_heatmap(run.bits, value=value)
-    fig.update_layout(title=f"{run.name}: {run.caption}")
+    fig.update_layout(title_text=f"{run.name}: {run.caption}")
     return fig

@@ -214,7 +214,7 @@ def is_stale(info: dict) -> bool:
 
 def _frame_path(folder: Path, kind: str, info: dict) -> Path | None:
     """The frame's file, or None when a running run has not written it yet."""
-    path = folder / frame_file(kind)
+    path = folder / _frame_file(kind)
     if path.exists():
         return path
     if info["status"] == "running" or (kind != "metrics" and run_kind(info["config"]) == "float"):
@@ -222,7 +222,7 @@ def _frame_path(folder: Path, kind: str, info: dict) -> Path | None:
     raise DamagedRun(f"{path.name} is missing")
 
 
-def frame_file(kind: str) -> str:
+def _frame_file(kind: str) -> str:
     return f"{kind}.parquet"
 
 
@@ -380,7 +380,7 @@ def finished_bsq(table: pd.DataFrame) -> pd.DataFrame:
 def stamp(folder: Path) -> tuple:
     """Changes whenever the run writes an epoch (run.json, then the frames): a cache key of a loaded run."""
     return tuple(os.stat(p).st_mtime_ns if p.exists() else 0
-                 for p in (folder / INFO, folder / frame_file("metrics"), folder / frame_file("bits")))
+                 for p in (folder / INFO, folder / _frame_file("metrics"), folder / _frame_file("bits")))
 
 
 # --- the summary: written once at the end, shown by the CLI, the app and the notebooks ----------
@@ -492,7 +492,7 @@ class RunFolder:
         """Add an epoch's rows to a frame and rewrite its file."""
         old = self.frames[key]
         self.frames[key] = rows if old.empty else pd.concat([old, rows], ignore_index=True)
-        write_frame(self.path / frame_file(key), self.frames[key])
+        write_frame(self.path / _frame_file(key), self.frames[key])
 
     def _save(self, name: str, obj) -> None:
         import torch

@@ -1,8 +1,7 @@
 """Every app page through streamlit's AppTest: no exception, and the main widget changes the view."""
+import logging
 import shutil
 import time
-
-import logging
 
 import pandas as pd
 import pytest
@@ -10,6 +9,7 @@ from streamlit.logger import get_logger
 from streamlit.testing.v1 import AppTest
 
 from bsq_explore.dashboard import featured
+from bsq_explore.runs import list_runs
 from test_sweep import EXAMPLES
 
 
@@ -66,7 +66,18 @@ def test_heatmap_epoch_slider_changes_the_figure_and_the_url(app):
     at.select_slider[0].set_value(10).run()
     assert charts(at) != first and at.query_params["epoch"] == "10"
     at.radio[0].set_value("norm").run()
-    assert '"title":{"text":"norm"}' in charts(at)[0].replace(" ", "")
+    assert '"title":{"text":"norm' in charts(at)[0].replace(" ", "") and at.query_params["colour"] == "norm"
+    legend = next(c.value for c in at.caption if c.value.startswith("Each row"))
+    assert "norm" in legend and "few" not in legend
+    deaths = at.dataframe[0].value
+    assert list(deaths.columns) == ["layer", "bit", "died_at"] and "still alive" in set(deaths.died_at)
+    at.toggle[0].set_value(True).run()  # the animation replaces the still chart and opens at its epoch
+    assert len(charts(at)) == 1 and '"frames"' in charts(at)[0] and at.query_params["animate"] == "1"
+
+
+def test_heatmap_opens_colour_and_animation_from_the_url(app):
+    at = app("heatmap", run="digits-a0.3", colour="norm", animate="1")
+    assert at.radio[0].value == "norm" and at.toggle[0].value is True
 
 
 def test_heatmap_opens_the_epoch_from_the_url(app):
@@ -90,11 +101,43 @@ def test_precision_page_follows_the_run_picker(app):
 def test_sweep_page_alpha_picker_opens_that_heatmap(app):
     at = app("sweep", sweep="digits")
     assert at.selectbox[0].value == "digits" and len(charts(at)) == 3
-    verdict = at.dataframe[1].value  # BSQ against each uniform baseline, computed from the runs
+    verdict = at.dataframe[0].value  # BSQ against each uniform baseline, computed from the runs
     assert verdict.baseline.tolist() == ["digits-u2", "digits-u3", "digits-u4", "digits-u8"]
+    listed = at.dataframe[1].value
+    assert "reason" not in listed and "path" not in listed, "no column that is empty in every row"
+    table = list_runs(EXAMPLES)
+    assert at.selectbox[1].value == featured(table[table.sweep == "digits"])  # not alpha 0, the least interesting
+    assert at.query_params["alpha"] == f"{table.set_index('name').alpha[at.selectbox[1].value]:g}"
     heat = charts(at)[2]
     at.selectbox[1].set_value("digits-a0.1").run()
-    assert charts(at)[2] != heat and at.query_params["sweep"] == "digits"
+    assert charts(at)[2] != heat and at.query_params["sweep"] == "digits" and at.query_params["alpha"] == "0.1"
+
+
+def test_sweep_page_opens_the_alpha_in_the_url(app):
+    at = app("sweep", sweep="digits", alpha="0.25")
+    assert at.selectbox[1].value == "digits-a0.25"
+
+
+def test_a_click_on_a_uniform_point_keeps_the_alpha_and_one_on_a_bsq_point_picks_it():
+    def page():
+        import streamlit as st
+
+        from bsq_explore import dashboard
+        from bsq_explore.paths import EXAMPLES
+        from bsq_explore.runs import list_runs
+
+        table = list_runs(EXAMPLES)
+        st.session_state.setdefault("clicks", [])
+        dashboard.pick_alpha(table[table.sweep == "digits"], st.session_state["clicks"])
+
+    at = AppTest.from_function(page, default_timeout=30).run()
+    at.selectbox[0].set_value("digits-a0.1").run()
+    at.session_state["clicks"] = ["digits-u2"]  # the pareto chart's selection: a uniform baseline
+    at.run()
+    assert at.selectbox[0].value == "digits-a0.1" and at.query_params["alpha"] == "0.1"
+    at.session_state["clicks"] = ["digits-a0.4"]
+    at.run()
+    assert at.selectbox[0].value == "digits-a0.4" and at.query_params["alpha"] == "0.4"
 
 
 def test_compare_page_shows_both_runs(app):

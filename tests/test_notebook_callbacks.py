@@ -16,13 +16,16 @@ from conftest import TINY
 NBITS = range(1, 9)  # the nbits slider of notebook 01
 
 
-def z_oracle(bits: pd.DataFrame, value: str = "density") -> dict:
-    """{(layer, bit): value} of one epoch's bit frame: what every heatmap cell must show."""
-    return {(layer, str(bit)): v for layer, bit, v in zip(bits.layer, bits.bit, bits[value])}
+def z_oracle(bits: pd.DataFrame, value: str = "density", run_bits: pd.DataFrame | None = None) -> dict:
+    """{(layer, bit): value} of one epoch's bit frame: what every heatmap cell must show (a norm
+    as a share of its layer's largest in run_bits, the whole run shown, by default bits)."""
+    top = (bits if run_bits is None else run_bits).groupby("layer").norm.max()
+    shown = bits[value] if value == "density" else bits.norm / bits.layer.map(top)
+    return {(layer, str(bit)): v for layer, bit, v in zip(bits.layer, bits.bit, shown)}
 
 
-def assert_heatmap_shows(heat, bits: pd.DataFrame, value: str = "density"):
-    expected = z_oracle(bits, value)
+def assert_heatmap_shows(heat, bits: pd.DataFrame, value: str = "density", run_bits: pd.DataFrame | None = None):
+    expected = z_oracle(bits, value, run_bits)
     for layer, row in zip(heat.y, heat.z):
         for bit, cell in zip(heat.x, row):
             if (layer, bit) in expected:
@@ -91,7 +94,7 @@ def test_error_figure_shrinks_with_bits_and_marks_the_slider(weights):
     assert (errors.max_abs_error <= errors.bound * (1 + 1e-5)).all()  # rounding is off by half a step at most
     for nbits in NBITS:
         fig = plots.error_curves(w, nbits)
-        assert [t.name for t in fig.data] == ["max_abs_error", "rmse", "bound"]
+        assert [t.name for t in fig.data] == ["largest error", "RMS error", "bound: half a step"]
         assert list(fig.data[1].y) == pytest.approx(errors.rmse.tolist())
         assert [s.x0 for s in fig.layout.shapes] == [nbits]
     # by hand: w = (1, 0.4); 1 bit keeps {0, 1}: 0.4 -> 0; 2 bits keep thirds: 0.4 -> 1/3
@@ -212,7 +215,7 @@ def test_epoch_slider_heatmap_at_every_step():
     for step, label in zip(steps, labels):  # notebook 04's epoch slider calls plots.bit_heatmap(bits, step, value)
         for value in ("density", "norm"):
             fig = plots.bit_heatmap(run.bits, step, value)
-            assert_heatmap_shows(fig.data[0], run.bits[run.bits.step == step], value)
+            assert_heatmap_shows(fig.data[0], run.bits[run.bits.step == step], value, run.bits)
             assert fig.layout.title.text == f"bit planes, {label}"
 
 

@@ -37,9 +37,22 @@ def test_bit_heatmap_animation_and_norm(run):
     steps = sorted(run.bits.step.unique())
     assert [f.name for f in fig.frames] == [str(s) for s in steps]
     assert len(fig.layout.sliders[0].steps) == len(steps) and fig.layout.updatemenus[0].buttons[0].label == "▶ play"
-    assert fig.data[0].zmax == pytest.approx(run.bits.norm.max())
+    assert fig.data[0].zmax == 1  # each plane's norm over its layer's largest in the run
     first = fig.frames[0].data[0].z
-    assert first[0][0] == pytest.approx(run.bits.query("step == 0 and layer == 'fc1' and bit == 7").norm.item())
+    fc1 = run.bits[run.bits.layer == "fc1"]
+    assert first[0][0] == pytest.approx(fc1.query("step == 0 and bit == 7").norm.item() / fc1.norm.max())
+    fc3 = run.bits[run.bits.layer == "fc3"]  # the small last layer: raw norms would make it look dead
+    assert max(v for v in fig.frames[-1].data[0].z[2] if v is not None) == pytest.approx(
+        fc3[fc3.step == fc3.step.max()].norm.max() / fc3.norm.max())
+    assert fig.layout.sliders[0].active == 0, "it opens at the step asked for"
+
+
+def test_animation_controls_sit_below_the_axis_title(run):
+    fig = plots.bit_heatmap_animation(run.bits)
+    assert fig.layout.sliders[0].active == len(fig.frames) - 1  # by default at the last epoch
+    plot_height = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    for control in (fig.layout.sliders[0], fig.layout.updatemenus[0]):
+        assert control.yanchor == "top" and -control.y * plot_height >= 70  # px under the plot: ticks, title
 
 
 def test_bit_heatmap_rejects_unknown_steps_and_values(run):
@@ -67,9 +80,12 @@ def test_precision_timeline(run):
 def test_metrics_curves(run):
     fig = plots.metrics_curves(run.metrics)
     names = [t.name for t in fig.data]
-    assert names == ["test acc", "train acc", "train loss", "R (bit Lasso)", "avg bits", "compression"]
-    assert list(fig.data[0].y) == pytest.approx(run.metrics.test_acc.tolist())
-    assert tuple(fig.layout.yaxis.range) == (0, 1.02)
+    assert names == ["test accuracy", "train accuracy", "train loss (CE)", "R (bit Lasso)", "average bits",
+                     "compression"]
+    assert list(fig.data[0].y) == pytest.approx((100 * run.metrics.test_acc).tolist())  # in %
+    assert tuple(fig.layout.yaxis.range) == (0, 101) and fig.layout.yaxis.title.text == "%"
+    ticks = dict(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext))
+    assert ticks[run.metrics.query("stage == 'bsq' and epoch == 0").step.item()] == "bsq 0"  # stage and epoch
     assert len([s for s in fig.layout.shapes if s.type == "rect"]) == 4 * run.metrics.stage.nunique()  # 4 panels
     assert [a.text for a in fig.layout.annotations][-2:] == ["bsq", "finetune"]
 
@@ -77,13 +93,36 @@ def test_metrics_curves(run):
 def test_pareto_marks_bsq_baselines_and_float():
     table = sweep_table(list_runs(EXAMPLES), "digits")
     fig = plots.pareto(table)
-    bsq, uniform = fig.data
-    finite = table[(table.kind == "bsq") & table.compression.map(math.isfinite)]
-    assert sorted(bsq.x) == sorted(finite.compression) and list(bsq.x) == sorted(bsq.x)
+    line, *points, uniform = fig.data
+    finite = table[(table.kind == "bsq") & table.compression.map(math.isfinite)].sort_values("compression")
+    assert list(line.x) == finite.compression.tolist() and list(line.y) == pytest.approx(100 * finite.test_acc)
+    colors = plots.alpha_colors(table[table.kind == "bsq"].alpha)
+    assert [(p.name, p.marker.color, p.customdata[0]) for p in points] == [
+        (f"α={a:g}", colors[a], n) for a, n in zip(finite.alpha, finite.name)]
     assert list(uniform.text) == ["2-bit", "3-bit", "4-bit", "8-bit"]
-    assert fig.layout.xaxis.type == "log"
+    assert list(uniform.y) == pytest.approx(100 * table[table.kind == "uniform"].sort_values("nbits").test_acc)
     float_line = [s for s in fig.layout.shapes if s.type == "line"][0]
-    assert float_line.y0 == pytest.approx(table.query("kind == 'float'").test_acc.item())
+    assert float_line.y0 == pytest.approx(100 * table.query("kind == 'float'").test_acc.item())
+    # the y axis spans the points (not 0..100, which piles them into one strip), in %
+    shown = [*line.y, *uniform.y, float_line.y0]
+    lo, hi = fig.layout.yaxis.range
+    assert lo <= min(shown) and hi >= max(shown) and hi - lo < 2 * (max(shown) - min(shown)) + 2.5
+    # log x axis ticked at powers of two, labelled as compression factors, no minor labels
+    assert fig.layout.xaxis.type == "log" and all(math.log2(v).is_integer() for v in fig.layout.xaxis.tickvals)
+    assert list(fig.layout.xaxis.ticktext) == [f"{v:g}x" for v in fig.layout.xaxis.tickvals]
+
+
+def test_alpha_colours_are_ordered_and_the_same_on_every_chart():
+    colors = plots.alpha_colors([0.3, 0, 1, 0.1])
+    assert list(colors) == [0, 0.1, 0.3, 1] and len(set(colors.values())) == 4
+    lightness = [sum(int(c.strip("rgb()").split(",")[i]) for i in range(3)) for c in colors.values()]
+    assert lightness == sorted(lightness), "Viridis runs dark to light: the order reads without hue"
+    runs = [load_run(EXAMPLES / n) for n in ("digits-a0", "digits-a0.3", "digits-a1")]
+    table = sweep_table(list_runs(EXAMPLES), "digits")
+    bars = plots.layer_precision_bars(analysis.sweep_layers(runs), plots.alpha_colors(table.alpha.dropna()))
+    pareto = plots.pareto(table)
+    on_pareto = {p.name: p.marker.color for p in pareto.data if p.name.startswith("α=")}
+    assert [b.marker.color for b in bars.data] == [on_pareto[b.name] for b in bars.data]
 
 
 def test_layer_precision_bars_one_group_per_alpha():
@@ -103,8 +142,50 @@ def test_bit_planes_image_shows_signed_digits():
     assert (msb.zmin, msb.zmax) == (-1, 1)
 
 
-def test_compare_metrics_shares_axes(run):
-    other = load_run(EXAMPLES / "digits-a0")
-    fig = plots.compare_metrics({"a": run.metrics, "b": other.metrics})
+def test_compare_metrics_aligns_stages_and_keeps_one_colour_per_run(tiny_run):
+    run = load_run(tiny_run)
+    sweep_run = load_run(EXAMPLES / "digits-a0")  # starts from the shared float model: no pretraining
+    assert not (sweep_run.metrics.stage == "pretrain").any() and (run.metrics.stage == "pretrain").any()
+    fig = plots.compare_metrics({"a": run.metrics, "b": sweep_run.metrics})
     assert [t.name for t in fig.data] == ["a", "a", "b", "b"] and fig.layout.xaxis.matches == "x2"
     assert fig.layout.xaxis2.title.text.startswith("epoch")
+    assert fig.data[0].line.color == fig.data[1].line.color != fig.data[2].line.color == fig.data[3].line.color
+    for trace, m in ((fig.data[0], run.metrics), (fig.data[2], sweep_run.metrics)):
+        x = dict(zip(zip(m.stage, m.epoch), trace.x))
+        assert x[("bsq", 1)] == dict(zip(zip(run.metrics.stage, run.metrics.epoch), fig.data[0].x))[("bsq", 1)]
+    assert list(fig.data[0].y) == pytest.approx((100 * run.metrics.test_acc).tolist())
+    ticks = dict(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext))
+    assert "bsq 0" in ticks.values() and "pretrain 1" in ticks.values()
+
+
+def test_precision_timeline_shows_an_empty_layer_as_removed(run):
+    layers = run.layers.copy()
+    layers.loc[layers.layer == "fc2", "nbits"] = 0
+    z = dict(zip(plots.precision_timeline(layers).data[0].y, plots.precision_timeline(layers).data[0].z))
+    assert all(v is None for v in z["fc2"]) and all(v is not None for v in z["fc1"])
+
+
+@pytest.mark.parametrize("make", ["bit_heatmap", "bit_heatmap_animation", "precision_timeline", "metrics_curves",
+                                  "pareto", "layer_precision_bars", "compare_metrics", "bit_planes_image",
+                                  "error_curves"])
+def test_every_figure_is_made_for_a_projector(run, make):
+    w = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    args = {"bit_heatmap": (run.bits,), "bit_heatmap_animation": (run.bits,), "precision_timeline": (run.layers,),
+            "metrics_curves": (run.metrics,), "pareto": (sweep_table(list_runs(EXAMPLES), "digits"),),
+            "layer_precision_bars": (analysis.sweep_layers([run]),), "compare_metrics": ({"a": run.metrics},),
+            "bit_planes_image": (w, 3), "error_curves": (w, 3)}[make]
+    fig = getattr(plots, make)(*args)
+    assert fig.layout.font.size >= 16 and fig.layout.title.font.size >= 16 and fig.layout.title.text
+    assert fig.layout.font.color == "#1a1a1a" and fig.layout.template.layout.paper_bgcolor == "white"
+    if make != "bit_planes_image":  # its panels are images of a matrix: no axes to name
+        layout = fig.layout.to_plotly_json()
+        assert any(v.get("title", {}).get("text") for k, v in layout.items() if k.startswith("xaxis"))
+        assert fig.layout.yaxis.title.text
+
+
+def test_bit_heatmap_prints_values_where_they_fit(run):
+    heat = plots.bit_heatmap(run.bits).data[0]
+    assert heat.texttemplate == "%{z:.2f}" and heat.textfont.size >= 14
+    many = pd.concat([run.bits.assign(layer=run.bits.layer + f"_{k}", layer_index=run.bits.layer_index + 3 * k)
+                      for k in range(30)], ignore_index=True)  # 90 layers x 8 bits: too many cells to print
+    assert plots.bit_heatmap(many).data[0].texttemplate is None

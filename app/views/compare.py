@@ -19,6 +19,6 @@ for col, run in ((left, a), (right, b)):
             continue
         bsq = run.bits[run.bits.stage == "bsq"]
         step = int((bsq if which == "end of BSQ" and len(bsq) else run.bits).step.max())
-        st.plotly_chart(plots.bit_heatmap(run.bits, step), key=f"heat_{col is left}")
+        dashboard.chart(plots.bit_heatmap(run.bits, step), key=f"heat_{col is left}")
         st.dataframe(analysis.final_layers(run)[["layer", "numel", "nbits"]], hide_index=True)
-st.plotly_chart(plots.compare_metrics({a.name: a.metrics, b.name: b.metrics}))
+dashboard.chart(plots.compare_metrics({a.name: a.metrics, b.name: b.metrics}))

@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from bsq_explore import analysis, plots
+from bsq_explore import analysis, dashboard, plots
 
 st.title("Playground")
 st.caption("Each weight is scale × (Σ 2^b (pos_b − neg_b)) / (2^n − 1): its sign decides whether its digits "
@@ -32,7 +32,7 @@ else:
         st.error(f"could not read {upload.name}: {type(err).__name__}: {err}")
         st.stop()
 nbits = st.slider("nbits", 1, 8, 4)
-st.plotly_chart(plots.bit_planes_image(w, nbits))
+dashboard.chart(plots.bit_planes_image(w, nbits))
 errors = analysis.reconstruction_errors(w, 8)
 st.line_chart(errors.set_index("nbits")[["max_abs_error", "rmse", "bound"]])
 st.dataframe(errors, hide_index=True)

@@ -10,7 +10,7 @@ if run is None:
 if run.layers.empty:
     st.info(f"{run.name} has no layer frames: it is a float run or has not reached BSQ training yet.")
 else:
-    st.plotly_chart(plots.precision_timeline(run.layers))
-    st.plotly_chart(plots.layer_precision_bars(analysis.sweep_layers([run])))
+    dashboard.chart(plots.precision_timeline(run.layers))
+    dashboard.chart(plots.layer_precision_bars(analysis.sweep_layers([run])))
 if not run.metrics.empty:
-    st.plotly_chart(plots.metrics_curves(run.metrics))
+    dashboard.chart(plots.metrics_curves(run.metrics))

@@ -32,7 +32,7 @@ def watch(name: str) -> None:
     if run.info.get("error"):
         st.error(run.info["error"])
     if not run.bits.empty:
-        st.plotly_chart(plots.bit_heatmap(run.bits), key="live_heatmap")
+        dashboard.chart(plots.bit_heatmap(run.bits), key="live_heatmap")
 
 
 if st.session_state.get("watching"):
