@@ -91,8 +91,11 @@ def chart(fig, **kwargs):
 
 
 def roots() -> list[Path]:
-    """The user's runs root (sidebar, else $BSQ_RUNS or data/runs) and the shipped examples."""
+    """The user's runs root (sidebar, else $BSQ_RUNS or data/runs) and the shipped examples; a
+    root typed in the sidebar that is not a folder is left out (the sidebar says so)."""
     user = Path(st.session_state.get("runs_root") or runs_root())
+    if str(user) != str(runs_root()) and not user.is_dir():
+        return [EXAMPLES]
     return [user, EXAMPLES] if user.resolve() != EXAMPLES.resolve() else [EXAMPLES]
 
 
@@ -149,10 +152,12 @@ def pick_run(label: str = "run", key: str = "run", finished_only: bool = False, 
         empty_state()
         return None
     names = table.name.tolist()
-    wanted = st.query_params.get(key) or st.session_state.get(f"last_{key}")
-    first = featured(table)
-    if first == avoid and len(names) > 1:
-        first = next(n for n in names if n != avoid)
+    asked = st.query_params.get(key)
+    wanted = asked or st.session_state.get(f"last_{key}")
+    others = table[table.name != avoid]
+    first = featured(others) if len(others) else names[0]
+    if asked and asked not in names:
+        st.warning(f"No run named {asked!r} in {', '.join(map(str, roots()))}; showing {first} instead.")
     start = names.index(wanted) if wanted in names else names.index(first)
     name = st.selectbox(label, names, index=start, key=f"pick_{key}")
     st.session_state[f"last_{key}"] = name
@@ -207,5 +212,15 @@ def url_toggle(label: str, key: str) -> bool:
 
 
 def sidebar() -> None:
-    st.sidebar.text_input("runs root", value=str(runs_root()), key="runs_root",
-                          help="Folder of run folders; the shipped examples are always listed too.")
+    """The runs root, remembered in the URL (?root=PATH) when it is not the default."""
+    default = str(runs_root())
+    if "runs_root" not in st.session_state:
+        st.session_state["runs_root"] = st.query_params.get("root") or default
+    root = st.sidebar.text_input("runs root", key="runs_root",
+                                 help="Folder of run folders; the shipped examples are always listed too.")
+    if root == default:
+        st.query_params.pop("root", None)
+        return
+    st.query_params["root"] = root
+    if not Path(root).is_dir():
+        st.sidebar.error(f"{root} is not a folder: showing the shipped examples only.")

@@ -311,6 +311,13 @@ def run_kind(config: dict) -> str:
     return "uniform" if config.get("finetune_epochs", 0) > 0 else "float"
 
 
+def _holds_a_run(folder: Path) -> bool:
+    """Whether a folder has any file a run writes: a folder of something else (or a run's folder
+    before its run.json) is not listed, not even as damaged."""
+    names = {INFO, CHECKPOINT, FLOAT_MODEL, MODEL, *(_frame_file(k) for k in FRAME_COLUMNS)}
+    return any((folder / name).exists() for name in names)
+
+
 def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
     """One row per run folder under the roots, damaged ones included with the reason; never raises.
 
@@ -322,7 +329,7 @@ def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
         root = Path(root)
         if not root.is_dir():
             continue
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _holds_a_run(p)):
             row = dict(name=folder.name, path=str(folder), reason="")
             try:
                 info = read_info(folder)

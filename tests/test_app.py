@@ -90,6 +90,21 @@ def test_url_cannot_reach_outside_the_roots(app):
     assert at.selectbox[0].value != "../../etc"
 
 
+def test_an_unknown_run_in_the_url_says_so(app):
+    at = app("heatmap", run="no-such-run")
+    assert "No run named 'no-such-run'" in at.warning[0].value and at.selectbox[0].value in at.warning[0].value
+
+
+def test_a_runs_root_that_is_no_folder_is_an_error_and_one_that_is_goes_in_the_url(app, tmp_path):
+    at = app("runs", root=str(tmp_path / "absent"))
+    assert "is not a folder" in at.sidebar.error[0].value
+    assert set(at.dataframe[0].value.name) == {p.name for p in EXAMPLES.iterdir() if p.is_dir()}
+    other = tmp_path / "other"
+    other.mkdir()
+    at.sidebar.text_input[0].set_value(str(other)).run()
+    assert at.query_params["root"] == str(other) and not at.sidebar.error
+
+
 def test_precision_page_follows_the_run_picker(app):
     at = app("precision", run="digits-a0.3")
     first = charts(at)
@@ -155,6 +170,21 @@ def test_what_if_slider_changes_accuracy_and_size(app):
     fc1.set_value(0).run()
     after = {m.label: m.value for m in at.metric}
     assert after["average bits"] != before["average bits"] and after["test accuracy"] != before["test accuracy"]
+    assert after["test accuracy"].endswith(" %") and "points" in [m for m in at.metric][0].delta
+
+
+def test_what_if_shows_emptied_layers_and_an_empty_model_without_inf(app):
+    at = app("whatif", run="digits-a1")  # training emptied fc1 and fc2
+    assert [s.label for s in at.slider] == ["fc3"]
+    assert sum("0 bits: training emptied it" in m.value for m in at.markdown) == 2
+    at.slider[0].set_value(0).run()
+    packed = next(m for m in at.metric if m.label == "packed weights")
+    assert packed.delta == "no weight left" and "inf" not in packed.delta
+
+
+def test_what_if_says_a_float_run_has_nothing_to_drop(app):
+    at = app("whatif", run="digits-float")
+    assert "float model" in at.info[0].value and "not finished" not in at.info[0].value
 
 
 def test_playground_nbits_slider_changes_the_planes(app):
@@ -184,6 +214,24 @@ def test_train_page_starts_a_background_run_and_watches_it(app, tmp_path):
 def test_compare_page_opens_two_different_runs_by_default(app):
     at = app("compare")
     assert at.selectbox[0].value != at.selectbox[1].value
+    assert len(charts(at)) == 3, "the second run by default is one with bit frames too"
+
+
+def flat(node):
+    """Every element under a node of AppTest's tree, in page order."""
+    children = getattr(node, "children", None)
+    if not children:
+        return [node]
+    return [leaf for key in sorted(children) for leaf in flat(children[key])]
+
+
+def test_compare_epoch_choice_sits_above_the_heatmaps_it_controls(app):
+    at = app("compare", run="digits-a0.3", other="digits-a0.1")
+    kinds = [getattr(e, "type", type(e).__name__) for e in flat(at.main)]
+    assert "plotly_chart" in kinds and kinds.index("radio") < kinds.index("plotly_chart"), kinds
+    end = charts(at)
+    at.radio[0].set_value("end of BSQ").run()
+    assert charts(at)[:2] != end[:2] and at.query_params["epoch"] == "end of BSQ"
 
 
 def test_an_empty_runs_root_says_how_to_make_a_first_run(tmp_path, monkeypatch):

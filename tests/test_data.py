@@ -163,3 +163,71 @@ def test_real_fashion_mnist_from_the_debian_package():
     ds = load("fashion-mnist", test_subset=1000)
     assert len(ds.train_y) == 60000 and len(ds.test_y) == 1000 and ds.shape == (1, 28, 28)
     assert ds.train_y.bincount().tolist() == [6000] * 10 and ds.classes[9] == "Ankle boot"
+
+
+def _npy(array) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _pt(obj) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+class _Payload:
+    """A pickle that, if loaded unsafely, creates the file at self.path."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_read_tensor_round_trips_good_uploads():
+    import numpy as np
+
+    w = torch.arange(12, dtype=torch.float32).reshape(3, 4) - 5.5
+    assert torch.equal(data.read_tensor("w.npy", _npy(w.numpy())), w)
+    assert torch.equal(data.read_tensor("w.pt", _pt(w)), w)
+    assert torch.equal(data.read_tensor("w.csv", b"1,2,3\n-4,5.5,6\n"), torch.tensor([[1, 2, 3], [-4, 5.5, 6]]))
+    assert torch.equal(data.read_tensor("i.NPY", _npy(np.array([1, -2], dtype=np.int8))), torch.tensor([1.0, -2.0]))
+
+
+def test_read_tensor_refuses_bad_uploads_in_one_line(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    cases = {
+        "nan.npy": (_npy(np.array([1.0, np.nan])), "NaN or infinite"),
+        "inf.pt": (_pt(torch.tensor([float("inf")])), "NaN or infinite"),
+        "complex.npy": (_npy(np.array([1 + 2j])), "complex numbers"),
+        "complex.pt": (_pt(torch.tensor([1 + 2j])), "complex numbers"),
+        "objects.npy": (_npy(np.array([{}, 1], dtype=object)), "Python objects"),
+        "text.npy": (_npy(np.array(["a"])), "non-numeric"),
+        "big.npy": (_npy(np.zeros(1001, dtype=np.float32)), "1,001 numbers: upload at most 1,000"),
+        "big.pt": (_pt(torch.zeros(20_000)), "MB: upload at most 1,000"),
+        "state.pt": (_pt({"fc.weight": torch.ones(2)}), "a dict of 1 entries (a state_dict?)"),
+        "payload.pt": (pickle.dumps(_Payload(tmp_path / "ran")), "not a tensor file that can be loaded safely"),
+        "payload2.pt": (_pt(_Payload(tmp_path / "ran")), "not a tensor file that can be loaded safely"),
+        "junk.npy": (b"\x93NUMPY junk", "not a .npy array file"),
+        "cut.npy": (_npy(np.ones(100))[:-40], "truncated or unreadable"),
+        "words.csv": (b"1,2\n3,x\n", "comma-separated numbers"),
+        "empty.csv": (b"", "no numbers"),
+        "w.txt": (b"1", "upload a .npy, .pt or .csv"),
+    }
+    for name, (raw, says) in cases.items():
+        with pytest.raises(ValueError) as err:
+            data.read_tensor(name, raw, max_elements=1000)
+        assert says in str(err.value) and "\n" not in str(err.value) and "weights_only" not in str(err.value), name
+    assert not (tmp_path / "ran").exists(), "no pickled code ran"

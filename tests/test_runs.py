@@ -54,3 +54,14 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     write_atomic(tmp_path / "f", b"one")
     write_atomic(tmp_path / "f", b"two")
     assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_bytes() == b"two"
+
+
+def test_folders_that_hold_no_run_are_not_listed(tmp_path, tiny_run):
+    copy_run(tiny_run, tmp_path, "good")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a run")
+    damaged = copy_run(tiny_run, tmp_path, "no-info")
+    (damaged / "run.json").unlink()  # a run's files without run.json: damaged, and listed
+    table = list_runs(tmp_path).set_index("name")
+    assert sorted(table.index) == ["good", "no-info"] and table.loc["no-info", "status"] == "damaged"

@@ -11,14 +11,20 @@ with right:
     b = dashboard.pick_run("second run", key="other", avoid=a.name if a else None)
 if a is None or b is None:
     st.stop()
-which = st.radio("epoch", ["final", "end of BSQ"], horizontal=True)
-for col, run in ((left, a), (right, b)):
+which = dashboard.url_radio("epoch", ["final", "end of BSQ"],
+                            help="the heatmaps at each run's last epoch, or at its last BSQ epoch (before finetuning)")
+for col, run in zip(st.columns(2), (a, b)):
     with col:
         if run.bits.empty:
-            st.info(f"{run.name} has no bit frames.")
+            st.info(f"{run.name} has no bit frames: it is a float run or has not reached BSQ training yet.")
             continue
         bsq = run.bits[run.bits.stage == "bsq"]
         step = int((bsq if which == "end of BSQ" and len(bsq) else run.bits).step.max())
-        dashboard.chart(plots.bit_heatmap(run.bits, step), key=f"heat_{col is left}")
-        st.dataframe(analysis.final_layers(run)[["layer", "numel", "nbits"]], hide_index=True)
+        fig = plots.bit_heatmap(run.bits, step)
+        fig.update_layout(title_text=f"{run.name}: {fig.layout.title.text}")
+        dashboard.chart(fig, key=f"heat_{run.name}")
+        st.dataframe(analysis.final_layers(run)[["layer", "numel", "nbits"]], hide_index=True, column_config={
+            "numel": st.column_config.NumberColumn("weights"), "nbits": st.column_config.NumberColumn("final bits")})
+st.caption("Curves are aligned by stage: BSQ epoch 1 sits at the same place for both runs, whatever their float "
+           "pretraining (a sweep's runs start from its shared float model).")
 dashboard.chart(plots.compare_metrics({a.name: a.metrics, b.name: b.metrics}))

@@ -5,9 +5,14 @@ from bsq_explore import analysis, dashboard
 from bsq_explore.runs import load_run
 
 st.title("What if")
-st.caption("Each slider keeps that many of the layer's bits; the dropped low bits are rounded away.")
+st.caption("Each slider keeps that many of the layer's bits; the dropped low bits are rounded away, so each "
+           "weight moves to the nearest point of a coarser grid. (Training kills top bits instead: a top bit "
+           "dies when no weight is large enough to need it.)")
 run = dashboard.pick_run(finished_only=True)
 if run is None:
+    st.stop()
+if run.kind == "float":
+    st.info(f"{run.name} is a float model: it has no quantized layers to take bits from. Pick a BSQ or uniform run.")
     st.stop()
 
 
@@ -21,15 +26,28 @@ try:
 except FileNotFoundError as err:
     st.info(str(err))
     st.stop()
-base = model.evaluate()
-chosen = {}
-cols = st.columns(min(4, len(model.bits)))
-for i, (layer, bits) in enumerate(model.bits.items()):
-    with cols[i % len(cols)]:
-        chosen[layer] = st.slider(layer, 0, bits, bits, key=f"bits_{run.name}_{layer}") if bits else 0
-now = model.evaluate(chosen)
-m = st.columns(3)
-m[0].metric("test accuracy", f"{now['test_acc']:.3f}", f"{now['test_acc'] - base['test_acc']:+.3f}")
-m[1].metric("average bits", f"{now['avg_bits']:.2f}", f"{now['avg_bits'] - base['avg_bits']:+.2f}", delta_color="inverse")
-m[2].metric("packed weights", f"{now['packed_bytes'] / 1024:.1f} KiB", f"{now['compression']:.1f}x vs float32",
-            delta_color="off")
+
+
+@st.fragment
+def sliders_and_metrics() -> None:  # a slider move re-runs only this, not the page
+    base = model.evaluate()
+    chosen = {}
+    cols = st.columns(min(4, len(model.bits)))
+    for i, (layer, bits) in enumerate(model.bits.items()):
+        with cols[i % len(cols)]:
+            if bits:
+                chosen[layer] = st.slider(layer, 0, bits, bits, key=f"bits_{run.name}_{layer}")
+            else:
+                st.markdown(f"**{layer}**  \n0 bits: training emptied it")
+                chosen[layer] = 0
+    now = model.evaluate(chosen)
+    m = st.columns(3)
+    m[0].metric("test accuracy", f"{100 * now['test_acc']:.1f} %",
+                f"{100 * (now['test_acc'] - base['test_acc']):+.1f} points")
+    m[1].metric("average bits", f"{now['avg_bits']:.2f}", f"{now['avg_bits'] - base['avg_bits']:+.2f}",
+                delta_color="inverse")
+    size = f"{now['compression']:.1f}x vs float32" if now["avg_bits"] else "no weight left"
+    m[2].metric("packed weights", f"{now['packed_bytes'] / 1024:.1f} KiB", size, delta_color="off")
+
+
+sliders_and_metrics()
