@@ -247,7 +247,24 @@ def cmd_export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; bad input (also an unwritable runs root) is one line and exit code 2, a run
-    that fails once training has begun is one line and exit code 1 (its folder keeps the reason)."""
+    that fails once training has begun is one line and exit code 1 (its folder keeps the reason),
+    a stopped run (Ctrl-C, or SIGTERM from train.stop) is exit code 130."""
+    import signal
+    import threading
+
+    def stop(signum, frame):  # SIGTERM ends a run as Ctrl-C does: marked stopped, resumable
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     from .runs import DamagedRun
     from .train import RunFailed
 
@@ -258,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # argparse exits after printing --help
         return done.code if isinstance(done.code, int) else 0
     except KeyboardInterrupt:
-        print("bsq-explore: interrupted", file=sys.stderr)
+        print("bsq-explore: stopped (a run keeps its finished epochs: train --resume goes on)", file=sys.stderr)
         return 130
     except RunFailed as err:
         print(f"bsq-explore: {err}".splitlines()[0], file=sys.stderr)

@@ -22,7 +22,7 @@ from .config import BSQConfig
 from .stats import BIT_COLUMNS, LAYER_COLUMNS
 
 INFO, CHECKPOINT, FLOAT_MODEL, MODEL = "run.json", "checkpoint.pt", "float.pt", "model.pt"
-STATUSES = ("running", "finished", "failed")
+STATUSES = ("running", "finished", "failed", "stopped")  # stopped: by the user, resumable
 METRIC_COLUMNS = ["stage", "epoch", "step", "train_loss", "reg_loss", "train_acc", "test_acc",
                   "avg_bits", "compression", "lr", "seconds"]
 FRAME_COLUMNS = {
@@ -213,12 +213,14 @@ def is_stale(info: dict) -> bool:
 
 
 def _frame_path(folder: Path, kind: str, info: dict) -> Path | None:
-    """The frame's file, or None when a running run has not written it yet."""
+    """The frame's file, or None when the run has not written it: a float run has no bit frames,
+    and a run that has not finished (running, stopped or failed, say in float pretraining) may
+    not have reached the epoch that writes it."""
     path = folder / _frame_file(kind)
     if path.exists():
         return path
-    if info["status"] == "running" or (kind != "metrics" and run_kind(info["config"]) == "float"):
-        return None  # not written yet, or a float run, which has no bit frames
+    if info["status"] != "finished" or (kind != "metrics" and run_kind(info["config"]) == "float"):
+        return None  # not written yet (or never: a run stopped or failed before), or a float run's bit frames
     raise DamagedRun(f"{path.name} is missing")
 
 
@@ -321,7 +323,7 @@ def _holds_a_run(folder: Path) -> bool:
 def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
     """One row per run folder under the roots, damaged ones included with the reason; never raises.
 
-    status is running, finished, failed, damaged, or "running (stale)" for a run marked running
+    status is running, finished, failed, stopped (by the user), damaged, or "running (stale)" for a run marked running
     whose process on this host is gone (killed: it keeps its finished epochs and can be resumed).
     """
     rows = []
@@ -342,6 +344,8 @@ def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
                            **{k: summary.get(k) for k in ("test_acc", "bsq_acc", "avg_bits", "compression")})
                 if info["status"] == "failed":
                     row["reason"] = info.get("error") or ""
+                elif info["status"] == "stopped":
+                    row["reason"] = "stopped before it finished; resume it to go on"
                 elif is_stale(info):
                     row.update(status="running (stale)",
                                reason=f"process {info['provenance']['pid']} is gone; resume it to go on")
@@ -523,6 +527,10 @@ class RunFolder:
 
     def fail(self, reason: str) -> None:
         self._end("failed", reason, {})
+
+    def stop(self) -> None:
+        """Mark the run stopped by the user: every finished epoch stays, and resume goes on."""
+        self._end("stopped", None, {})
 
     def _end(self, status: str, error: str | None, summary: dict) -> None:
         self.info.update(status=status, error=error)

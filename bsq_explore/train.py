@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +27,8 @@ from .config import BSQConfig
 from .layers import convert_, weights_up_front
 from .models import build_model, convert_filter
 from .paths import runs_root
-from .runs import FRAME_COLUMNS, RunFolder, check_idle, check_name, prepare_root, read_checkpoint, run_name
+from .runs import (FRAME_COLUMNS, RunFolder, check_idle, check_name, prepare_root, process_alive, read_checkpoint,
+                   read_info, run_name)
 from .stats import FLOAT_BITS, bit_sparsity, layer_precision, size_of
 
 
@@ -308,16 +310,34 @@ def _run(folder: RunFolder, config: BSQConfig, model, ds, generator, opt, done: 
         else:
             folder.save_model(export(model))
         folder.finish()
-    except BaseException as err:
-        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+    except BaseException as err:  # a stop (Ctrl-C, or stop() from another process) is not a failure
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
         try:
-            folder.fail(reason.splitlines()[0])
+            folder.stop() if isinstance(err, KeyboardInterrupt) else folder.fail(reason)
         except OSError:  # a full disk can refuse run.json too; keep the first error (the run then lists as stale)
             pass
         if isinstance(err, Exception):
-            raise RunFailed(folder.path, reason.splitlines()[0]) from err
+            raise RunFailed(folder.path, reason) from err
         raise
     return folder.path
+
+
+def stop(path: str | os.PathLike) -> None:
+    """Ask the process training the run at path to stop: it marks the run stopped and keeps every
+    finished epoch (resume() goes on). Only a bsq-explore process of this host is signalled, so a
+    run.json cannot point the signal at anything else."""
+    path = Path(path)
+    info = read_info(path)
+    pid = (info.get("provenance") or {}).get("pid")
+    if info["status"] != "running" or not process_alive(info):
+        raise ValueError(f"run {path.name} is not running on this host")
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        command = b""
+    if b"bsq_explore" not in command and b"bsq-explore" not in command:
+        raise ValueError(f"process {pid} of run {path.name} is not a bsq-explore run; not stopping it")
+    os.kill(pid, signal.SIGTERM)
 
 
 def launch(config: BSQConfig, runs: str | os.PathLike, name: str) -> subprocess.Popen:

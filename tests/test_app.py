@@ -9,7 +9,7 @@ from streamlit.logger import get_logger
 from streamlit.testing.v1 import AppTest
 
 from bsq_explore.dashboard import featured
-from bsq_explore.runs import list_runs
+from bsq_explore.runs import list_runs, load_run
 from test_sweep import EXAMPLES
 
 
@@ -139,7 +139,7 @@ def test_a_click_on_a_uniform_point_keeps_the_alpha_and_one_on_a_bsq_point_picks
 
         from bsq_explore import dashboard
         from bsq_explore.paths import EXAMPLES
-        from bsq_explore.runs import list_runs
+        from bsq_explore.runs import list_runs, load_run
 
         table = list_runs(EXAMPLES)
         st.session_state.setdefault("clicks", [])
@@ -207,8 +207,46 @@ def test_train_page_starts_a_background_run_and_watches_it(app, tmp_path):
         if (tmp_path / "from-app" / "model.pt").exists():
             break
         time.sleep(0.5)
+    time.sleep(1)
     at.run()
-    assert "finished" in at.get("progress")[0].proto.text
+    assert "finished" in at.get("progress")[0].proto.text and "test accuracy" in at.get("progress")[0].proto.text
+    assert any("from-app finished:" in s.value and " %" in s.value for s in at.success), [s.value for s in at.success]
+    assert any(link.proto.query_string == "run=from-app" for link in at.get("page_link"))
+
+
+def test_train_page_name_follows_alpha_until_typed_and_the_typed_name_is_used(app, tmp_path):
+    at = app("train")
+    name = lambda: next(t for t in at.text_input if t.label == "run name")  # noqa: E731
+    assert name().value == "digits-mlp-a0.3-app"
+    at.number_input[0].set_value(0.1).run()
+    assert name().value == "digits-mlp-a0.1-app", "the default name follows alpha"
+    name().set_value("my-custom-run").run()
+    at.number_input[0].set_value(0.2).run()
+    at.number_input[1].set_value(1).run()
+    assert name().value == "my-custom-run"
+    at.button[0].click().run()
+    assert "started my-custom-run" in at.success[0].value and (tmp_path / "my-custom-run").exists() or \
+        any("my-custom-run" in s.value for s in at.success)
+
+
+def test_train_page_stops_a_run_and_keeps_its_epochs(app, tmp_path):
+    at = app("train")
+    next(t for t in at.text_input if t.label == "run name").set_value("long").run()
+    at.button[0].click().run()
+    for _ in range(120):  # until it has written an epoch
+        if (tmp_path / "long" / "metrics.parquet").exists():
+            break
+        time.sleep(0.25)
+    at.run()
+    assert at.get("progress") and "long: running" in at.get("progress")[0].proto.text
+    next(b for b in at.button if b.label == "stop").click().run()
+    for _ in range(120):
+        run = load_run(tmp_path / "long")
+        if run.info["status"] != "running":
+            break
+        time.sleep(0.25)
+    assert run.info["status"] == "stopped" and len(run.metrics) >= 1
+    assert list_runs(tmp_path).set_index("name").loc["long", "reason"].startswith("stopped before it finished")
 
 
 def test_compare_page_opens_two_different_runs_by_default(app):

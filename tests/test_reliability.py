@@ -646,3 +646,40 @@ def test_fuzzed_from_bits_gives_the_effective_weight_or_a_one_line_error(shape, 
     info = torch.finfo(dtype)
     subnormal_step = info.smallest_normal * info.eps  # below smallest_normal a dtype rounds to this grid
     torch.testing.assert_close(w.double(), expected, rtol=4 * info.eps, atol=4 * info.eps * scale + subnormal_step)
+
+
+def test_sigterm_during_float_pretraining_stops_the_run_and_resume_finishes_it(tmp_path, capsys):
+    args = ["train", *options(dict(TINY, pretrain_epochs=30)), "--name", "t", "--runs", str(tmp_path)]
+    child = subprocess.Popen([sys.executable, "-m", "bsq_explore.cli", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(400):  # until its first float epoch is on disk
+            if (tmp_path / "t" / "checkpoint.pt").exists():
+                break
+            time.sleep(0.05)
+        train_module.stop(tmp_path / "t")  # what the app's stop button does: SIGTERM to the run's process
+        code, err = child.wait(timeout=60), child.stderr.read()
+    finally:
+        child.kill()
+    assert code == 130 and "stopped" in last_line(err)
+    run = load_run(tmp_path / "t")  # in float pretraining: no bit frames yet, and not damaged for it
+    assert run.info["status"] == "stopped" and len(run.metrics) >= 1 and run.bits.empty
+    assert list_runs(tmp_path).status.tolist() == ["stopped"]
+    with pytest.raises(ValueError, match="not running"):
+        train_module.stop(tmp_path / "t")
+    assert main(["train", "--resume", "--name", "t", "--runs", str(tmp_path), "--pretrain-epochs", "2"]) == 2
+    assert main(["train", "--resume", "--name", "t", "--runs", str(tmp_path)]) == 0  # its own config
+    run = load_run(tmp_path / "t")
+    assert run.info["status"] == "finished" and run.metrics.stage.tolist().count("pretrain") == 30
+
+
+def test_stop_refuses_a_process_that_is_no_bsq_run(tmp_path, tiny_run):
+    folder = copy_run(tiny_run, tmp_path, "forged")
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        set_info(folder, status="running", pid=other.pid, host=socket.gethostname())
+        with pytest.raises(ValueError, match="is not a bsq-explore run"):
+            train_module.stop(folder)
+        assert other.poll() is None, "the other process lives"
+    finally:
+        other.kill()

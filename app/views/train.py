@@ -1,41 +1,100 @@
-"""Start a run in the background and watch its bits die while it trains."""
+"""Start a run in the background and watch its bits die while it trains; stop it from here."""
 import streamlit as st
 
 from bsq_explore import dashboard, plots, runs, train
 from bsq_explore.config import PRESETS, preset
+from bsq_explore.runs import describe, list_runs
 
 st.title("Train")
 root = dashboard.roots()[0]
-with st.form("new_run"):
-    name_of_preset = st.selectbox("preset", list(PRESETS))
-    alpha = st.number_input("alpha", min_value=0.0, value=0.3, step=0.05, format="%.3f")
-    epochs = st.number_input("BSQ epochs", min_value=1, value=40, step=5)
-    name = st.text_input("run name", value=runs.run_name(preset(name_of_preset, alpha=alpha), name_of_preset) + "-app")
-    start = st.form_submit_button("start training")
-if start:
+
+
+def default_name() -> str:
+    return runs.run_name(preset(st.session_state.train_preset, alpha=st.session_state.train_alpha),
+                         st.session_state.train_preset) + "-app"
+
+
+def follow() -> None:  # the default name follows preset and alpha until the user types one
+    if not st.session_state.get("train_name_typed"):
+        st.session_state.train_name = default_name()
+
+
+c = st.columns(3)
+c[0].selectbox("preset", list(PRESETS), key="train_preset", on_change=follow)
+c[1].number_input("alpha", min_value=0.0, value=0.3, step=0.05, format="%.3f", key="train_alpha", on_change=follow,
+                  help="the strength of the bit penalty: larger kills more bit planes")
+c[2].number_input("BSQ epochs", min_value=1, value=40, step=5, key="train_epochs")
+if "train_name" not in st.session_state:
+    st.session_state.train_name = default_name()
+st.text_input("run name", key="train_name", on_change=lambda: st.session_state.update(train_name_typed=True))
+if st.button("start training", type="primary"):
+    name = st.session_state.train_name
     try:
-        train.launch(preset(name_of_preset, alpha=alpha, bsq_epochs=int(epochs)), root, name)
+        config = preset(st.session_state.train_preset, alpha=st.session_state.train_alpha,
+                        bsq_epochs=int(st.session_state.train_epochs))
+        train.launch(config, root, name)
         st.session_state["watching"] = name
         st.success(f"started {name} in {root}; it keeps running if you close this page")
     except (ValueError, FileExistsError) as err:
         st.error(str(err))
 
 
+def progress(run) -> None:
+    """The run's stage, epoch, accuracy and bits, as a bar."""
+    total, done = len(train.plan(run.config)), len(run.metrics)
+    text = f"{run.name}: {run.info['status']}"
+    if done:
+        last = run.metrics.iloc[-1]
+        text += (f", {last.stage} epoch {last.epoch} ({done} of {total} epochs), "
+                 f"test accuracy {100 * last.test_acc:.1f} %, {last.avg_bits:.2f} bits")
+    st.progress(min(done / max(total, 1), 1.0), text=text)
+
+
 @st.fragment(run_every=2)
-def watch(name: str) -> None:
+def watch() -> None:
+    """Every run in progress under the runs root (read from disk, so a reload keeps it), each with
+    a stop button, then the run started here: its curves and bit heatmap as it trains."""
+    table = list_runs(root)
+    live = table[table.status == "running"]
+    if len(live):
+        st.subheader("Runs in progress")
+    for name in live.name:
+        run = dashboard.open_run(name)
+        if run is None:
+            continue
+        left, right = st.columns([5, 1])
+        with left:
+            progress(run)
+        if right.button("stop", key=f"stop_{name}", help="end the run now; its finished epochs stay, and "
+                                                          "`bsq-explore train --resume` goes on"):
+            try:
+                train.stop(run.path)
+                st.toast(f"stopping {name}")
+            except ValueError as err:
+                st.error(str(err))
+    name = st.session_state.get("watching")
+    if not name:
+        return
     run = dashboard.open_run(name) if dashboard.find(name) else None
     if run is None:
         st.info(f"waiting for {name} to write its first epoch…")
         return
-    total, done = len(train.plan(run.config)), len(run.metrics)
-    st.progress(min(done / max(total, 1), 1.0), text=f"{name}: {run.info['status']}, epoch {done} of {total}")
+    st.subheader(name)
+    if run.info["status"] != "running":
+        progress(run)
     if run.info.get("error"):
         st.error(run.info["error"])
+    if run.info["status"] == "finished":
+        text = describe(run.summary)
+        st.success(f"{name} finished: {text['test_acc']} test accuracy, {text['avg_bits']} bits per weight "
+                   f"({text['compression']})")
+        st.page_link("views/heatmap.py", label=f"Open {name} in the bit heatmap", icon=":material/grid_on:",
+                     query_params={"run": name})
+    if len(run.metrics):
+        dashboard.chart(plots.compare_metrics({name: run.metrics}), key="live_curves")
     if not run.bits.empty:
         dashboard.chart(plots.bit_heatmap(run.bits), key="live_heatmap")
 
 
-if st.session_state.get("watching"):
-    watch(st.session_state["watching"])
-else:
-    st.caption(f"Runs started here are written to the runs root in the sidebar: {root}")
+watch()
+st.caption(f"Runs started here are written to the runs root in the sidebar: {root}")
