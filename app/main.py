@@ -3,10 +3,11 @@ import streamlit as st
 
 from bsq_explore import dashboard
 
-st.set_page_config(page_title="bsq_explore", page_icon="🔢", layout="wide")
+st.set_page_config(page_title="bsq_explore", page_icon="🔢", layout="wide", initial_sidebar_state="collapsed")
 dashboard.sidebar()
 pages = [
-    st.Page("views/runs.py", title="Runs", icon=":material/table_rows:", default=True),
+    st.Page("views/home.py", title="Start here", icon=":material/school:", default=True),
+    st.Page("views/runs.py", title="Runs", icon=":material/table_rows:"),
     st.Page("views/heatmap.py", title="Bit heatmap", icon=":material/grid_on:"),
     st.Page("views/precision.py", title="Precision", icon=":material/timeline:"),
     st.Page("views/sweep.py", title="Sweep", icon=":material/scatter_plot:"),
@@ -15,4 +16,4 @@ pages = [
     st.Page("views/train.py", title="Train", icon=":material/play_arrow:"),
     st.Page("views/playground.py", title="Playground", icon=":material/science:"),
 ]
-st.navigation(pages).run()
+st.navigation(pages, position="top").run()  # the pages along the top: charts get the full width

@@ -200,12 +200,18 @@ def metrics_curves(metrics: pd.DataFrame):
                              line_color=RUN_COLORS[4]), 3, 1)
     fig.add_trace(go.Scatter(x=x, y=metrics.compression.where(metrics.compression.map(math.isfinite)),
                              name="compression", line_shape="hv", line_color=RUN_COLORS[5]), 4, 1)
-    fig.update_yaxes(range=[0, 101], title_text="%", row=1, col=1)
+    fig.update_yaxes(range=_percent_range([*metrics.test_acc, *metrics.train_acc]), title_text="%", row=1, col=1)
     fig.update_yaxes(title_text="bits", row=3, col=1)
     fig.update_yaxes(title_text="x", row=4, col=1)
     _stage_bands(fig, metrics)
     fig.update_xaxes(**{k: v for k, v in _epoch_ticks(metrics).items() if k != "title"})
     return _style(fig, "training curves", 900, xaxis4_title=EPOCH_TITLE)
+
+
+def _percent_range(accuracies) -> list[float]:
+    """A y range in % from just below the lowest accuracy to 100: differences of a point stay visible."""
+    shown = [100 * a for a in accuracies if a is not None and math.isfinite(a)]
+    return [max(0.0, math.floor(min(shown)) - 2), 100.5] if shown else [0, 100.5]
 
 
 def _power_ticks(values) -> dict:
@@ -285,7 +291,8 @@ def compare_metrics(metrics: dict[str, pd.DataFrame]):
         fig.add_trace(go.Scatter(x=x, y=100 * m.test_acc, name=name, legendgroup=name, line_color=color), 1, 1)
         fig.add_trace(go.Scatter(x=x, y=m.avg_bits, name=name, legendgroup=name, showlegend=False,
                                  line_shape="hv", line_color=color), 2, 1)
-    fig.update_yaxes(range=[0, 101], title_text="%", row=1, col=1)
+    fig.update_yaxes(range=_percent_range([a for m in metrics.values() for a in m.test_acc]), title_text="%",
+                     row=1, col=1)
     fig.update_yaxes(title_text="bits", row=2, col=1)
     fig.update_xaxes(tickmode="array", tickvals=ticks.position.tolist(), ticktext=ticks.label.tolist())
     return _style(fig, "the runs side by side", 600, xaxis2_title=EPOCH_TITLE)

@@ -49,6 +49,19 @@ def charts(at):
     return [c.proto.spec for c in at.get("plotly_chart")]
 
 
+def test_the_landing_page_explains_bsq_on_a_shipped_run_and_links_every_page(app):
+    at = AppTest.from_file(MAIN, default_timeout=60).run()  # the default page
+    assert not at.exception and at.title[0].value == "Watch bits die"
+    text = " ".join(m.value for m in at.markdown)
+    for words in ("bit planes", "penalty", "removed", "alpha", "density", "grey", "norm", "compression"):
+        assert words in text, words
+    table = list_runs(EXAMPLES)
+    assert len(charts(at)) == 1 and featured(table) in at.markdown[1].value  # the example is a real run
+    linked = {link.proto.page for link in at.get("page_link")}
+    pages = {p.stem for p in (EXAMPLES.parents[1] / "app" / "views").glob("*.py")} - {"home"}
+    assert {page.rsplit("/", 1)[-1].removesuffix(".py") for page in linked} >= pages, linked
+
+
 def test_runs_page_lists_every_run_and_the_damaged_reason(app):
     at = app("runs")
     listed = at.dataframe[0].value

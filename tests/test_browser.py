@@ -15,9 +15,9 @@ from test_sweep import EXAMPLES
 CHROMIUM = "/usr/bin/chromium"
 ROOT = EXAMPLES.parents[1]
 # page url path -> what it shows once rendered, with the default selection
-PLOT, METRIC, FORM = ".js-plotly-plot .main-svg", "[data-testid='stMetric']", "[data-testid='stForm']"
-PAGES = {"": METRIC, "heatmap": PLOT, "precision": PLOT, "sweep": PLOT, "compare": PLOT, "whatif": METRIC,
-         "train": FORM, "playground": PLOT}
+PLOT, METRIC, BUTTON = ".js-plotly-plot .main-svg", "[data-testid='stMetric']", "[data-testid='stButton']"
+PAGES = {"": PLOT, "runs": METRIC, "heatmap": PLOT, "precision": PLOT, "sweep": PLOT, "compare": PLOT, "whatif": METRIC,
+         "train": BUTTON, "playground": PLOT}
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
                                 reason="Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
@@ -55,14 +55,17 @@ def server(tmp_path_factory, tiny_run):
         proc.wait(timeout=20)
 
 
-def test_every_page_renders_in_chromium(server):
+def test_every_page_renders_in_chromium_for_a_projector_and_offline(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1024, "height": 768})  # a projector
+        outside = []  # every asset must come from the app itself: a lecture hall may be offline
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(server) and
+                not r.url.startswith(("data:", "blob:")) else None)
         for path, shown in PAGES.items():
             page.goto(f"{server}/{path}")
             page.wait_for_selector("[data-testid='stMain'] h1", timeout=60_000)
@@ -72,4 +75,16 @@ def test_every_page_renders_in_chromium(server):
             page.wait_for_timeout(500)
             assert page.locator("[data-testid='stSpinner']").count() == 0, f"/{path} is still loading"
             assert page.locator("[data-testid='stException']").count() == 0, f"exception on /{path}"
+            assert page.locator("[data-testid='stAppDeployButton']").count() == 0, f"a Deploy button on /{path}"
+            if path in ("sweep", "heatmap"):
+                sizes = page.eval_on_selector_all(".js-plotly-plot .xtick text, .js-plotly-plot .ytick text",
+                                                  "els => els.map(e => parseFloat(getComputedStyle(e).fontSize))")
+                assert sizes and min(sizes) >= 16, f"/{path} tick labels of {min(sizes)} px"
+                fills = page.eval_on_selector_all(".js-plotly-plot .xtick text",
+                                                  "els => els.map(e => getComputedStyle(e).fill)")
+                assert all(f in ("rgb(26, 26, 26)", "#1a1a1a") for f in fills), fills[:3]  # dark, not grey
+            if path == "heatmap":
+                box = page.locator(".js-plotly-plot").first.bounding_box()
+                assert box["width"] >= 600 and box["height"] >= 300, box
+        assert not outside, outside[:5]
         browser.close()

@@ -13,11 +13,7 @@ if table.empty:
 damaged = table[table.status == "damaged"]
 if len(damaged):
     st.warning(f"{len(damaged)} damaged run(s): " + "; ".join(f"{n}: {r}" for n, r in zip(damaged.name, damaged.reason)))
-columns = ["name", "status", "sweep", "kind", "alpha", "test_acc", "avg_bits", "compression", "epochs", "reason"]
-st.dataframe(table[columns], hide_index=True,
-             column_config={"test_acc": st.column_config.NumberColumn(format="%.3f"),
-                            "avg_bits": st.column_config.NumberColumn(format="%.2f"),
-                            "compression": st.column_config.NumberColumn(format="%.1fx")})
+dashboard.run_table(table)
 run = dashboard.pick_run("open a run")
 if run is not None:
     text = runs.describe(run.summary)
