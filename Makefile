@@ -33,7 +33,8 @@ bench: $(STAMP)
 # The shipped example sweeps, made by the kit's own command. Each completes what is missing (a killed
 # `make examples` resumes) and never repeats a finished run; to remake a sweep, delete its folders
 # first (rm -rf data/examples/fashion-*). Checkpoints and float models are dropped to stay small.
-# Measured on 2 CPU cores: digits 2.5 min (machine busy), fashion 70 min; cifar10 about 90 min (from its epoch times).
+# Measured on 2 CPU cores: digits 2.5 min (machine busy), fashion 70 min, cifar10 about 75 min (float 16 min,
+# then 9 runs two at a a time, 5-14 min each).
 SWEEP  := $(BIN)/bsq-explore sweep --runs data/examples --jobs 2
 PRUNE  := find data/examples \( -name checkpoint.pt -o -name float.pt \) -delete
 CIFAR10 ?= ../shared/datasets/cifar10
@@ -50,7 +51,7 @@ examples-fashion: $(STAMP)
 	$(PRUNE)
 
 examples-cifar10: $(STAMP)
-	$(SWEEP) --preset cifar10-resnet20-cpu --name cifar10 --dataset folder:$(CIFAR10) --alphas 0.1,0.3,1,3 \
+	$(SWEEP) --preset cifar10-resnet20-cpu --name cifar10 --dataset folder:$(CIFAR10) --alphas 0.1,0.3,0.5,0.7,1,3 \
 	    --uniform 2,3,4
 	$(PRUNE)
 

@@ -1,5 +1,6 @@
-"""App benchmarks (issue 5): loading a ResNet-20-sized run of 650 epochs, the first render of the
-Bit heatmap page for it (AppTest), and one What-if re-evaluation of a digits model.
+"""App benchmarks: loading a ResNet-20-sized run of 650 epochs, the first render of the Bit heatmap
+page for it (AppTest), one What-if re-evaluation of a digits model, and the server time of every
+page's first draw in a new session and of each interaction (issue 16's targets: <= 2 s, <= 0.3 s).
 
 Run by hand: .venv/bin/python benchmarks/app.py
 """
@@ -56,6 +57,111 @@ def main():
     print(f"{'load_run':<44}{load_s:>12.3f}{'<= 0.3':>10}")
     print(f"{'Bit heatmap page, first render (AppTest)':<44}{render_s:>12.3f}{'<= 1.5':>10}")
     print(f"{'What-if re-evaluation, digits':<44}{whatif_s:>12.4f}{'<= 1':>10}")
+    for label, seconds, target in interactions(AppTest) + in_the_browser():
+        print(f"{label:<44}{seconds:>12.3f}{target:>10}")
+
+
+def interactions(AppTest):
+    """(label, median server seconds, target) of each page's first draw in a new session (the
+    server warm: imports and caches done once) and of one move of each page's main control."""
+    def session(page, **params):
+        at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
+        for key, value in params.items():
+            at.query_params[key] = value
+        return at.switch_page(f"views/{page}.py")
+
+    pages = [("home", {}), ("runs", {}), ("heatmap", dict(run="digits-a0.3")), ("precision", dict(run="digits-a0.3")),
+             ("sweep", dict(sweep="digits")), ("compare", dict(run="digits-a0.3", other="digits-a0.1")),
+             ("whatif", dict(run="digits-a0.3")), ("train", {}), ("playground", {})]
+    session("home").run()  # warm the server: torch, plotly and the caches load once per server
+    rows = [(f"first draw, new session: {page}", timed(lambda: session(page, **params).run(), 3), "<= 2")
+            for page, params in pages]
+
+    def moves(page, params, move, values):
+        at = session(page, **params).run()
+        times = []
+        for value in values:
+            start = time.perf_counter()
+            move(at, value).run()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    rows += [
+        ("heatmap: epoch slider", moves("heatmap", dict(run="digits-a0.3"), lambda at, v: at.select_slider[0].set_value(v),
+                                        (10, 20, 30, 40, 50)), "<= 0.3"),
+        ("heatmap: animation toggle", moves("heatmap", dict(run="digits-a0.3"), lambda at, v: at.toggle[0].set_value(v),
+                                            (True, False, True)), "<= 0.3"),
+        ("what if: a layer's bits", moves("whatif", dict(run="digits-a0.3"), lambda at, v: at.slider[0].set_value(v),
+                                          (3, 2, 1)), "<= 0.3"),
+        ("sweep: alpha picker", moves("sweep", dict(sweep="digits"), lambda at, v: at.selectbox[1].set_value(v),
+                                      ("digits-a0.1", "digits-a0.4", "digits-a0.25")), "<= 0.3"),
+    ]
+    return rows
+
+
+
+def in_the_browser():
+    """(label, median seconds, target) measured in headless Chromium on a served app: a page's first
+    draw in a new tab (a new session; the server and the browser's cache warm) until its chart is
+    drawn, and an epoch slider move (one arrow key) until the heatmap's title shows the new epoch."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
+                               "--server.headless", "true", "--server.port", str(port)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium",
+                                        args=["--headless", "--no-sandbox", "--disable-gpu"])
+
+            context = browser.new_context(viewport={"width": 1024, "height": 768})  # its cache: a user's browser
+
+            def first_draw(path):  # a new tab is a new session of the app
+                page = context.new_page()
+                start = time.perf_counter()
+                page.goto(f"{url}/{path}")
+                page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+                seconds = time.perf_counter() - start
+                page.close()
+                return seconds
+
+            first_draw("")  # warm the server
+            for path in ("", "heatmap?run=digits-a0.3", "sweep?sweep=digits", "precision?run=digits-a0.3"):
+                rows.append((f"browser: first draw /{path.split('?')[0]}", statistics.median(
+                    first_draw(path) for _ in range(3)), "<= 2"))
+            page = context.new_page()
+            page.goto(f"{url}/heatmap?run=digits-a0.3")
+            page.wait_for_selector(".js-plotly-plot .gtitle", timeout=60_000)
+            slider = page.locator("[data-testid='stSlider'] input[type='range']").first
+            times = []
+            for _ in range(5):
+                before = page.locator(".js-plotly-plot .gtitle").first.text_content()
+                start = time.perf_counter()
+                slider.press("ArrowLeft")
+                page.wait_for_function("t => document.querySelector('.js-plotly-plot .gtitle').textContent != t",
+                                       arg=before, timeout=30_000)
+                times.append(time.perf_counter() - start)
+            rows.append(("browser: heatmap epoch slider", statistics.median(times), "<= 0.3"))
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    return rows
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 
 from .bits import from_bits, levels, plane_values, to_bits
-from .runs import Run
+from .runs import Run, finished_bsq
 from .stats import FLOAT_BITS, size_of
 
 
@@ -100,6 +100,24 @@ def verdict(table: pd.DataFrame, within: float = 0.005) -> pd.DataFrame:
         row["size_ratio"] = bits / row["smallest_bits"] if row["smallest_bits"] else None
         rows.append(row)
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def featured(table: pd.DataFrame) -> str:
+    """The run to open first: from the sweep on the hardest problem (its float model the least
+    accurate: real data before digits), the most compressed BSQ run within 2 points of that float
+    model; without sweeps, the most compressed BSQ run within 2 points of the best; else the first run."""
+    done = finished_bsq(table).dropna(subset=["test_acc", "compression"])
+    if done.empty:
+        return table.name.iloc[0]
+    floats = table[(table.kind == "float") & (table.status == "finished") & table.sweep.isin(done.sweep)]
+    floats = floats.dropna(subset=["test_acc"])
+    if len(floats):
+        hardest = floats.sort_values("test_acc").iloc[0]
+        done, best = done[done.sweep == hardest.sweep], hardest.test_acc
+    else:
+        best = table.test_acc.max()
+    good = done[done.test_acc >= best - 0.02]
+    return (good if len(good) else done).sort_values("compression").name.iloc[-1]
 
 
 def reduce_precision(exported: dict, nbits: dict[str, int]) -> dict:

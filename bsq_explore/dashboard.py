@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from .paths import EXAMPLES, runs_root
+from .analysis import featured
 from .runs import DamagedRun, Run, check_name, finished_bsq, list_runs, load_run, stamp
 
 
@@ -50,7 +51,13 @@ def run_table(frame: pd.DataFrame) -> None:
     columns that are empty in every row are left out."""
     frame = frame.drop(columns=[c for c in ("path", "reason") if c in frame and not frame[c].astype(bool).any()])
     frame = frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") for c in ("alpha", "nbits") if c in frame})
-    st.dataframe(frame[[c for c in RUN_COLUMNS if c in frame]], hide_index=True, column_config=RUN_COLUMNS)
+    st.dataframe(frame[[c for c in RUN_COLUMNS if c in frame]], hide_index=True, column_config=RUN_COLUMNS,
+                 height=table_height(len(frame)))
+
+
+def table_height(rows: int, most: int = 30) -> int:
+    """Pixels that show `rows` rows (up to `most`) without a scroll box: a header and 35 px a row."""
+    return 38 + 35 * max(1, min(rows, most))
 
 
 def pick_sweep(table: pd.DataFrame) -> str | None:
@@ -163,24 +170,6 @@ def pick_run(label: str = "run", key: str = "run", finished_only: bool = False, 
     st.session_state[f"last_{key}"] = name
     st.query_params[key] = name
     return open_run(name)
-
-
-def featured(table: pd.DataFrame) -> str:
-    """The run to open first: from the sweep on the hardest problem (its float model the least
-    accurate: real data before digits), the most compressed BSQ run within 2 points of that float
-    model; without sweeps, the most compressed BSQ run within 2 points of the best; else the first run."""
-    done = finished_bsq(table).dropna(subset=["test_acc", "compression"])
-    if done.empty:
-        return table.name.iloc[0]
-    floats = table[(table.kind == "float") & (table.status == "finished") & table.sweep.isin(done.sweep)]
-    floats = floats.dropna(subset=["test_acc"])
-    if len(floats):
-        hardest = floats.sort_values("test_acc").iloc[0]
-        done, best = done[done.sweep == hardest.sweep], hardest.test_acc
-    else:
-        best = table.test_acc.max()
-    good = done[done.test_acc >= best - 0.02]
-    return (good if len(good) else done).sort_values("compression").name.iloc[-1]
 
 
 def pick_step(steps: list[int], labels: list[str], key: str = "epoch") -> int:

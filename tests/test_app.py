@@ -8,7 +8,7 @@ import pytest
 from streamlit.logger import get_logger
 from streamlit.testing.v1 import AppTest
 
-from bsq_explore.dashboard import featured
+from bsq_explore.analysis import featured
 from bsq_explore.runs import list_runs, load_run
 from test_sweep import EXAMPLES
 

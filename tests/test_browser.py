@@ -83,6 +83,9 @@ def test_every_page_renders_in_chromium_for_a_projector_and_offline(server):
                 fills = page.eval_on_selector_all(".js-plotly-plot .xtick text",
                                                   "els => els.map(e => getComputedStyle(e).fill)")
                 assert all(f in ("rgb(26, 26, 26)", "#1a1a1a") for f in fills), fills[:3]  # dark, not grey
+            captions = page.eval_on_selector_all("[data-testid='stCaptionContainer']",
+                                                 "els => els.map(e => parseFloat(getComputedStyle(e).fontSize))")
+            assert not captions or min(captions) >= 16, f"/{path} captions of {min(captions)} px"
             if path == "heatmap":
                 box = page.locator(".js-plotly-plot").first.bounding_box()
                 assert box["width"] >= 600 and box["height"] >= 300, box

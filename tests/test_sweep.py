@@ -113,6 +113,23 @@ def test_shipped_fashion_sweep_spans_8_bits_to_collapse_with_every_baseline():
     assert table.query("kind == 'uniform'").nbits.tolist() == [1, 2, 3, 4, 8]
 
 
+def test_shipped_cifar10_sweep_is_the_cpu_preset_of_the_papers_resnet20_with_its_baselines():
+    from bsq_explore.config import preset
+
+    table = sweep_table(list_runs(EXAMPLES), "cifar10")
+    assert table.status.eq("finished").all()
+    bsq = table.query("kind == 'bsq'").sort_values("alpha")
+    assert len(bsq) >= 4 and table.query("kind == 'uniform'").nbits.tolist() == [2, 3, 4]
+    assert bsq.avg_bits.is_monotonic_decreasing and bsq.avg_bits.iloc[-1] < 1, "past the collapse"
+    float_run = load_run(EXAMPLES / "cifar10-float")
+    shipped = float_run.config
+    assert shipped == preset("cifar10-resnet20-cpu", dataset=shipped.dataset, bsq_epochs=0, finetune_epochs=0)
+    assert shipped.model == "resnet20" and shipped.act_bits == 4 and shipped.dataset.startswith("folder:")
+    run = load_run(EXAMPLES / bsq.name.iloc[0])
+    last = run.layers[run.layers.step == run.layers.step.max()]
+    assert len(last) == 20 and not last.layer.str.contains("downsample").any()  # a 20-layer heatmap
+
+
 def test_ray_backend_writes_the_same_runs_as_the_local_one(local_sweep, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is the optional extra bsq_explore[ray] (make test installs it)")
     root, local = local_sweep

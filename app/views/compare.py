@@ -23,7 +23,8 @@ for col, run in zip(st.columns(2), (a, b)):
         fig = plots.bit_heatmap(run.bits, step)
         fig.update_layout(title_text=f"{run.name}: {fig.layout.title.text}")
         dashboard.chart(fig, key=f"heat_{run.name}")
-        st.dataframe(analysis.final_layers(run)[["layer", "numel", "nbits"]], hide_index=True, column_config={
+        final = analysis.final_layers(run)[["layer", "numel", "nbits"]]
+        st.dataframe(final, hide_index=True, height=dashboard.table_height(len(final)), column_config={
             "numel": st.column_config.NumberColumn("weights"), "nbits": st.column_config.NumberColumn("final bits")})
 st.caption("Curves are aligned by stage: BSQ epoch 1 sits at the same place for both runs, whatever their float "
            "pretraining (a sweep's runs start from its shared float model).")

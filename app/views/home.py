@@ -1,7 +1,7 @@
 """Start here: what BSQ does, how to read a bit heatmap (on a shipped run), and where to go next."""
 import streamlit as st
 
-from bsq_explore import dashboard, plots
+from bsq_explore import analysis, dashboard, plots
 
 st.title("Watch bits die")
 st.markdown(
@@ -13,7 +13,7 @@ st.markdown(
     "out all zero is **removed**: its layer now needs one bit fewer. Each layer ends at the precision it "
     "needs, and **alpha**, the penalty's strength, trades accuracy against size.")
 table = dashboard.all_runs()
-name = dashboard.featured(table) if len(table) else None
+name = analysis.featured(table) if len(table) else None
 run = dashboard.open_run(name) if name else None
 if run is not None and not run.bits.empty:
     st.subheader("How to read a bit heatmap")

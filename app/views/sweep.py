@@ -21,7 +21,8 @@ st.subheader("BSQ against uniform quantization")
 st.caption("For each uniform k-bit baseline: the most accurate BSQ run of at most k average bits (gain: its "
            "accuracy minus the baseline's, in points), and the smallest BSQ run within half a point of the "
            "baseline (size ratio above 1: BSQ is smaller). Final test accuracies.")
-st.dataframe(analysis.verdict(sweep), hide_index=True, column_config=dashboard.VERDICT_COLUMNS)
+verdict = analysis.verdict(sweep)
+st.dataframe(verdict, hide_index=True, height=dashboard.table_height(len(verdict)), column_config=dashboard.VERDICT_COLUMNS)
 st.subheader("Every run of the sweep")
 dashboard.run_table(sweep)
 if bsq.empty:
