@@ -34,7 +34,7 @@ bench: $(STAMP)
 # `make examples` resumes) and never repeats a finished run; to remake a sweep, delete its folders
 # first (rm -rf data/examples/fashion-*). Checkpoints and float models are dropped to stay small.
 # Measured on 2 CPU cores: digits 2.5 min (machine busy), fashion 70 min, cifar10 about 75 min (float 16 min,
-# then 9 runs two at a a time, 5-14 min each).
+# then 9 runs two at a time, 5-14 min each).
 SWEEP  := $(BIN)/bsq-explore sweep --runs data/examples --jobs 2
 PRUNE  := find data/examples \( -name checkpoint.pt -o -name float.pt \) -delete
 CIFAR10 ?= ../shared/datasets/cifar10

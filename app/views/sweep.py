@@ -12,6 +12,12 @@ if name is None:
     st.info("No sweeps yet. Run one with `bsq-explore sweep --preset digits-mlp --alphas 0,0.1,0.2,0.3 --jobs 2`.")
     st.stop()
 sweep = runs.sweep_table(table, name)
+floats = table[(table.sweep == name) & (table.kind == "float") & (table.status == "finished")]
+if len(floats):
+    c = runs.load_run(floats.path.iloc[0]).config
+    st.caption(f"Schedule of this sweep: {c.model} on {c.dataset}, {c.train_subset or 'all'} training images, "
+               f"{c.pretrain_epochs} float + {c.bsq_epochs} BSQ + {c.finetune_epochs} finetune epochs"
+               + (" (the paper's recipe is 200 + 350 + 300 epochs on a GPU)" if c.model == "resnet20" else "") + ".")
 colors = plots.alpha_colors(sweep.alpha.dropna())
 event = dashboard.chart(plots.pareto(sweep), on_select="rerun", selection_mode="points", key="pareto")
 bsq = runs.finished_bsq(sweep)
