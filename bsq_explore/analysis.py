@@ -258,7 +258,7 @@ PAPER = dict(source="paper (Yang et al. 2021)", model="resnet20", act_bits=4, al
 def paper_comparison(run: Run) -> pd.DataFrame:
     """The run's alpha, activation bits, epochs, average bits, compression and test accuracy next to
     the paper's reported ResNet-20 / CIFAR-10 trade-off."""
-    c, s = run.info["config"], run.info.get("summary") or {}
+    c, s = run.info["config"], run.summary
     columns = ["source", "model", "act_bits", "alpha", "epochs", "avg_bits", "compression", "test_acc"]
     mine = dict(source=run.name, model=c["model"], act_bits=c["act_bits"], alpha=c["alpha"],
                 epochs=f"{c['pretrain_epochs']}+{c['bsq_epochs']}+{c['finetune_epochs']}",

@@ -165,8 +165,8 @@ def _config(args):
 def cmd_train(args) -> int:
     from contextlib import closing
 
-    from .progress import ProgressBar
     from .paths import runs_root
+    from .progress import ProgressBar
     from .train import resume, train
 
     if (args.resume or args.overwrite) and not args.name:
@@ -174,10 +174,9 @@ def cmd_train(args) -> int:
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     config = _config(args)
-    name = args.name or ""
-    with closing(ProgressBar(name or "train")) as bar:
+    with closing(ProgressBar(args.name or "train")) as bar:
         if args.resume:
-            path = resume(runs_root(args.runs) / name, config, callbacks=[bar])
+            path = resume(runs_root(args.runs) / args.name, config, callbacks=[bar])
         else:
             path = train(config, runs=args.runs, name=args.name, callbacks=[bar], overwrite=args.overwrite)
     print(path)

@@ -100,7 +100,11 @@ def bit_heatmap(bits: pd.DataFrame, step: int | None = None, value: str = "densi
     removed planes show the grey background, so a live plane that is merely sparse (dark) never
     looks like a dead one. Values are printed in the cells when they fit.
     """
-    trace, steps, labels = _heatmap_trace(bits, value)
+    return _still_heatmap(*_heatmap_trace(bits, value), step)[0]
+
+
+def _still_heatmap(trace, steps: pd.DataFrame, labels: dict, step: int | None):
+    """(figure, step) of bit_heatmap from _heatmap_trace's parts, at step (default the last)."""
     step = int(steps.step.iloc[-1]) if step is None else int(step)
     if step not in labels:
         raise ValueError(f"no bit frame at step {step}; steps run from {steps.step.min()} to {steps.step.max()}")
@@ -108,16 +112,15 @@ def bit_heatmap(bits: pd.DataFrame, step: int | None = None, value: str = "densi
     rows = len(fig.data[0].y)
     return _style(fig, f"bit planes, {labels[step]}", max(340, 40 * rows + 180),
                   xaxis=dict(title="bit (most significant left)", type="category"),
-                  yaxis=dict(title="layer", autorange="reversed", type="category"), plot_bgcolor=REMOVED)
+                  yaxis=dict(title="layer", autorange="reversed", type="category"), plot_bgcolor=REMOVED), step
 
 
 def bit_heatmap_animation(bits: pd.DataFrame, step: int | None = None, value: str = "density"):
     """bit_heatmap with every epoch as an animation frame (at most MAX_FRAMES, the last always),
     a slider and a play button below the chart; it opens, and plays on from, step (default the last)."""
     go = _go()
-    fig = bit_heatmap(bits, step, value)
     trace, steps, labels = _heatmap_trace(bits, value)
-    step = int(steps.step.iloc[-1]) if step is None else int(step)
+    fig, step = _still_heatmap(trace, steps, labels, step)
     shown = steps.step.tolist()[:: max(1, math.ceil(len(steps) / MAX_FRAMES))]
     if shown[-1] != steps.step.iloc[-1]:
         shown.append(int(steps.step.iloc[-1]))

@@ -166,14 +166,14 @@ class Run:
         return model
 
 
-def _read_torch(path: Path, missing: str, map_location: str = "cpu"):
-    """torch.load with weights_only (no pickled code runs); a bad file is a DamagedRun."""
+def _read_torch(path: Path, missing: str):
+    """torch.load onto the CPU with weights_only (no pickled code runs); a bad file is a DamagedRun."""
     import torch
 
     if not path.exists():
         raise FileNotFoundError(missing)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a truncated or foreign file
         raise unreadable(path, err) from None
 

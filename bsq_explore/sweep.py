@@ -11,8 +11,8 @@ from typing import NamedTuple
 import pandas as pd
 
 from .config import UNIFORM_BITS, BSQConfig, preset
-from .progress import ProgressBar
 from .paths import runs_root
+from .progress import ProgressBar
 from .runs import CHECKPOINT, FLOAT_MODEL, DamagedRun, check_name, list_runs, read_info, run_name, sweep_table
 from .train import RunFailed, resume, train
 

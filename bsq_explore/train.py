@@ -243,8 +243,9 @@ def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | 
     """Run config into the new folder <runs>/<name>/ and return its path.
 
     An existing name is an error unless overwrite=True replaces it. Callbacks get an Event per
-    epoch. An error once the run has begun marks it failed and raises RunFailed from it (a
-    KeyboardInterrupt is re-raised as it is); finished epochs stay, and resume() goes on.
+    epoch. An error once the run has begun marks it failed and raises RunFailed from it; a
+    KeyboardInterrupt (Ctrl-C, or stop() from another process) marks it stopped and is re-raised.
+    Either way the finished epochs stay, and resume() goes on.
     """
     root = runs_root(runs)
     path = root / check_name(name or f"{run_name(config, config.model)}-{datetime.now():%Y%m%d-%H%M%S}")
@@ -272,8 +273,8 @@ def resume(path: str | os.PathLike, config: BSQConfig | None = None,
     ckpt = read_checkpoint(path)
     saved = BSQConfig.from_dict(ckpt["config"])
     if config is not None and config != saved:
-        changed = [f"{k} ({saved.to_dict()[k]!r} in the run, {v!r} given)"
-                   for k, v in config.to_dict().items() if saved.to_dict()[k] != v]
+        own = saved.to_dict()
+        changed = [f"{k} ({own[k]!r} in the run, {v!r} given)" for k, v in config.to_dict().items() if own[k] != v]
         raise ValueError(f"cannot resume {path} with another config: {', '.join(changed)}")
     device = resolve_device(saved.device)
     with cpu_threads(saved.threads):
@@ -313,7 +314,10 @@ def _run(folder: RunFolder, config: BSQConfig, model, ds, generator, opt, done: 
     except BaseException as err:  # a stop (Ctrl-C, or stop() from another process) is not a failure
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         try:
-            folder.stop() if isinstance(err, KeyboardInterrupt) else folder.fail(reason)
+            if isinstance(err, KeyboardInterrupt):
+                folder.stop()
+            else:
+                folder.fail(reason)
         except OSError:  # a full disk can refuse run.json too; keep the first error (the run then lists as stale)
             pass
         if isinstance(err, Exception):

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from bsq_explore import analysis, dashboard, plots, runs
+from bsq_explore.config import BSQConfig
 
 st.title("Sweep")
 st.caption("A sweep trains one float model, then one BSQ run per alpha (the penalty's strength) from it, and "
@@ -14,7 +15,7 @@ if name is None:
 sweep = runs.sweep_table(table, name)
 floats = table[(table.sweep == name) & (table.kind == "float") & (table.status == "finished")]
 if len(floats):
-    c = runs.load_run(floats.path.iloc[0]).config
+    c = BSQConfig.from_dict(runs.read_info(floats.path.iloc[0])["config"])
     st.caption(f"Schedule of this sweep: {c.model} on {c.dataset}, {c.train_subset or 'all'} training images, "
                f"{c.pretrain_epochs} float + {c.bsq_epochs} BSQ + {c.finetune_epochs} finetune epochs"
                + (" (the paper's recipe is 200 + 350 + 300 epochs on a GPU)" if c.model == "resnet20" else "") + ".")
