@@ -47,6 +47,13 @@ def test_bit_heatmap_animation_and_norm(run):
     assert fig.layout.sliders[0].active == 0, "it opens at the step asked for"
 
 
+def test_every_animation_frame_shows_that_epochs_still_heatmap(run):
+    fig = plots.bit_heatmap_animation(run.bits, value="norm")
+    for frame in fig.frames[::7]:
+        assert frame.traces == (0,)  # a frame changes only the values: colour scale and text stay
+        assert frame.data[0].z == plots.bit_heatmap(run.bits, int(frame.name), "norm").data[0].z
+
+
 def test_animation_controls_sit_below_the_axis_title(run):
     fig = plots.bit_heatmap_animation(run.bits)
     assert fig.layout.sliders[0].active == len(fig.frames) - 1  # by default at the last epoch
@@ -75,6 +82,14 @@ def test_precision_timeline(run):
     dotted = [s.x0 + 0.5 for s in fig.layout.shapes if s.line.dash == "dot"]
     assert dotted == [10, 20, 30, 40]  # requantized every 10 BSQ epochs, precision changed each time
     assert [s.x0 + 0.5 for s in fig.layout.shapes if s.line.color == "crimson"] == [41]  # finetune starts
+    # each layer's bits printed where they change, so a row reads '8 ... 6 ... 4' without hovering
+    fc1 = run.layers[run.layers.layer == "fc1"].sort_values("step")
+    printed = {int(s): t for s, t in zip(heat.x, heat.text[0]) if t}
+    changes = fc1[fc1.nbits.diff().ne(0)]
+    assert printed == {int(s): f"{b:g}" for s, b in zip(changes.step, changes.nbits)} and heat.texttemplate == "%{text}"
+    ticks = fig.layout.xaxis.tickvals  # every stage's start is labelled, and no two labels crowd each other
+    starts = run.layers.drop_duplicates("stage").step
+    assert set(starts) <= set(ticks) and min(b - a for a, b in zip(ticks, ticks[1:])) >= 3
 
 
 def test_metrics_curves(run):
