@@ -196,6 +196,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    import pandas as pd
+
     from .paths import EXAMPLES, runs_root
     from .runs import list_runs
 
@@ -205,7 +207,8 @@ def cmd_ls(args) -> int:
         print(f"no runs under {', '.join(map(str, roots))}; start one with: bsq-explore train")
         return 0
     cols = ["name", "status", "kind", "alpha", "test_acc", "avg_bits", "compression", "epochs", "reason"]
-    print(table[cols].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+    numbers = {c: pd.to_numeric(table[c], errors="coerce") for c in cols[3:-1]}  # None in an object column
+    print(table[cols].assign(**numbers).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
     return 0
 
 

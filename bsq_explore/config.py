@@ -46,9 +46,11 @@ class BSQConfig:
                                       # since they change float summation order and so every frame
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):  # nan slips through the comparisons below, inf trains to nan
+        for f in dataclasses.fields(self):  # a run.json or --config file can hold any JSON value
             value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
+            if not _has_type(value, f.default):
+                raise ValueError(f"{f.name} must be {_TYPE_NAMES[type(f.default)]}, got {value!r:.40}")
+            if isinstance(value, float) and not math.isfinite(value):  # nan slips through the checks below
                 raise ValueError(f"{f.name} must be a finite number, got {value}")
         checks = [
             (1 <= self.nbits <= MAX_BITS, f"nbits must be 1..{MAX_BITS}"),
@@ -61,6 +63,7 @@ class BSQConfig:
             (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0"),
             (-2**63 <= self.seed < 2**64, "seed must fit in 64 bits"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.pretrain_epochs + self.bsq_epochs + self.finetune_epochs > 0, "a run needs at least one epoch"),
             (1 <= self.threads <= MAX_THREADS, f"threads must be 1..{MAX_THREADS}"),
             (min(self.train_subset, self.test_subset) >= 0, "subsets must be >= 0"),
             (self.act_bits == 0 or 1 <= self.act_bits <= MAX_BITS, f"act_bits must be 0 or 1..{MAX_BITS}"),
@@ -88,6 +91,20 @@ class BSQConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+def _has_type(value, default) -> bool:
+    """Whether value has the type of the field whose default is given: ints are not bools, a float
+    field takes an int, milestones are a tuple of ints."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, tuple):
+        return isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, type(default))
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               tuple: "a list of integers"}
 MAX_THREADS = 256
 DEVICES = ("cpu", "cuda", "auto")  # and cuda:N
 UNIFORM_BITS = (2, 3, 4, 8)  # a sweep's uniform-precision baselines unless it names others

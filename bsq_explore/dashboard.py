@@ -1,6 +1,7 @@
 """Streamlit glue shared by the app's pages: runs roots, cached loading, the URL's run/sweep/epoch."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -174,8 +175,8 @@ def pick_run(label: str = "run", key: str = "run", finished_only: bool = False, 
 
 def pick_step(steps: list[int], labels: list[str], key: str = "epoch") -> int:
     """An epoch slider over the logged steps, remembered in the URL (?epoch=STEP)."""
-    wanted = st.query_params.get(key)
-    start = int(wanted) if wanted is not None and wanted.lstrip("-").isdigit() and int(wanted) in steps else steps[-1]
+    wanted = st.query_params.get(key, "")
+    start = int(wanted) if re.fullmatch(r"-?[0-9]{1,18}", wanted) and int(wanted) in steps else steps[-1]  # '²' is a digit
     if len(steps) == 1:
         return steps[0]
     step = st.select_slider("epoch", options=steps, value=start, format_func=dict(zip(steps, labels)).get,

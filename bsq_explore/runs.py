@@ -9,6 +9,7 @@ import platform
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +32,19 @@ FRAME_COLUMNS = {
     "layers": ["stage", "epoch", "step"] + LAYER_COLUMNS,
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}$")
+MAX_BYTES = {INFO: 1 << 20, "frame": 1 << 30, "torch": 4 << 30}  # reads refuse bigger files (a /dev/zero link)
+SUMMARY_KEYS = ("test_acc", "bsq_acc", "avg_bits", "compression")
+TEXT_COLUMNS = {"stage", "layer", "kind"}  # every other frame column is a number
+KEY_COLUMNS = {"step", "epoch", "bit"}  # numbers that must be finite: rows are found by them
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)  # the only way to read it; set back at once, at import, before any thread
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()  # run files are as readable as any file the user makes (a shared runs root)
 
 
 class DamagedRun(Exception):
@@ -67,6 +81,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside path, flush it to disk, then rename over path."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600 whatever the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -168,14 +183,46 @@ class Run:
 
 def _read_torch(path: Path, missing: str):
     """torch.load onto the CPU with weights_only (no pickled code runs); a bad file is a DamagedRun."""
+    import pickle
+
     import torch
 
     if not path.exists():
         raise FileNotFoundError(missing)
+    data = read_regular(path, MAX_BYTES["torch"])
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own message advises weights_only=False: never take it
+        raise DamagedRun(f"{path.name} is unreadable: it holds objects other than tensors (refused, as loading "
+                         "it could run code)") from None
     except Exception as err:  # torch raises several types for a truncated or foreign file
         raise unreadable(path, err) from None
+
+
+def open_regular(path: Path, limit: int):
+    """path opened for reading if it is a regular file of at most limit bytes, else a DamagedRun:
+    a named pipe, a device or a folder in a run's place must neither hang nor flood a reader."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a pipe with no writer would block a plain open
+    except FileNotFoundError:
+        raise DamagedRun(f"{path.name} is missing") from None
+    except OSError as err:
+        raise DamagedRun(f"{path.name} cannot be opened ({err.strerror or err})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        raise DamagedRun(f"{path.name} is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                         f"{path.name} is {info.st_size} bytes, more than a run writes ({limit})")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of open_regular(path, limit), read from that one open (never torn by a rename)."""
+    with open_regular(path, limit) as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:  # it grew while read
+        raise DamagedRun(f"{path.name} is more than {limit} bytes")
+    return data
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -228,10 +275,14 @@ def _frame_file(kind: str) -> str:
     return f"{kind}.parquet"
 
 
-def _check_columns(name: str, kind: str, columns) -> None:
+def _check_columns(name: str, kind: str, columns: dict[str, bool]) -> None:
+    """columns: each column's name and whether it holds numbers (ints or floats)."""
     missing = [c for c in FRAME_COLUMNS[kind] if c not in columns]
     if missing:
         raise DamagedRun(f"{name} lacks columns {', '.join(missing)}")
+    wrong = [c for c in FRAME_COLUMNS[kind] if columns[c] == (c in TEXT_COLUMNS)]
+    if wrong:
+        raise DamagedRun(f"{name} has columns of the wrong type: {', '.join(wrong)}")
 
 
 def unreadable(path: Path, err: Exception) -> DamagedRun:
@@ -243,44 +294,76 @@ def _read_frame(folder: Path, kind: str, info: dict) -> pd.DataFrame:
     path = _frame_path(folder, kind, info)
     if path is None:
         return pd.DataFrame(columns=FRAME_COLUMNS[kind])
-    try:  # one read of one file: given a path, pyarrow takes its size and opens it apart, and a rename
-        frame = pd.read_parquet(io.BytesIO(path.read_bytes()))  # in between tears the read
+    data = read_regular(path, MAX_BYTES["frame"])  # one read of one file: given a path, pyarrow takes
+    try:                                             # its size and opens it apart, and a rename tears that
+        frame = pd.read_parquet(io.BytesIO(data))
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise unreadable(path, err) from None
-    _check_columns(path.name, kind, frame.columns)
+    numeric = pd.api.types.is_numeric_dtype
+    _check_columns(path.name, kind, {c: numeric(t) and not pd.api.types.is_bool_dtype(t)
+                                     for c, t in frame.dtypes.items()})
+    keys = [c for c in KEY_COLUMNS if c in FRAME_COLUMNS[kind]]
+    if not frame[keys].map(math.isfinite).all().all():
+        raise DamagedRun(f"{path.name} has a missing or infinite {'/'.join(keys)}")
+    _check_rows(path.name, len(frame), info)
     return frame
+
+
+def _check_rows(name: str, rows: int, info: dict) -> None:
+    if rows == 0 and info["status"] == "finished":
+        raise DamagedRun(f"{name} has no rows although the run finished")
 
 
 def _check_frame(folder: Path, kind: str, info: dict) -> int:
     """Validate a frame from its footer alone (cheap, for listings); returns its row count."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = _frame_path(folder, kind, info)
     if path is None:
         return 0
-    try:
-        with open(path, "rb") as file:  # one open, as in _read_frame
+    with open_regular(path, MAX_BYTES["frame"]) as file:  # one open, as in _read_frame
+        try:
             meta = pq.read_metadata(file)
-    except Exception as err:
-        raise unreadable(path, err) from None
-    _check_columns(path.name, kind, meta.schema.names)
+            schema = meta.schema.to_arrow_schema()
+        except Exception as err:
+            raise unreadable(path, err) from None
+    _check_columns(path.name, kind, {f.name: pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+                                     for f in schema})
+    keys = [c for c in KEY_COLUMNS if c in FRAME_COLUMNS[kind]]
+    for group in (meta.row_group(i) for i in range(meta.num_row_groups)):
+        for column in (group.column(j) for j in range(group.num_columns)):
+            stats = column.statistics  # the footer's min, max and null count say as much as the data
+            if column.path_in_schema in keys and stats is not None and (
+                    stats.null_count or (stats.has_min_max and not math.isfinite(stats.min + stats.max))):
+                raise DamagedRun(f"{path.name} has a missing or infinite {'/'.join(keys)}")
+    _check_rows(path.name, meta.num_rows, info)
     return meta.num_rows
 
 
 def read_info(folder: Path) -> dict:
-    path = Path(folder) / INFO
-    if not path.exists():
-        raise DamagedRun(f"{INFO} is missing")
+    """run.json of the run at folder, every field checked (type and range); a DamagedRun says what is wrong."""
     try:
-        info = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DamagedRun(f"run.json is not valid JSON ({err})") from None
+        info = json.loads(read_regular(Path(folder) / INFO, MAX_BYTES[INFO]))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: [[[[...]]]]
+        raise DamagedRun(f"run.json is not valid JSON ({str(err)[:120]})") from None
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict) or "status" not in info:
         raise DamagedRun("run.json lacks its config or status")
     if info["status"] not in STATUSES:
-        raise DamagedRun(f"run.json has an unknown status {info['status']!r}")
-    if not isinstance(info.get("summary") or {}, dict) or not isinstance(info.get("provenance") or {}, dict):
+        raise DamagedRun(f"run.json has an unknown status {str(info['status'])[:40]!r}")
+    summary, provenance = info.get("summary") or {}, info.get("provenance") or {}
+    if not isinstance(summary, dict) or not isinstance(provenance, dict):
         raise DamagedRun("run.json has a summary or provenance that is not a mapping")
+    number = (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)))
+    bad = [k for k in SUMMARY_KEYS if not number(summary.get(k))]
+    bad += [k for k in ("sweep", "error") if not isinstance(info.get(k), (str, type(None)))]
+    pid = provenance.get("pid")
+    if pid is not None and not (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31):
+        bad.append("provenance pid")
+    if not isinstance(provenance.get("host"), (str, type(None))):
+        bad.append("provenance host")
+    if bad:
+        raise DamagedRun(f"run.json has a bad {', '.join(bad)}")
     try:
         BSQConfig.from_dict(info["config"])
     except (ValueError, TypeError) as err:
@@ -313,11 +396,17 @@ def run_kind(config: dict) -> str:
     return "uniform" if config.get("finetune_epochs", 0) > 0 else "float"
 
 
-def _holds_a_run(folder: Path) -> bool:
-    """Whether a folder has any file a run writes: a folder of something else (or a run's folder
-    before its run.json) is not listed, not even as damaged."""
+def _holds_a_run(entry: Path) -> bool:
+    """Whether an entry of a runs root is (or was meant to be) a run folder: a folder with any file
+    a run writes (one it cannot read, too), or a symlink that does not resolve. A folder of
+    something else (or a run's folder before its run.json) is not listed, not even as damaged."""
     names = {INFO, CHECKPOINT, FLOAT_MODEL, MODEL, *(_frame_file(k) for k in FRAME_COLUMNS)}
-    return any((folder / name).exists() for name in names)
+    try:
+        if not entry.is_dir():
+            return entry.is_symlink() and not entry.exists()
+        return not names.isdisjoint(os.listdir(entry))
+    except OSError:
+        return True
 
 
 def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
@@ -331,9 +420,15 @@ def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
         root = Path(root)
         if not root.is_dir():
             continue
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _holds_a_run(p)):
+        try:
+            entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+        except OSError:  # unreadable root: nothing to list
+            continue
+        for folder in (p for p in entries if _holds_a_run(p)):
             row = dict(name=folder.name, path=str(folder), reason="")
             try:
+                if not folder.is_dir():
+                    raise DamagedRun("a symlink that loops or points nowhere")
                 info = read_info(folder)
                 epochs = [_check_frame(folder, kind, info) for kind in FRAME_COLUMNS][0]
                 config, summary = info["config"], info.get("summary") or {}
@@ -351,6 +446,8 @@ def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
                                reason=f"process {info['provenance']['pid']} is gone; resume it to go on")
             except DamagedRun as err:
                 row.update(status="damaged", reason=str(err))
+            except OSError as err:  # say a folder without read permission
+                row.update(status="damaged", reason=f"cannot be read ({err.strerror or err})")
             rows.append(row)
     return pd.DataFrame(rows, columns=LIST_COLUMNS)
 

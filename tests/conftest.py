@@ -1,4 +1,5 @@
 import copy
+import shutil
 
 import pytest
 import torch
@@ -31,6 +32,19 @@ def nested():
 def images():
     torch.manual_seed(1)
     return torch.randn(3, 4, 8, 8)
+
+
+def copy_run(run, root, name):
+    """A copy of the run folder at run, as root/name."""
+    shutil.copytree(run, root / name)
+    return root / name
+
+
+def one_line(err: str) -> str:
+    """err's only line: an error the CLI prints is one line."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
 def clone(model):

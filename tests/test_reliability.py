@@ -32,7 +32,7 @@ from bsq_explore.cli import main
 from bsq_explore.config import preset
 from bsq_explore.runs import DamagedRun, check_name, is_stale, list_runs, load_run, write_atomic, write_frame
 from bsq_explore.train import Diverged, RunFailed, resume, train
-from conftest import TINY
+from conftest import TINY, copy_run, one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 KILL = dict(TINY, bsq_epochs=8)  # long enough in BSQ to be killed in the middle of it
@@ -51,23 +51,12 @@ def assert_prefix(part: pd.DataFrame, whole: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(comparable(part), comparable(whole).iloc[:len(part)], check_dtype=False)
 
 
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
 def last_line(err: str) -> str:
     """The error of a run that failed under its progress bar: one line, below the bar."""
     lines = err.strip().splitlines()  # the bar's \r updates split into lines too
     assert [line for line in lines if line.startswith("bsq-explore:")] == lines[-1:], lines[-3:]
     assert "Traceback" not in err
     return lines[-1]
-
-
-def copy_run(tiny_run, root, name):
-    shutil.copytree(tiny_run, root / name)
-    return root / name
 
 
 def set_info(folder: Path, **changes) -> None:
@@ -257,60 +246,7 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] == ["f"] and path.read_bytes() == b"old"
 
 
-# ---- damaged runs ----------------------------------------------------------------------------------
-
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
-
-
-def edit_json(change):
-    def damage(folder):
-        info = json.loads((folder / "run.json").read_text())
-        change(info)
-        (folder / "run.json").write_text(json.dumps(info))
-    return damage
-
-
-DAMAGES = {
-    "truncated metrics": (lambda p: truncate(p / "metrics.parquet"), "metrics.parquet is unreadable"),
-    "truncated layers": (lambda p: truncate(p / "layers.parquet"), "layers.parquet is unreadable"),
-    "invalid json": (lambda p: (p / "run.json").write_text('{"status": "fin'), "run.json is not valid JSON"),
-    "json not an object": (lambda p: (p / "run.json").write_text("[1, 2]"), "run.json lacks its config or status"),
-    "unknown status": (edit_json(lambda i: i.update(status="exploded")), "unknown status 'exploded'"),
-    "bad config": (edit_json(lambda i: i["config"].update(nbits="eight")), "run.json has a bad config"),
-    "unknown config field": (edit_json(lambda i: i["config"].update(colour=1)), "unknown config fields colour"),
-    "missing bits": (lambda p: (p / "bits.parquet").unlink(), "bits.parquet is missing"),
-    "missing run.json": (lambda p: (p / "run.json").unlink(), "run.json is missing"),
-    "wrong columns": (lambda p: pd.read_parquet(p / "metrics.parquet").drop(columns="test_acc")
-                      .to_parquet(p / "metrics.parquet"), "metrics.parquet lacks columns test_acc"),
-}
-
-
-@pytest.mark.parametrize("damage", DAMAGES)
-def test_a_damaged_run_is_reported_by_ls_show_and_load_run_and_the_others_still_open(
-        tmp_path, tiny_run, capsys, damage):
-    harm, reason = DAMAGES[damage]
-    for name in ("a-good", "b-bad", "c-good"):
-        copy_run(tiny_run, tmp_path, name)
-    harm(tmp_path / "b-bad")
-
-    table = list_runs(tmp_path).set_index("name")
-    assert table.status.to_dict() == {"a-good": "finished", "b-bad": "damaged", "c-good": "finished"}
-    assert reason in table.loc["b-bad", "reason"]
-    with pytest.raises(DamagedRun, match=re.escape(reason)):
-        load_run(tmp_path / "b-bad")
-    for good in ("a-good", "c-good"):
-        assert len(load_run(tmp_path / good).metrics) == 10
-
-    assert main(["ls", str(tmp_path)]) == 0
-    listing = capsys.readouterr().out.splitlines()
-    bad_line = next(line for line in listing if "b-bad" in line)
-    assert "damaged" in bad_line and reason[:30] in bad_line
-    assert sum("finished" in line for line in listing) == 2
-    assert main(["show", "b-bad", "--runs", str(tmp_path)]) == 2
-    assert reason in one_line(capsys.readouterr().err)
-    assert main(["show", "c-good", "--runs", str(tmp_path)]) == 0 and "finished" in capsys.readouterr().out
-
+# ---- damaged checkpoints ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a zip", "pickle"], ids=["empty", "not a zip", "pickle"])
 def test_a_damaged_or_unsafe_checkpoint_refuses_to_resume_and_runs_no_code(tmp_path, tiny_run, capsys, content):

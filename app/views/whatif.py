@@ -2,7 +2,7 @@
 import streamlit as st
 
 from bsq_explore import analysis, dashboard
-from bsq_explore.runs import load_run
+from bsq_explore.runs import DamagedRun, load_run
 
 st.title("What if")
 st.caption("Each slider keeps that many of the layer's bits; the dropped low bits are rounded away, so each "
@@ -25,6 +25,9 @@ try:
     model = what_if(str(run.path), dashboard.stamp(run.path))
 except FileNotFoundError as err:
     st.info(str(err))
+    st.stop()
+except DamagedRun as err:
+    st.error(f"Run {run.name} is damaged: {err}")
     st.stop()
 
 
