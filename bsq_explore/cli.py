@@ -79,6 +79,8 @@ def build_parser() -> Parser:
     train.add_argument("--name", help="run name (default: model, alpha and time)")
     train.add_argument("--resume", action="store_true", help="continue the named run from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    train.add_argument("--force", action="store_true",
+                       help="resume or overwrite a run marked running on another host (when its process is gone)")
     _add_config_options(train)
 
     sweep = sub.add_parser("sweep", help="one float model, a BSQ run per alpha, uniform baselines")
@@ -176,9 +178,10 @@ def cmd_train(args) -> int:
     config = _config(args)
     with closing(ProgressBar(args.name or "train")) as bar:
         if args.resume:
-            path = resume(runs_root(args.runs) / args.name, config, callbacks=[bar])
+            path = resume(runs_root(args.runs) / args.name, config, callbacks=[bar], force=args.force)
         else:
-            path = train(config, runs=args.runs, name=args.name, callbacks=[bar], overwrite=args.overwrite)
+            path = train(config, runs=args.runs, name=args.name, callbacks=[bar], overwrite=args.overwrite,
+                         force=args.force)
     print(path)
     return 0
 

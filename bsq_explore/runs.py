@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,7 +61,7 @@ def run_name(config: BSQConfig, prefix: str) -> str:
 def check_name(name: str) -> str:
     """A run name is one plain folder name: letters, digits and . _ + = -, no separators, no '..'."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:  # match() let "x\n" through
-        raise ValueError(f"bad run name {name!r}: use letters, digits and . _ + = - (no slashes, no '..')")
+        raise ValueError(f"bad run name {name!r:.60}: use 1 to 128 letters, digits and . _ + = - (no slashes, no '..')")
     return name
 
 
@@ -400,11 +401,10 @@ def _holds_a_run(entry: Path) -> bool:
     """Whether an entry of a runs root is (or was meant to be) a run folder: a folder with any file
     a run writes (one it cannot read, too), or a symlink that does not resolve. A folder of
     something else (or a run's folder before its run.json) is not listed, not even as damaged."""
-    names = {INFO, CHECKPOINT, FLOAT_MODEL, MODEL, *(_frame_file(k) for k in FRAME_COLUMNS)}
     try:
         if not entry.is_dir():
             return entry.is_symlink() and not entry.exists()
-        return not names.isdisjoint(os.listdir(entry))
+        return not set(RUN_FILES).isdisjoint(os.listdir(entry))
     except OSError:
         return True
 
@@ -537,15 +537,63 @@ def _this_process() -> dict:
     return dict(host=socket.gethostname(), pid=os.getpid(), threads=torch.get_num_threads())
 
 
-def check_idle(path: Path) -> None:
-    """Refuse to resume or overwrite a run whose process still runs on this host: two writers would mix it."""
+def check_idle(path: Path, force: bool = False) -> None:
+    """Refuse to resume or overwrite a run marked running whose process may still write it: alive
+    on this host, or on another host (which this one cannot check) unless force."""
     try:
         info = read_info(path)
     except DamagedRun:
         return
-    pid = (info.get("provenance") or {}).get("pid")
-    if info["status"] == "running" and pid != os.getpid() and process_alive(info):
-        raise FileExistsError(f"run {path} is still running (process {pid}); stop it first")
+    provenance = info.get("provenance") or {}
+    pid, host = provenance.get("pid"), provenance.get("host")
+    if info["status"] != "running" or (pid == os.getpid() and host == socket.gethostname()):
+        return
+    alive = process_alive(info)
+    if alive:
+        raise FileExistsError(f"run {path.name} is still running (process {pid}); stop it first")
+    if alive is None and not force:
+        raise FileExistsError(f"run {path.name} is marked running by process {pid} on host {host}, which this "
+                              "host cannot check; if that process is gone, pass --force")
+
+
+def _lock_file(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"  # beside the folder: it outlives a folder's replacement
+
+
+@contextmanager
+def owning(path: Path):
+    """Own the run folder at path while the block runs: an exclusive lock that ends with the
+    process however it ends. Another process owning it is a FileExistsError naming it."""
+    import fcntl
+
+    lock = _lock_file(path)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise FileExistsError(f"run {path.name} is in use by {owner}; stop it first") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on host {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        if not path.exists():  # nothing was made (bad input): leave no lock file behind either
+            lock.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+
+
+RUN_FILES = (INFO, CHECKPOINT, FLOAT_MODEL, MODEL, *(_frame_file(k) for k in FRAME_COLUMNS))
+
+
+def _clear(path: Path) -> None:
+    """Remove the files a run writes (and half-written ones) from its folder; a user's own files stay."""
+    for entry in [path / name for name in RUN_FILES] + list(path.glob(".*.tmp")):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 class RunFolder:
@@ -556,12 +604,15 @@ class RunFolder:
 
     @classmethod
     def create(cls, path: Path, config: BSQConfig, device: str, sweep: str | None = None) -> "RunFolder":
-        """A new folder at path (its parent must exist), status running; replaces a run of that name."""
+        """A new run at path (its parent must exist), status running; replaces the files of a run of
+        that name, and keeps any other file in its folder."""
         import torch
 
-        if path.exists():
-            shutil.rmtree(path)
-        path.mkdir()
+        made = not path.is_dir()
+        if made:
+            path.mkdir()
+        else:
+            _clear(path)
         info = dict(config=config.to_dict(), sweep=sweep, status="running", error=None, summary={},
                     provenance=dict(package=__version__, torch=torch.__version__, python=platform.python_version(),
                                     git_sha=_git_sha(), device=str(device), seed=config.seed,
@@ -569,8 +620,11 @@ class RunFolder:
         folder = cls(path, info, {k: pd.DataFrame(columns=c) for k, c in FRAME_COLUMNS.items()})
         try:
             folder._write_info()
-        except OSError:  # leave no folder without run.json behind: it would list as damaged
-            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # leave no run files without run.json behind: they would list as damaged
+            if made:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _clear(path)
             raise
         return folder
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +15,7 @@ import pandas as pd
 from .config import UNIFORM_BITS, BSQConfig, preset
 from .paths import runs_root
 from .progress import ProgressBar
-from .runs import CHECKPOINT, FLOAT_MODEL, DamagedRun, check_name, list_runs, read_info, run_name, sweep_table
+from .runs import FLOAT_MODEL, DamagedRun, check_name, list_runs, read_info, run_name, sweep_table
 from .train import RunFailed, resume, train
 
 
@@ -25,14 +27,19 @@ def plan_sweep(config: BSQConfig, alphas, uniform_bits, pretrained: Path) -> lis
              for bits in uniform_bits])
 
 
-def _state(path: Path) -> str:
-    """finished, resumable (a checkpoint to go on from) or new (absent, or no epoch saved yet)."""
+def _state(path: Path, sweep: str) -> str:
+    """new (absent or empty), finished, resumable (this sweep's run, not finished: resume goes on
+    from its checkpoint, or starts it afresh without one), or else why the sweep leaves it alone:
+    it never deletes a folder it did not make."""
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return "new"
     try:
-        if read_info(path)["status"] == "finished":
-            return "finished"
-    except DamagedRun:
-        pass
-    return "resumable" if (path / CHECKPOINT).exists() else "new"
+        info = read_info(path)
+    except DamagedRun as err:
+        return f"skipped {path.name}: {err}; move it away to rerun it"
+    if info.get("sweep") != sweep:
+        return f"skipped {path.name}: it is not a run of sweep {sweep}; move it away or pick another --name"
+    return "finished" if info["status"] == "finished" else "resumable"
 
 
 class Task(NamedTuple):
@@ -54,7 +61,7 @@ def _run_one(task: Task) -> str | None:
         try:
             if task.resume:
                 resume(path, task.config, callbacks=callbacks)
-            else:  # a folder with no saved epoch is replaced
+            else:  # an empty folder (a run killed before it wrote anything) is taken over
                 train(task.config, runs=task.root, name=task.name, sweep=task.sweep, callbacks=callbacks,
                       overwrite=True)
             return None
@@ -64,12 +71,47 @@ def _run_one(task: Task) -> str | None:
             return f"{task.name}: {type(err).__name__}: {err}".splitlines()[0]
 
 
+_busy = False  # whether this pool worker is inside a run
+
+
+def _start_worker() -> None:
+    """Pool worker setup: Ctrl-C is the parent's to handle (it ends the pool), SIGTERM stops the
+    worker's run as Ctrl-C would (marked stopped, resumable), and on Linux the kernel sends SIGTERM
+    when the sweep's process dies, even by SIGKILL: no orphan trains on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the call
+            sys.exit(0)
+
+
+def _interrupt(signum, frame):
+    if _busy:
+        raise KeyboardInterrupt  # train() marks the run stopped; _work then ends the worker
+    os._exit(0)  # an idle or exiting worker holds nothing to save: end now, not in the middle of atexit
+
+
+def _work(task: Task) -> str | None:
+    """_run_one in a pool worker; a SIGTERM stops the run and ends the worker (no next task, no traceback)."""
+    global _busy
+    _busy = True
+    try:
+        return _run_one(task)
+    except KeyboardInterrupt:  # the run is marked stopped and its files are on disk
+        os._exit(0)
+    finally:
+        _busy = False
+
+
 def run_local(tasks: list, jobs: int = 1) -> list[str | None]:
     """Each task in a process of this machine, jobs at a time (in this process when jobs is 1)."""
     if jobs == 1 or len(tasks) == 1:
         return [_run_one(t) for t in tasks]
-    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        return pool.map(_run_one, tasks, chunksize=1)
+    with multiprocessing.get_context("spawn").Pool(jobs, initializer=_start_worker) as pool:
+        return pool.map(_work, tasks, chunksize=1)
 
 
 def run_ray(tasks: list, address: str | None = None, cpus_per_trial: int = 1, gpus_per_trial: float = 0) -> list[str | None]:
@@ -103,25 +145,33 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
     if not alphas or min(alphas) < 0:
         raise ValueError("give one or more alphas >= 0")
     config = preset(preset_name, **overrides)
-    for alpha in alphas:  # every config must be valid before the float model spends its time
-        config.replace(alpha=alpha)
     name = check_name(name or f"{preset_name}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
     root = runs_root(runs)
+    float_config = config.replace(bsq_epochs=0, finetune_epochs=0)
+    float_name = run_name(float_config, name)
+    # every config and run name must be valid, and each run its own, before the float model spends its time
+    later = plan_sweep(config, alphas, uniform_bits, root / float_name / FLOAT_MODEL)
+    names = [check_name(run_name(c, name)) for c in [float_config, *later]]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(f"two runs of the sweep would share the name {clash[0]}: give each alpha and bit width once "
+                         "(alphas equal to 6 significant digits share a name)")
     execute = ((lambda tasks: run_local(tasks, jobs)) if backend == "local" else
                (lambda tasks: run_ray(tasks, address, cpus_per_trial, gpus_per_trial)))
 
-    float_config = config.replace(bsq_epochs=0, finetune_epochs=0)
-    float_name = run_name(float_config, name)
-    state = _state(root / float_name)
+    state = _state(root / float_name, name)
+    if state.startswith("skipped"):
+        raise FileExistsError(f"the shared float model's folder is in the way: {state}")
     if state != "finished":
         error, = execute([Task(float_config, str(root), float_name, name, state == "resumable",
                                progress and backend == "local")])
         if error:
             raise RuntimeError(f"the shared float model failed, so no alpha can start: {error}")
-    tasks = [Task(c, str(root), run_name(c, name), name, state == "resumable")
-             for c in plan_sweep(config, alphas, uniform_bits, root / float_name / FLOAT_MODEL)
-             if (state := _state(root / run_name(c, name))) != "finished"]
-    errors = execute(tasks) if tasks else []
+    states = {run_name(c, name): (c, _state(root / run_name(c, name), name)) for c in later}
+    tasks = [Task(c, str(root), run, name, state == "resumable") for run, (c, state) in states.items()
+             if state in ("new", "resumable")]
+    errors = [state for _, state in states.values() if state.startswith("skipped")]
+    errors += execute(tasks) if tasks else []
     table = sweep_table(list_runs(root), name)
     table.attrs["errors"] = [e for e in errors if e]
     return table

@@ -27,8 +27,8 @@ from .config import BSQConfig
 from .layers import convert_, weights_up_front
 from .models import build_model, convert_filter
 from .paths import runs_root
-from .runs import (FRAME_COLUMNS, RunFolder, check_idle, check_name, prepare_root, process_alive, read_checkpoint,
-                   read_info, run_name)
+from .runs import (CHECKPOINT, FRAME_COLUMNS, RunFolder, check_idle, check_name, owning, prepare_root,
+                   process_alive, read_checkpoint, read_info, run_name)
 from .stats import FLOAT_BITS, bit_sparsity, layer_precision, size_of
 
 
@@ -239,53 +239,91 @@ def _setup(config: BSQConfig, device: torch.device):
 
 def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | None = None,
           sweep: str | None = None, callbacks: Iterable[Callable[[Event], None]] = (),
-          overwrite: bool = False) -> Path:
+          overwrite: bool = False, force: bool = False) -> Path:
     """Run config into the new folder <runs>/<name>/ and return its path.
 
-    An existing name is an error unless overwrite=True replaces it. Callbacks get an Event per
-    epoch. An error once the run has begun marks it failed and raises RunFailed from it; a
-    KeyboardInterrupt (Ctrl-C, or stop() from another process) marks it stopped and is re-raised.
-    Either way the finished epochs stay, and resume() goes on.
+    An existing name is an error unless overwrite=True replaces its run (a running one only when
+    its process is gone; force=True takes over a run marked running on another host). Callbacks
+    get an Event per epoch. An error once the run has begun marks it failed and raises RunFailed
+    from it; a KeyboardInterrupt (Ctrl-C, or stop() from another process) marks it stopped and is
+    re-raised. Either way the finished epochs stay, and resume() goes on.
     """
     root = runs_root(runs)
     path = root / check_name(name or f"{run_name(config, config.model)}-{datetime.now():%Y%m%d-%H%M%S}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"run {path} already exists (pick another --name, or pass --resume or --overwrite)")
-    if path.exists():
-        check_idle(path)
-    device = resolve_device(config.device)
     prepare_root(root)
-    with cpu_threads(config.threads):  # before the data: even its normalization sums floats
-        ds, model, generator = _setup(config, device)
-        if config.pretrained:
-            model.load_state_dict(torch.load(config.pretrained, map_location=device, weights_only=True))
-        folder = RunFolder.create(path, config, device, sweep)
-        opt = optimizer(model, config, stage_lr(config, STAGES[0].name, 1))
-        return _run(folder, config, model, ds, generator, opt, 0, callbacks)
+    with owning(path):  # one writer per run, from before the slow data load to the end
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"run {path} already exists (pick another --name, or pass --resume or --overwrite)")
+        if path.exists():
+            check_idle(path, force)
+        return _start(path, config, sweep, callbacks)
 
 
 def resume(path: str | os.PathLike, config: BSQConfig | None = None,
-           callbacks: Iterable[Callable[[Event], None]] = ()) -> Path:
-    """Continue the run at path from its checkpoint (the epoch it was in is re-run) and return
-    its path. config, when given, must equal the run's own: resuming cannot change a run."""
+           callbacks: Iterable[Callable[[Event], None]] = (), force: bool = False) -> Path:
+    """Continue the run at path from its checkpoint (the epoch it was in is re-run; a run killed
+    before its first checkpoint starts afresh) and return its path. config, when given, must equal
+    the run's own: resuming cannot change a run. force: as for train()."""
     path = Path(path)
-    check_idle(path)
-    ckpt = read_checkpoint(path)
-    saved = BSQConfig.from_dict(ckpt["config"])
-    if config is not None and config != saved:
+    if not path.is_dir():
+        raise FileNotFoundError(f"no run folder {path}")
+    with owning(path):
+        check_idle(path, force)
+        if not (path / CHECKPOINT).exists():
+            info = read_info(path)
+            saved = BSQConfig.from_dict(info["config"])
+            _check_same(path, config, saved)
+            return _start(path, saved, info.get("sweep"), callbacks)
+        ckpt = read_checkpoint(path)
+        saved = BSQConfig.from_dict(ckpt["config"])
+        _check_same(path, config, saved)
+        device = resolve_device(saved.device)
+        with cpu_threads(saved.threads):
+            ds, model, generator = _setup(saved, device)
+            enter_(model, saved, ckpt["stage"])
+            model.load_state_dict(ckpt["model"])
+            generator.set_state(ckpt["generator"])
+            opt = optimizer(model, saved, stage_lr(saved, ckpt["stage"], 1))
+            opt.load_state_dict(ckpt["optimizer"])
+            folder = RunFolder.reopen(path, plan(saved)[:ckpt["done"]])
+            return _run(folder, saved, model, ds, generator, opt, ckpt["done"], callbacks)
+
+
+def _check_same(path: Path, given: BSQConfig | None, saved: BSQConfig) -> None:
+    if given is not None and given != saved:
         own = saved.to_dict()
-        changed = [f"{k} ({own[k]!r} in the run, {v!r} given)" for k, v in config.to_dict().items() if own[k] != v]
+        changed = [f"{k} ({own[k]!r} in the run, {v!r} given)" for k, v in given.to_dict().items() if own[k] != v]
         raise ValueError(f"cannot resume {path} with another config: {', '.join(changed)}")
-    device = resolve_device(saved.device)
-    with cpu_threads(saved.threads):
-        ds, model, generator = _setup(saved, device)
-        enter_(model, saved, ckpt["stage"])
-        model.load_state_dict(ckpt["model"])
-        generator.set_state(ckpt["generator"])
-        opt = optimizer(model, saved, stage_lr(saved, ckpt["stage"], 1))
-        opt.load_state_dict(ckpt["optimizer"])
-        folder = RunFolder.reopen(path, plan(saved)[:ckpt["done"]])
-        return _run(folder, saved, model, ds, generator, opt, ckpt["done"], callbacks)
+
+
+def _start(path: Path, config: BSQConfig, sweep: str | None, callbacks) -> Path:
+    """The run of config from its first epoch, into the folder at path (a run's files there replaced)."""
+    device = resolve_device(config.device)
+    pretrained = _read_pretrained(config.pretrained) if config.pretrained else None  # refused before the data
+    with cpu_threads(config.threads):  # before the data: even its normalization sums floats
+        ds, model, generator = _setup(config, device)
+        if pretrained is not None:
+            try:
+                model.load_state_dict(pretrained)
+            except RuntimeError as err:  # torch lists every missing and unexpected key, over many lines
+                raise ValueError(f"--pretrained {config.pretrained} is not a float {config.model} for this dataset "
+                                 f"({str(err).splitlines()[0][:100]}, ...)") from None
+        opt = optimizer(model, config, stage_lr(config, STAGES[0].name, 1))
+        folder = RunFolder.create(path, config, device, sweep)  # then at once into _run, which marks how it ends
+        return _run(folder, config, model, ds, generator, opt, 0, callbacks)
+
+
+def _read_pretrained(path: str) -> dict:
+    """The state_dict in the file at path, or a one-line ValueError (a truncated file, /dev/null, a pickle)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"--pretrained {path} does not exist") from None
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise ValueError(f"--pretrained {path} is not a torch state_dict ({type(err).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"--pretrained {path} is not a state_dict (a mapping of names to tensors)")
+    return state
 
 
 def _run(folder: RunFolder, config: BSQConfig, model, ds, generator, opt, done: int, callbacks) -> Path:

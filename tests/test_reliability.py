@@ -461,11 +461,11 @@ def fuzz_cli(tmp_path, tiny_run, monkeypatch):
     """A sandbox where any argument list is safe: stub training, every path under tmp_path."""
     started = []
 
-    def stub_train(config, runs=None, name=None, sweep=None, callbacks=(), overwrite=False):
+    def stub_train(config, runs=None, name=None, sweep=None, callbacks=(), overwrite=False, force=False):
         started.append(config)  # the parser and config validation are what is fuzzed, not training
         return Path(runs or "data/runs") / check_name(name or "stub")
 
-    def stub_resume(path, config=None, callbacks=()):
+    def stub_resume(path, config=None, callbacks=(), force=False):
         if config is not None:
             started.append(config)
         return Path(path)
