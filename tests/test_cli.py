@@ -29,6 +29,14 @@ def run_cli(*args):
     (["train", "--config", "/nonexistent.json"], "cannot read --config /nonexistent.json"),
     (["train", "--preset", "digits-mlp", "--config", "x.json"], "--preset and --config exclude each other"),
     (["sweep", "--alphas", "a,b"], "expected comma-separated numbers"),
+    (["sweep", "--alphas", "0.1", "--uniform", "0"], "nbits must be 1..16"),
+    (["sweep", "--alphas", "0.1", "--uniform", "17"], "nbits must be 1..16"),
+    (["sweep", "--alphas", "0.1,0.1"], "would share the name"),
+    (["sweep", "--alphas", "0.1234561,0.1234562"], "alphas equal to 6 significant digits share a name"),
+    (["sweep", "--alphas", "0.1", "--name", "s" * 125], "bad run name"),
+    (["train", "--pretrain-epochs", "0", "--bsq-epochs", "0", "--finetune-epochs", "0"], "at least one epoch"),
+    (["train", "--pretrained", "/dev/null"], "--pretrained /dev/null is not a torch state_dict"),
+    (["train", "--pretrained", "/nonexistent.pt"], "--pretrained /nonexistent.pt does not exist"),
     (["show", "no-such-run"], "no run 'no-such-run'"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -37,6 +45,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, says):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], lines
     assert list(tmp_path.iterdir()) == [], "bad input must not leave a run folder"
+
+
+def test_a_pretrained_file_that_is_not_this_models_state_dict_is_one_line_before_training(tmp_path, capsys):
+    from bsq_explore.config import preset
+    from bsq_explore.data import load
+    from bsq_explore.models import build_model
+
+    files = {"truncated": b"PK\x03\x04", "not tensors": {"a": [1, 2]},
+             "another model": build_model(preset("digits-cnn"), load("digits")).state_dict()}
+    for name, content in files.items():
+        path = tmp_path / f"{name}.pt"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        assert main(["train", "--pretrained", str(path), "--runs", str(tmp_path / "runs")]) == 2, name
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and f"--pretrained {path} is not" in lines[0], lines
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
 
 
 def test_the_console_entry_point_exits_2_on_bad_input():
