@@ -1,6 +1,7 @@
 """Streamlit glue shared by the app's pages: runs roots, cached loading, the URL's run/sweep/epoch."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -10,6 +11,17 @@ import streamlit as st
 from .paths import EXAMPLES, runs_root
 from .analysis import featured
 from .runs import DamagedRun, Run, check_name, finished_bsq, list_runs, load_run, stamp
+
+
+APP_RUNS = "BSQ_APP_RUNS"  # how many runs the Train page may have training at once
+
+
+def max_app_runs() -> int:
+    """$BSQ_APP_RUNS, default 2 (one per core of a small machine): more runs side by side only slow each other."""
+    text = os.environ.get(APP_RUNS, "2")
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"${APP_RUNS} must be a whole number >= 1, not {text!r}")
+    return int(text)
 
 
 _PERCENT = dict(format="percent")

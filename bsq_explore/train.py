@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -382,17 +383,37 @@ def stop(path: str | os.PathLike) -> None:
     os.kill(pid, signal.SIGTERM)
 
 
-def launch(config: BSQConfig, runs: str | os.PathLike, name: str) -> subprocess.Popen:
+@dataclass
+class Launch:
+    """A run started by launch(): its process, and a file that keeps the process's error output."""
+    name: str
+    process: subprocess.Popen
+    log: typing.IO[bytes]
+
+    def error(self) -> str | None:
+        """The last line the process printed, once it has ended with an error (say, before its run
+        folder existed: a dataset not on disk, a name in use); None while it runs or after success."""
+        code = self.process.poll()
+        if code in (None, 0):
+            return None
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").replace("\r", "\n").splitlines()
+        return next((line for line in reversed(lines) if line.strip()), f"it ended with exit code {code}")
+
+
+def launch(config: BSQConfig, runs: str | os.PathLike, name: str) -> Launch:
     """Start `bsq-explore train` on config as a background process in its own session, so it
     outlives its caller (an app page can close without killing or corrupting the run). The
     config travels whole, as JSON on the process's stdin."""
     import json
+    import tempfile
 
     if (Path(runs) / check_name(name)).exists():
         raise FileExistsError(f"run {name} already exists in {runs}")
     args = [sys.executable, "-m", "bsq_explore.cli", "train", "--config", "-", "--runs", str(runs), "--name", name]
-    process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads it while the run writes its progress
+    process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
                                start_new_session=True)
     process.stdin.write(json.dumps(config.to_dict()).encode())
     process.stdin.close()
-    return process
+    return Launch(name, process, log)

@@ -307,3 +307,60 @@ def test_the_app_opens_the_hardest_sweeps_most_compressed_run_near_its_float_mod
     assert featured(runs[runs.sweep != "f"]) == "d-a1"
     alone = pd.DataFrame([run("x", None, "bsq", 0.9, 5), run("y", None, "bsq", 0.85, 9)])
     assert featured(alone) == "x"
+
+
+@pytest.fixture
+def stub_launch(monkeypatch):
+    """train.launch replaced by a process that sleeps as long as the test: nothing trains."""
+    import subprocess
+    import tempfile
+
+    import streamlit as st
+
+    from bsq_explore import train
+
+    st.cache_resource.clear()  # the page's server-wide list of launched runs starts empty
+    started = []
+
+    def launch(config, runs, name):
+        process = subprocess.Popen(["sleep", "60"])
+        started.append(process)
+        return train.Launch(name, process, tempfile.TemporaryFile())
+    monkeypatch.setattr(train, "launch", launch)
+    yield started
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def test_train_page_starts_at_most_the_configured_number_of_runs_at_once(app, stub_launch, monkeypatch):
+    monkeypatch.setenv("BSQ_APP_RUNS", "2")
+    at = app("train")
+    for i in range(4):  # four quick clicks
+        next(t for t in at.text_input if t.label == "run name").set_value(f"r{i}").run()
+        at.button[0].click().run()
+    assert len(stub_launch) == 2
+    assert "2 run(s) started here are still training (r0, r1)" in at.error[0].value and "BSQ_APP_RUNS" in at.error[0].value
+    stub_launch[0].kill()
+    stub_launch[0].wait()
+    at.button[0].click().run()
+    assert len(stub_launch) == 3, "a slot frees when a run ends"
+
+
+def test_train_page_never_writes_into_the_shipped_examples(app, stub_launch):
+    at = app("train", root=str(EXAMPLES))
+    at.button[0].click().run()
+    assert not stub_launch and "shipped examples" in at.error[0].value
+
+
+def test_train_page_shows_why_a_run_did_not_start(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("BSQ_DATA", str(tmp_path / "no-data"))  # mnist is not on disk: the process fails at once
+    at = app("train")
+    at.selectbox[0].set_value("mnist-lenet5").run()
+    at.button[0].click().run()
+    for _ in range(120):
+        at.run()
+        if at.error:
+            break
+        time.sleep(0.5)
+    assert "did not start" in at.error[0].value and "mnist is not under" in at.error[0].value

@@ -3,6 +3,7 @@ import streamlit as st
 
 from bsq_explore import dashboard, plots, runs, train
 from bsq_explore.config import PRESETS, preset
+from bsq_explore.paths import EXAMPLES
 from bsq_explore.runs import describe, list_runs
 
 st.title("Train")
@@ -27,12 +28,28 @@ c[2].number_input("BSQ epochs", min_value=1, value=40, step=5, key="train_epochs
 if "train_name" not in st.session_state:
     st.session_state.train_name = default_name()
 st.text_input("run name", key="train_name", on_change=lambda: st.session_state.update(train_name_typed=True))
+
+
+@st.cache_resource
+def launched() -> list[train.Launch]:
+    """Every run this server started, across sessions: the limit counts them all."""
+    return []
+
+
 if st.button("start training", type="primary"):
     name = st.session_state.train_name
+    busy = [run.name for run in launched() if run.process.poll() is None]
     try:
+        limit = dashboard.max_app_runs()
+        if root.resolve() == EXAMPLES.resolve():
+            raise ValueError("the runs root is the shipped examples, which the app never writes into: "
+                             "type another runs root in the sidebar")
+        if len(busy) >= limit:
+            raise ValueError(f"{len(busy)} run(s) started here are still training ({', '.join(busy)}), and at most "
+                             f"{limit} may train at once (${dashboard.APP_RUNS}): stop one below, or wait")
         config = preset(st.session_state.train_preset, alpha=st.session_state.train_alpha,
                         bsq_epochs=int(st.session_state.train_epochs))
-        train.launch(config, root, name)
+        launched().append(train.launch(config, root, name))
         st.session_state["watching"] = name
         st.success(f"started {name} in {root}; it keeps running if you close this page")
     except (ValueError, FileExistsError) as err:
@@ -76,6 +93,10 @@ def watch() -> None:
     if not name:
         return
     run = dashboard.open_run(name) if dashboard.find(name) else None
+    failed = next((launch.error() for launch in reversed(launched()) if launch.name == name), None)
+    if run is None and failed:
+        st.error(f"{name} did not start: {failed}")
+        return
     if run is None:
         st.info(f"waiting for {name} to write its first epoch…")
         return
