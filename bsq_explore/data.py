@@ -176,22 +176,47 @@ def _cifar10(download: bool, subsets, seed) -> Dataset:
                    list(train.classes), augment=True)
 
 
+MAX_PIXELS = 1 << 22  # per image (2048 x 2048): a training image, never a poster decoded whole
+
+
 def _folder(path: Path, subsets, seed) -> Dataset:
-    """PATH/train/<class>/<image> and PATH/test/<class>/<image>; classes sorted by name."""
+    """PATH/train/<class>/<image> and PATH/test/<class>/<image>; classes sorted by name. Every
+    image's header is checked (readable, one size, not huge, the whole set fits in memory)
+    before any image is decoded."""
     import numpy as np
     from PIL import Image
 
+    def opened(file: Path):
+        try:
+            return Image.open(file)
+        except (OSError, Image.DecompressionBombError, ValueError) as err:  # PIL: OSError for a corrupt file
+            raise ValueError(f"{file} is not a readable image ({type(err).__name__})") from None
+
+    def size(file: Path) -> tuple[int, int]:
+        with opened(file) as im:  # the header only
+            width, height = im.size
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"{file} is {width}x{height} pixels: resize the images (at most {MAX_PIXELS:,} pixels)")
+        return height, width
+
     def decode(file: Path) -> torch.Tensor:
-        with Image.open(file) as im:
-            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, H, W) uint8
+        with opened(file) as im:
+            try:
+                pixels = np.array(im.convert("RGB"))
+            except (OSError, ValueError) as err:  # a header that reads, then truncated data
+                raise ValueError(f"{file} is not a readable image ({type(err).__name__})") from None
+        return torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) uint8
 
     if not (path / "train").is_dir() or not (path / "test").is_dir():
         raise FileNotFoundError(f"{path} needs train/ and test/ subfolders of class folders")
     classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
     if not classes:
         raise FileNotFoundError(f"{path / 'train'} has no class folders")
+    extra = sorted({p.name for p in (path / "test").iterdir() if p.is_dir()} - set(classes))
+    if extra:  # their images would be dropped without a word
+        raise ValueError(f"{path / 'test'} has classes that {path / 'train'} lacks: {', '.join(extra[:5])}")
 
-    def split(part: str, count: int, split_seed: int):
+    def listed(part: str, count: int, split_seed: int) -> tuple[list[Path], list[int], tuple[int, int]]:
         files, labels = [], []
         for label, cls in enumerate(classes):
             found = sorted(f for f in (path / part / cls).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
@@ -200,14 +225,33 @@ def _folder(path: Path, subsets, seed) -> Dataset:
         if not files:
             raise FileNotFoundError(f"{path / part} holds no images")
         keep = _keep(torch.tensor(labels), count, split_seed).tolist()
-        images = [decode(files[i]) for i in keep]
-        sizes = {tuple(im.shape) for im in images}
+        sizes = {size(files[i]) for i in keep}
         if len(sizes) > 1:
-            raise ValueError(f"{path / part}: images differ in size ({sorted(sizes)[:3]}); resize them first")
-        return torch.stack(images).float() / 255, torch.tensor([labels[i] for i in keep])
+            raise ValueError(f"{path / part}: images differ in size (H x W {sorted(sizes)[:3]}); resize them first")
+        return [files[i] for i in keep], [labels[i] for i in keep], sizes.pop()
 
-    return Dataset(f"folder:{path}", *split("train", subsets[0], seed), *split("test", subsets[1], seed + 1),
-                   classes, augment=True)
+    train, test = listed("train", subsets[0], seed), listed("test", subsets[1], seed + 1)
+    if train[2] != test[2]:
+        raise ValueError(f"train images are {train[2][0]}x{train[2][1]} pixels but test images "
+                         f"{test[2][0]}x{test[2][1]}: give both the same size")
+    need = 5 * 3 * train[2][0] * train[2][1] * (len(train[0]) + len(test[0]))  # uint8 stack, then float32
+    free = _free_memory()
+    if free is not None and need > free:
+        raise ValueError(f"{path} would need {need / 2**30:.1f} GiB of memory, more than the {free / 2**30:.1f} GiB "
+                         "free: use --train-subset and --test-subset")
+
+    def tensors(files: list[Path], labels: list[int]):
+        return torch.stack([decode(f) for f in files]).float() / 255, torch.tensor(labels)
+
+    return Dataset(f"folder:{path}", *tensors(*train[:2]), *tensors(*test[:2]), classes, augment=True)
+
+
+def _free_memory() -> int | None:
+    """Bytes of memory free now, where the system says (Linux, most Unixes); else None."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _normalized(ds: Dataset) -> Dataset:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import typing
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -234,7 +235,9 @@ def _setup(config: BSQConfig, device: torch.device):
     """The dataset on device, the seeded float model and the batch-order generator."""
     ds = data.load(config.dataset, config.train_subset, config.test_subset, config.download).to(device)
     torch.manual_seed(config.seed)
-    model = build_model(config, ds).to(device)
+    with warnings.catch_warnings():  # images too small give zero-size layers: _check_fits says so in one line
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        model = build_model(config, ds).to(device)
     return ds, model, torch.Generator(device).manual_seed(config.seed)
 
 
@@ -309,9 +312,24 @@ def _start(path: Path, config: BSQConfig, sweep: str | None, callbacks) -> Path:
             except RuntimeError as err:  # torch lists every missing and unexpected key, over many lines
                 raise ValueError(f"--pretrained {config.pretrained} is not a float {config.model} for this dataset "
                                  f"({str(err).splitlines()[0][:100]}, ...)") from None
+        _check_fits(model, ds, config)
         opt = optimizer(model, config, stage_lr(config, STAGES[0].name, 1))
         folder = RunFolder.create(path, config, device, sweep)  # then at once into _run, which marks how it ends
         return _run(folder, config, model, ds, generator, opt, 0, callbacks)
+
+
+def _check_fits(model: nn.Module, ds, config: BSQConfig) -> None:
+    """One image through the model (eval mode, no state changes), so that images too small for it
+    are refused before the run, not after its first epoch."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(ds.train_x[:1])
+    except RuntimeError as err:
+        raise ValueError(f"{config.model} cannot take {'x'.join(map(str, ds.shape))} images "
+                         f"({str(err).splitlines()[0][:100]})") from None
+    finally:
+        model.train()
 
 
 def _read_pretrained(path: str) -> dict:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bsq_explore.cli import main
+from conftest import one_line
 
 
 def run_cli(*args):
@@ -63,6 +64,18 @@ def test_a_pretrained_file_that_is_not_this_models_state_dict_is_one_line_before
         assert main(["train", "--pretrained", str(path), "--runs", str(tmp_path / "runs")]) == 2, name
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and f"--pretrained {path} is not" in lines[0], lines
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_images_too_small_for_the_model_are_one_line_before_training(tmp_path, capsys):
+    from PIL import Image
+
+    for part in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / part / cls).mkdir(parents=True)
+            Image.new("RGB", (1, 1)).save(tmp_path / part / cls / "0.png")
+    code = main(["train", "--dataset", f"folder:{tmp_path}", "--model", "lenet5", "--runs", str(tmp_path / "runs")])
+    assert code == 2 and "lenet5 cannot take 3x1x1 images" in one_line(capsys.readouterr().err)
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
 
 

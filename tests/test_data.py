@@ -1,5 +1,6 @@
 """Datasets: fixed splits, image folders, balanced subsets and batched augmentation."""
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from PIL import Image
 
 from bsq_explore import data
-from bsq_explore.data import augment, batches, load, read_idx
+from bsq_explore.data import MAX_PIXELS, augment, batches, load, read_idx
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -231,3 +232,49 @@ def test_read_tensor_refuses_bad_uploads_in_one_line(tmp_path):
             data.read_tensor(name, raw, max_elements=1000)
         assert says in str(err.value) and "\n" not in str(err.value) and "weights_only" not in str(err.value), name
     assert not (tmp_path / "ran").exists(), "no pickled code ran"
+
+
+def test_test_classes_that_training_lacks_are_an_error_not_dropped(tmp_path):
+    root = make_folder(tmp_path)
+    (root / "test" / "bird").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "test" / "bird" / "0.png")
+    with pytest.raises(ValueError, match="has classes that .* lacks: bird"):
+        load(f"folder:{root}")
+
+
+def test_train_and_test_images_of_different_sizes_are_refused_before_decoding(tmp_path, monkeypatch):
+    root = make_folder(tmp_path)
+    for file in (root / "test").glob("*/*.png"):
+        Image.new("RGB", (6, 6)).save(file)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "convert", lambda self, *a: decoded.append(1))
+    with pytest.raises(ValueError, match="train images are 8x8 pixels but test images"):
+        load(f"folder:{root}")
+    assert not decoded, "only headers were read"
+
+
+def test_a_huge_image_is_refused_from_its_header(tmp_path):
+    root = make_folder(tmp_path)
+    side = int(MAX_PIXELS ** 0.5) + 1
+    Image.new("RGB", (side, side)).save(root / "train" / "dog" / "0.png")  # one colour: a small file
+    with pytest.raises(ValueError, match=f"dog/0.png is {side}x{side} pixels"):
+        load(f"folder:{root}")
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0 not a jpeg", "truncated"])
+def test_a_corrupt_image_is_named(tmp_path, content):
+    root = make_folder(tmp_path)
+    bad = root / "train" / "cat" / "9.jpg"
+    if content == "truncated":
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(bad)
+        bad.write_bytes(bad.read_bytes()[:-200])
+    else:
+        bad.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{re.escape(str(bad))} is not a readable image"):
+        load(f"folder:{root}")
+
+
+def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_free_memory", lambda: 1000)
+    with pytest.raises(ValueError, match="would need .* GiB of memory.*--train-subset"):
+        load(f"folder:{make_folder(tmp_path)}")

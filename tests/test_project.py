@@ -59,3 +59,11 @@ def test_readme_shows_the_two_commands_and_every_tracked_module():
     assert "make app" in readme and "make test" in readme
     for path in sorted((ROOT / "bsq_explore").glob("*.py")):
         assert path.name in readme, f"README layout misses {path.name}"
+
+
+def test_the_app_caps_uploads_just_above_the_largest_tensor_the_playground_reads():
+    from bsq_explore.data import MAX_UPLOAD
+
+    limit = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"] * 2**20
+    largest = 16 * MAX_UPLOAD + 65536  # a .pt of MAX_UPLOAD float64 elements, as read_tensor allows
+    assert largest <= limit <= 2 * largest, "bigger files are refused before the server reads them whole"
