@@ -5,7 +5,8 @@ import functools
 
 import torch
 
-MAX_BITS = 16  # float32 holds every integer below 2**24 exactly; 16 bits leaves ample margin
+from .config import MAX_BITS
+
 
 
 def levels(nbits: int) -> int:

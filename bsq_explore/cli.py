@@ -270,9 +270,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from .runs import DamagedRun
-    from .train import RunFailed
-
     try:
         args = build_parser().parse_args(argv)
         return {"train": cmd_train, "sweep": cmd_sweep, "ls": cmd_ls, "show": cmd_show,
@@ -282,15 +279,24 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("bsq-explore: stopped (a run keeps its finished epochs: train --resume goes on)", file=sys.stderr)
         return 130
-    except RunFailed as err:
+    except Exception as err:
+        return _report(err)
+
+
+def _report(err: Exception) -> int:
+    """Print err in one line; return its exit code. The modules that define errors are imported
+    here, not up front, so that --help and bad options answer without importing torch."""
+    from .runs import DamagedRun
+    from .train import RunFailed
+
+    if isinstance(err, RunFailed):
         print(f"bsq-explore: {err}".splitlines()[0], file=sys.stderr)
         return 1
-    except (UsageError, ValueError, TypeError, OSError, DamagedRun) as err:
+    if isinstance(err, (UsageError, ValueError, TypeError, OSError, DamagedRun)):
         print(f"bsq-explore: error: {err}".splitlines()[0], file=sys.stderr)
         return 2
-    except Exception as err:
-        print(f"bsq-explore: failed: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
-        return 1
+    print(f"bsq-explore: failed: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .bits import MAX_BITS
+
+
+MAX_BITS = 16  # float32 holds every integer below 2**24 exactly; 16 bits leaves ample margin
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import __version__
@@ -61,7 +62,8 @@ def run_name(config: BSQConfig, prefix: str) -> str:
 def check_name(name: str) -> str:
     """A run name is one plain folder name: letters, digits and . _ + = -, no separators, no '..'."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:  # match() let "x\n" through
-        raise ValueError(f"bad run name {name!r:.60}: use 1 to 128 letters, digits and . _ + = - (no slashes, no '..')")
+        raise ValueError(f"bad run name {name!r:.60}: use 1 to 128 letters, digits and . _ + = - "
+                         "(no slashes, no '..')")
     return name
 
 
@@ -304,7 +306,7 @@ def _read_frame(folder: Path, kind: str, info: dict) -> pd.DataFrame:
     _check_columns(path.name, kind, {c: numeric(t) and not pd.api.types.is_bool_dtype(t)
                                      for c, t in frame.dtypes.items()})
     keys = [c for c in KEY_COLUMNS if c in FRAME_COLUMNS[kind]]
-    if not frame[keys].map(math.isfinite).all().all():
+    if not np.isfinite(frame[keys].to_numpy(float)).all():
         raise DamagedRun(f"{path.name} has a missing or infinite {'/'.join(keys)}")
     _check_rows(path.name, len(frame), info)
     return frame
@@ -355,11 +357,10 @@ def read_info(folder: Path) -> dict:
     summary, provenance = info.get("summary") or {}, info.get("provenance") or {}
     if not isinstance(summary, dict) or not isinstance(provenance, dict):
         raise DamagedRun("run.json has a summary or provenance that is not a mapping")
-    number = (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)))
-    bad = [k for k in SUMMARY_KEYS if not number(summary.get(k))]
+    bad = [k for k in SUMMARY_KEYS if not (summary.get(k) is None or _is_number(summary[k]))]
     bad += [k for k in ("sweep", "error") if not isinstance(info.get(k), (str, type(None)))]
     pid = provenance.get("pid")
-    if pid is not None and not (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31):
+    if pid is not None and not (_is_number(pid) and isinstance(pid, int) and 0 < pid < 2**31):
         bad.append("provenance pid")
     if not isinstance(provenance.get("host"), (str, type(None))):
         bad.append("provenance host")
@@ -370,6 +371,11 @@ def read_info(folder: Path) -> dict:
     except (ValueError, TypeError) as err:
         raise DamagedRun(f"run.json has a bad config ({str(err).splitlines()[0][:120]})") from None
     return info
+
+
+def _is_number(value) -> bool:
+    """A finite int or float, not a bool (JSON's true would pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_run(path: str | os.PathLike) -> Run:
