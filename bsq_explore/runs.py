@@ -366,6 +366,7 @@ def read_info(folder: Path) -> dict:
         bad.append("provenance host")
     if bad:
         raise DamagedRun(f"run.json has a bad {', '.join(bad)}")
+    info.update(summary=summary, provenance=provenance)  # null as {}: readers and writers update them
     try:
         BSQConfig.from_dict(info["config"])
     except (ValueError, TypeError) as err:

@@ -1,6 +1,7 @@
 import copy
 import shutil
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -47,6 +48,27 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
+def last_line(err: str) -> str:
+    """The error of a run that failed under its progress bar: one line, below the bar."""
+    lines = err.strip().splitlines()  # the bar's \r updates split into lines too
+    assert [line for line in lines if line.startswith("bsq-explore:")] == lines[-1:], lines[-3:]
+    assert "Traceback" not in err
+    return lines[-1]
+
+
+def options(config: dict) -> list[str]:
+    return [arg for k, v in config.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Timings differ between two runs of the same seed; everything else must not."""
+    return frame.drop(columns="seconds", errors="ignore").reset_index(drop=True)
+
+
+def assert_prefix(part: pd.DataFrame, whole: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(comparable(part), comparable(whole).iloc[:len(part)], check_dtype=False)
+
+
 def clone(model):
     return copy.deepcopy(model)
 
@@ -73,7 +95,8 @@ def tiny_run(tmp_path_factory):
 
 # The files that take longest, started first, so that `make test`'s two workers (pytest-xdist,
 # one file per worker at a time) finish together instead of one waiting on a late long file.
-LONGEST_FIRST = ["test_browser.py", "test_notebooks.py", "test_reliability.py", "test_sweep.py", "test_app.py"]
+LONGEST_FIRST = ["test_browser.py", "test_notebooks.py", "test_kill_and_resume.py", "test_atomic_writes.py",
+                 "test_sweep.py", "test_app.py", "test_writers.py", "test_run_folder.py"]
 
 
 def pytest_collection_modifyitems(items):

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis.extra.numpy import arrays
 
-from bsq_explore.bits import digits, from_bits, plane_norms, quantize, to_bits
+from bsq_explore.bits import MAX_BITS, digits, from_bits, plane_norms, plane_values, quantize, to_bits
 
 
 def uniform_quantize(w: torch.Tensor, n: int) -> torch.Tensor:
@@ -118,3 +118,75 @@ def test_bad_weights_are_clear_errors():
         to_bits(torch.tensor([1.0, float("nan")]), 4)
     with pytest.raises(ValueError, match="share a shape"):
         from_bits(torch.zeros(2, 3), torch.zeros(3, 3), torch.tensor(1.0))
+
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.bool]
+nbits_values = st.one_of(st.integers(-3, 20), st.floats(-3, 20), st.booleans())
+any_shapes = st.lists(st.integers(0, 4), max_size=3).map(tuple)  # includes 0-d and empty shapes
+
+
+def weight(shape, dtype, magnitude, special, seed):
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * magnitude
+    if special is not None and w.numel():
+        w.view(-1)[0] = special
+    return w.to(dtype)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=any_shapes, dtype=st.sampled_from(DTYPES), nbits=nbits_values, magnitude=st.sampled_from([0, 1e-3, 1, 300]),
+       special=st.sampled_from([None, 0.0, float("nan"), float("inf")]), seed=st.integers(0, 2**16))
+def test_fuzzed_to_bits_gives_the_uniform_quantization_or_a_one_line_error(shape, dtype, nbits, magnitude, special,
+                                                                          seed):
+    w = weight(shape, dtype, magnitude, special, seed)
+    try:
+        pos, neg, scale = to_bits(w, nbits)
+    except (ValueError, TypeError) as err:
+        assert "\n" not in str(err)
+        ok_nbits = not isinstance(nbits, bool) and isinstance(nbits, int) and 1 <= nbits <= MAX_BITS
+        ok_weight = w.is_floating_point() and bool(torch.isfinite(w).all())
+        assert not (ok_nbits and ok_weight), f"a valid call raised {err!r}"
+        return
+    assert pos.shape == neg.shape == (nbits, *shape) and pos.dtype == neg.dtype == scale.dtype == dtype
+    assert set(pos.unique().tolist()) <= {0, 1} and not (pos * neg).any()
+    w64 = w.double()
+    s = w64.abs().max().item() if w.numel() else 0.0
+    assert scale.item() == s
+    q = plane_values(pos.double(), neg.double())  # the integers the planes hold
+    if s == 0:
+        assert not q.any()
+        return
+    exact = w64.abs() / s * (2**nbits - 1)  # the oracle in float64: |q| = round(exact), sign of w
+    assert torch.equal(torch.sign(q) * torch.sign(w64), torch.sign(q.abs())), "q != 0 carries the sign of w"
+    off = (q.abs() - torch.round(exact)).abs()
+    near_tie = ((exact - exact.floor()) - 0.5).abs() < 1e-2  # float32 math may round a near-tie the other way
+    assert bool((off <= near_tie.double()).all()), "planes hold round(|w| / s * (2^n - 1))"
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=any_shapes, n=st.integers(-1, 18), dtype=st.sampled_from(DTYPES), neg_dtype=st.sampled_from(DTYPES),
+       scale=st.floats(0, 100), mismatch=st.booleans(), seed=st.integers(0, 2**16))
+def test_fuzzed_from_bits_gives_the_effective_weight_or_a_one_line_error(shape, n, dtype, neg_dtype, scale, mismatch,
+                                                                        seed):
+    generator = torch.Generator().manual_seed(seed)
+    plane_shape = (n, *shape) if n >= 0 else shape
+    pos = torch.randint(0, 3, plane_shape, generator=generator).to(dtype)  # planes relax into [0, 2]
+    neg = torch.randint(0, 3, plane_shape[:-1] + (1,) if mismatch and plane_shape else plane_shape,
+                        generator=generator).to(neg_dtype)
+    s = torch.tensor(scale, dtype=dtype if dtype.is_floating_point else torch.float32)
+    try:
+        w = from_bits(pos, neg, s)
+    except (ValueError, TypeError) as err:
+        assert "\n" not in str(err)
+        valid = pos.is_floating_point() and pos.dtype == neg.dtype and pos.shape == neg.shape \
+            and pos.dim() > 0 and 1 <= pos.shape[0] <= MAX_BITS
+        assert not valid, f"a valid call raised {err!r}"
+        return
+    nbits, weight_shape = pos.shape[0], pos.shape[1:]  # n < 0 made planes of the shape itself
+    levels = 2**nbits - 1
+    x = (2.0 ** torch.arange(nbits, dtype=torch.float64)).view(-1, *[1] * len(weight_shape))
+    k = torch.round(((x * pos.double()).sum(0) - (x * neg.double()).sum(0)).clamp(-levels, levels))
+    expected = s.double() * k / levels  # the effective weight at integer level k, in float64
+    assert w.shape == weight_shape and w.dtype == dtype
+    info = torch.finfo(dtype)
+    subnormal_step = info.smallest_normal * info.eps  # below smallest_normal a dtype rounds to this grid
+    torch.testing.assert_close(w.double(), expected, rtol=4 * info.eps, atol=4 * info.eps * scale + subnormal_step)

@@ -1,12 +1,23 @@
 """The bsq-explore command: outputs on a real run, one-line errors with exit code 2 on bad input."""
+import argparse
+import dataclasses
+import math
 import subprocess
 import sys
+from pathlib import Path
 
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import HealthCheck, event, given, settings
 
+import bsq_explore.cli as cli
+import bsq_explore.paths as paths
+import bsq_explore.sweep as sweep_module
+import bsq_explore.train as train_module
 from bsq_explore.cli import main
-from conftest import one_line
+from bsq_explore.runs import check_name
+from conftest import copy_run, one_line
 
 
 def run_cli(*args):
@@ -132,3 +143,113 @@ def test_train_from_a_run_json_config_with_overrides(tmp_path, tiny_run, capsys)
     assert main(args) == 0
     config, source = load_run(tmp_path / "again").config, load_run(tiny_run).config
     assert config == source.replace(pretrain_epochs=1, bsq_epochs=0, finetune_epochs=0)
+
+
+# ---- bad input, fuzzed -----------------------------------------------------------------------------
+
+COMMANDS = ["train", "sweep", "ls", "show", "export"]
+SUBPARSERS = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+OPTIONS = sorted({o for parser in SUBPARSERS.values() for a in parser._actions for o in a.option_strings})
+VALUES = ["0", "1", "-1", "2", "17", "0.5", "1e9", "1e400", "nan", "inf", "-inf", "", " ", "true", "no", "2,3",
+          "0,0.1", "1,,2", "a,b", "digits-mlp", "cifar10", "folder:nowhere", "mlp", "cpu", "cuda", "auto",
+          "tiny", "x\n", "a/b", "-", "--", "9" * 30, "local", "ray"]
+texts = st.text(alphabet=st.characters(blacklist_characters="/\\", blacklist_categories=("Cs",)), max_size=12)
+values = st.one_of(st.sampled_from(VALUES), st.integers(0, 40).map(str), texts, st.integers().map(str),
+                   st.floats().map(str))
+
+
+@st.composite
+def argvs(draw):
+    """Mostly a real command with well-formed option/value pairs (to reach the commands), then loose tokens."""
+    command = draw(st.sampled_from(COMMANDS)) if draw(st.integers(0, 9)) else draw(texts)
+    own = sorted({o for a in SUBPARSERS[command]._actions for o in a.option_strings} - {"-h", "--help"}) \
+        if command in SUBPARSERS else OPTIONS  # help stays among the loose tokens: it would swamp the pairs
+    positional = draw(st.lists(values, max_size=2)) if command in ("ls", "show", "export") else []
+    pairs = draw(st.lists(st.tuples(st.sampled_from(own), values), max_size=3)) if own else []  # ls has none
+    if command == "sweep" and draw(st.booleans()):  # its one required option
+        pairs.insert(0, ("--alphas", draw(st.sampled_from(["0.1", "0,0.3", "0.2,nan", "1e400", "", "x"]))))
+    loose = draw(st.lists(st.one_of(st.sampled_from(OPTIONS), values), max_size=2))
+    return [command, *positional, *(token for pair in pairs for token in pair), *loose]
+
+
+class FakePool:
+    """multiprocessing's Pool, in-process: the fuzzer must not spawn workers."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, tasks, chunksize=1):
+        return [fn(task) for task in tasks]
+
+
+class FakeContext:
+    Pool = FakePool
+
+
+@pytest.fixture
+def fuzz_cli(tmp_path, tiny_run, monkeypatch):
+    """A sandbox where any argument list is safe: stub training, every path under tmp_path."""
+    started = []
+
+    def stub_train(config, runs=None, name=None, sweep=None, callbacks=(), overwrite=False, force=False):
+        started.append(config)  # the parser and config validation are what is fuzzed, not training
+        return Path(runs or "data/runs") / check_name(name or "stub")
+
+    def stub_resume(path, config=None, callbacks=(), force=False):
+        if config is not None:
+            started.append(config)
+        return Path(path)
+
+    sandbox = tmp_path / "cwd" / "deeper"  # '..' arguments stay inside tmp_path
+    sandbox.mkdir(parents=True)
+    (tmp_path / "runs").mkdir()
+    copy_run(tiny_run, tmp_path / "runs", "tiny")
+    monkeypatch.chdir(sandbox)
+    monkeypatch.setenv("BSQ_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(paths, "EXAMPLES", tmp_path / "examples")
+    monkeypatch.setattr(train_module, "train", stub_train)
+    monkeypatch.setattr(train_module, "resume", stub_resume)
+    monkeypatch.setattr(sweep_module, "train", stub_train)
+    monkeypatch.setattr(sweep_module, "resume", stub_resume)
+    monkeypatch.setattr(sweep_module.multiprocessing, "get_context", lambda method: FakeContext)
+    monkeypatch.setattr(sweep_module, "run_ray", lambda tasks, *args: [sweep_module._run_one(t) for t in tasks])
+    return started
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=argvs())
+def test_fuzzed_command_lines_end_in_an_exit_code_and_at_most_one_line(fuzz_cli, capsys, argv):
+    started = len(fuzz_cli)
+    code = main(argv)
+    err = capsys.readouterr().err
+    event(f"{argv[0] if argv[0] in COMMANDS else 'no command'}: exit {code}")
+    assert isinstance(code, int) and code in (0, 2), (code, err)  # 1 is a failed run; the stubs never fail
+    assert len(err.strip().splitlines()) <= 1, err
+    if code == 2:
+        assert err.startswith("bsq-explore: error: "), err
+    for config in fuzz_cli[started:]:  # whatever reached training is a config it can run
+        values = [getattr(config, f.name) for f in dataclasses.fields(config)]
+        assert all(math.isfinite(v) for v in values if isinstance(v, float)) and config.alpha >= 0, config
+
+
+def test_the_fuzz_sandbox_reaches_the_commands(fuzz_cli, capsys):
+    """The fuzzer's stubs are wired: a valid train and sweep get through to them."""
+    assert main(["train", "--bsq-epochs", "3", "--name", "ok"]) == 0
+    assert main(["sweep", "--alphas", "0.1,0.2", "--uniform", "3", "--jobs", "2", "--name", "s"]) == 0
+    assert [c.bsq_epochs for c in fuzz_cli][:1] == [3] and sorted(c.alpha for c in fuzz_cli[2:4]) == [0.1, 0.2]
+    assert main(["sweep", "--alphas", "0.4", "--uniform", "", "--backend", "ray", "--name", "r"]) == 0
+    assert fuzz_cli[-1].alpha == 0.4, "the ray backend runs in-process here, never starting Ray"
+    assert main(["show", "tiny"]) == 0 and "finished" in capsys.readouterr().out
+
+
+def test_help_answers_without_importing_torch():
+    code = ("import sys\nfrom bsq_explore.cli import main\n"
+            "assert main(['train', '--help']) == 0 and 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and "--alpha" in result.stdout, result.stderr

@@ -1,4 +1,5 @@
 """The project's set-up files agree with each other."""
+import ast
 import re
 import subprocess
 import sys
@@ -67,3 +68,16 @@ def test_the_app_caps_uploads_just_above_the_largest_tensor_the_playground_reads
     limit = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"] * 2**20
     largest = 16 * MAX_UPLOAD + 65536  # a .pt of MAX_UPLOAD float64 elements, as read_tensor allows
     assert largest <= limit <= 2 * largest, "bigger files are refused before the server reads them whole"
+
+
+def test_every_torch_load_in_the_package_and_app_uses_weights_only():
+    calls = []
+    for path in sorted([*(ROOT / "bsq_explore").rglob("*.py"), *(ROOT / "app").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                           for k in node.keywords)
+                calls.append((f"{path.relative_to(ROOT)}:{node.lineno}", safe))
+    assert len(calls) >= 3, "the checkpoint, the pretrained model and the export are loaded"
+    assert [where for where, safe in calls if not safe] == []

@@ -208,11 +208,8 @@ FIELDS = ["status", "sweep", "error", "summary", "provenance", "config", "summar
           "config.bsq_epochs", "config.pretrain_milestones", "config.device"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(field=st.sampled_from(FIELDS), value=JSON)
-def test_any_value_in_any_run_json_field_lists_as_finished_or_damaged_and_never_raises(
-        tiny_run, tmp_path_factory, capsys, field, value):
-    root = tmp_path_factory.mktemp("fuzz")
+def damaged_copy(tiny_run, root: Path, field: str, value) -> Path:
+    """A copy of tiny_run whose run.json has value at field ('config.alpha': a nested key)."""
     folder = copy_run(tiny_run, root, "r")
     info = json.loads((folder / "run.json").read_text())
     *parents, key = field.split(".")
@@ -221,6 +218,15 @@ def test_any_value_in_any_run_json_field_lists_as_finished_or_damaged_and_never_
         target = target[parent]
     target[key] = value
     (folder / "run.json").write_text(json.dumps(info))
+    return folder
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(FIELDS), value=JSON)
+def test_any_value_in_any_run_json_field_lists_as_finished_or_damaged_and_never_raises(
+        tiny_run, tmp_path_factory, capsys, field, value):
+    root = tmp_path_factory.mktemp("fuzz")
+    folder = damaged_copy(tiny_run, root, field, value)
 
     row = list_runs(root).iloc[0]
     assert row.status in ("finished", "running", "running (stale)", "failed", "stopped", "damaged")
@@ -231,5 +237,23 @@ def test_any_value_in_any_run_json_field_lists_as_finished_or_damaged_and_never_
     else:
         assert row.status != "damaged"
         run.caption, run.config, run.kind  # everything a page shows of a run
-    assert main(["show", "r", "--runs", str(root)]) in (0, 2)
-    capsys.readouterr()
+    for command in (["show", "r"], ["export", "r", "--out", str(root / "q.pt")]):
+        assert main([*command, "--runs", str(root)]) in (0, 2)
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) <= 1 and "Traceback" not in err, err
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(FIELDS), value=JSON)
+def test_resume_of_any_run_json_finishes_the_run_or_refuses_in_one_line(tiny_run, tmp_path_factory, capsys, field,
+                                                                         value):
+    root = tmp_path_factory.mktemp("fuzz")
+    folder = damaged_copy(tiny_run, root, field, value)
+    damaged = list_runs(root).status.iloc[0] == "damaged"
+    code = main(["train", "--resume", "--name", "r", "--runs", str(root)])
+    err = capsys.readouterr().err
+    assert code in (0, 2) and "Traceback" not in err, err
+    if code == 0:  # its checkpoint holds the config: a finished run is finished again, from its last epoch
+        assert load_run(folder).info["status"] == "finished"
+    else:
+        assert err.strip().splitlines()[-1].startswith("bsq-explore: error:") and damaged or "running" in err

@@ -4,7 +4,10 @@ import shutil
 
 import pytest
 
+from bsq_explore.config import preset
 from bsq_explore.runs import DamagedRun, check_name, list_runs, load_run, write_atomic
+from bsq_explore.train import train
+from conftest import TINY
 
 
 def copy_run(tiny_run, root, name):
@@ -65,3 +68,12 @@ def test_folders_that_hold_no_run_are_not_listed(tmp_path, tiny_run):
     (damaged / "run.json").unlink()  # a run's files without run.json: damaged, and listed
     table = list_runs(tmp_path).set_index("name")
     assert sorted(table.index) == ["good", "no-info"] and table.loc["no-info", "status"] == "damaged"
+
+
+@pytest.mark.parametrize("name", ["x\n", "../x", "/tmp/x", "a/b", "..", "x\x00"])
+def test_bad_run_names_are_refused_before_anything_is_written(tmp_path, name):
+    with pytest.raises(ValueError, match="bad run name"):
+        check_name(name)
+    with pytest.raises(ValueError, match="bad run name"):
+        train(preset("digits-mlp", **TINY), runs=tmp_path / "root", name=name)
+    assert not (tmp_path / "root").exists() and list(tmp_path.iterdir()) == []

@@ -1,0 +1,195 @@
+"""Kills and stops: SIGKILL, SIGTERM, stale and zombie runs, stop, resume and checkpoints it refuses."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import bsq_explore.train as train_module
+from bsq_explore.cli import main
+from bsq_explore.config import preset
+from bsq_explore.runs import DamagedRun, is_stale, list_runs, load_run
+from bsq_explore.train import resume, train
+from conftest import TINY, assert_prefix, comparable, copy_run, last_line, one_line, options
+
+KILL = dict(TINY, bsq_epochs=8)  # long enough in BSQ to be killed in the middle of it
+
+
+def set_info(folder: Path, **changes) -> None:
+    info = json.loads((folder / "run.json").read_text())
+    for key, value in changes.items():
+        if key in ("pid", "host"):
+            info["provenance"][key] = value
+        else:
+            info[key] = value
+    (folder / "run.json").write_text(json.dumps(info))
+
+
+# Runs the CLI in a child that, if no SIGKILL came sooner, stops for good after BSQ epoch 5: the
+# kill lands anywhere from BSQ epoch 2 on (mid-epoch, mid-write), yet the child can never finish first.
+HOLD_AFTER_BSQ_5 = """
+import sys, threading
+import bsq_explore.train as train
+from bsq_explore.cli import main
+run_epoch = train.run_epoch
+def held(model, opt, ds, config, generator, e, folder):
+    done = run_epoch(model, opt, ds, config, generator, e, folder)
+    if (e.stage, e.epoch) == ("bsq", 5):
+        threading.Event().wait()
+    return done
+train.run_epoch = held
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def bsq_epochs_on_disk(folder: Path) -> int:
+    try:
+        metrics = load_run(folder).metrics
+    except DamagedRun as err:  # only while the folder or its run.json is not there yet
+        assert "not a run folder" in str(err) or "run.json is missing" in str(err), err
+        return -1
+    return metrics[metrics.stage == "bsq"].epoch.max() if (metrics.stage == "bsq").any() else -1
+
+
+def test_sigkill_in_bsq_keeps_every_finished_epoch_and_resume_matches_an_uninterrupted_run(tmp_path, capsys):
+    cut_root, ref_root = tmp_path / "cut", tmp_path / "ref"
+    args = ["train", *options(KILL), "--name", "x"]
+    victim = subprocess.Popen([sys.executable, "-c", HOLD_AFTER_BSQ_5, *args, "--runs", str(cut_root)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while bsq_epochs_on_disk(cut_root / "x") < 2:  # read with load_run: no torn read either
+            assert victim.poll() is None, victim.stderr.read()
+            time.sleep(0.005)
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait() == -signal.SIGKILL
+    finally:
+        victim.kill()
+        victim.wait()
+    # the uninterrupted reference, in this process: the run's threads come from its config, so a
+    # process of its own would give the same frames
+    ref = load_run(train(preset("digits-mlp", **KILL), runs=ref_root, name="x"))
+
+    cut = load_run(cut_root / "x")
+    assert cut.info["status"] == "running" and cut.stale
+    assert cut.metrics.stage.iloc[-1] == "bsq" and 2 <= cut.metrics.epoch.iloc[-1] <= 5
+    for kind in ("metrics", "bits", "layers"):
+        assert_prefix(getattr(cut, kind), getattr(ref, kind))
+    row = list_runs(cut_root).set_index("name").loc["x"]
+    assert row.status == "running (stale)" and str(victim.pid) in row.reason
+    assert main(["ls", str(cut_root)]) == 0 and "running (stale)" in capsys.readouterr().out
+    assert main(["show", str(cut_root / "x")]) == 0 and "running (stale" in capsys.readouterr().out
+
+    resumed = subprocess.run([sys.executable, "-m", "bsq_explore.cli", "train", "--resume", "--name", "x",
+                              "--runs", str(cut_root)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    run = load_run(cut_root / "x")
+    assert run.info["status"] == "finished" and not run.stale
+    for kind in ("metrics", "bits", "layers"):
+        pd.testing.assert_frame_equal(comparable(getattr(run, kind)), comparable(getattr(ref, kind)))
+    assert run.info["summary"] == ref.info["summary"]
+    ours, theirs = (torch.load(r / "x" / "model.pt", weights_only=True) for r in (cut_root, ref_root))
+    for name, spec in theirs["layers"].items():
+        assert torch.equal(ours["layers"][name]["q"], spec["q"]) and ours["layers"][name]["nbits"] == spec["nbits"]
+    assert not list((cut_root / "x").glob(".*.tmp")), "resume clears half-written files of the killed process"
+
+
+def test_a_zombie_or_vanished_process_makes_a_running_run_stale_and_a_live_one_is_not(tmp_path, tiny_run):
+    folder = copy_run(tiny_run, tmp_path, "z")
+    live = subprocess.Popen(["cat"], stdin=subprocess.PIPE)  # alive until its stdin closes
+    try:
+        set_info(folder, status="running", pid=live.pid, host=socket.gethostname())
+        assert not load_run(folder).stale and list_runs(tmp_path).status.tolist() == ["running"]
+        with pytest.raises(FileExistsError, match="still running"):
+            resume(folder)
+        with pytest.raises(FileExistsError, match="still running"):
+            train(preset("digits-mlp", **TINY), runs=tmp_path, name="z", overwrite=True)
+    finally:
+        live.stdin.close()
+    if sys.platform == "linux":  # /proc tells a zombie apart
+        os.waitid(os.P_PID, live.pid, os.WEXITED | os.WNOWAIT)  # it has exited but is not reaped: a zombie
+        assert load_run(folder).stale
+    live.wait()
+    assert load_run(folder).stale and list_runs(tmp_path).status.tolist() == ["running (stale)"]
+    set_info(folder, host="another-host")
+    assert not is_stale(load_run(folder).info), "a process on another host cannot be checked"
+
+    set_info(folder, host=socket.gethostname())
+    resume(folder)
+    run = load_run(folder)
+    assert run.info["status"] == "finished"
+    pd.testing.assert_frame_equal(run.metrics, load_run(tiny_run).metrics)
+
+
+def test_sigterm_during_float_pretraining_stops_the_run_and_resume_finishes_it(tmp_path, capsys):
+    args = ["train", *options(dict(TINY, pretrain_epochs=30)), "--name", "t", "--runs", str(tmp_path)]
+    child = subprocess.Popen([sys.executable, "-m", "bsq_explore.cli", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(400):  # until its first float epoch is on disk
+            if (tmp_path / "t" / "checkpoint.pt").exists():
+                break
+            time.sleep(0.05)
+        train_module.stop(tmp_path / "t")  # what the app's stop button does: SIGTERM to the run's process
+        code, err = child.wait(timeout=60), child.stderr.read()
+    finally:
+        child.kill()
+    assert code == 130 and "stopped" in last_line(err)
+    run = load_run(tmp_path / "t")  # in float pretraining: no bit frames yet, and not damaged for it
+    assert run.info["status"] == "stopped" and len(run.metrics) >= 1 and run.bits.empty
+    assert list_runs(tmp_path).status.tolist() == ["stopped"]
+    with pytest.raises(ValueError, match="not running"):
+        train_module.stop(tmp_path / "t")
+    assert main(["train", "--resume", "--name", "t", "--runs", str(tmp_path), "--pretrain-epochs", "2"]) == 2
+    assert main(["train", "--resume", "--name", "t", "--runs", str(tmp_path)]) == 0  # its own config
+    run = load_run(tmp_path / "t")
+    assert run.info["status"] == "finished" and run.metrics.stage.tolist().count("pretrain") == 30
+
+
+def test_stop_refuses_a_process_that_is_no_bsq_run(tmp_path, tiny_run):
+    folder = copy_run(tiny_run, tmp_path, "forged")
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        set_info(folder, status="running", pid=other.pid, host=socket.gethostname())
+        with pytest.raises(ValueError, match="is not a bsq-explore run"):
+            train_module.stop(folder)
+        assert other.poll() is None, "the other process lives"
+    finally:
+        other.kill()
+
+
+# ---- damaged checkpoints ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a zip", "pickle"], ids=["empty", "not a zip", "pickle"])
+def test_a_damaged_or_unsafe_checkpoint_refuses_to_resume_and_runs_no_code(tmp_path, tiny_run, capsys, content):
+    folder = copy_run(tiny_run, tmp_path, "c")
+    set_info(folder, status="failed")
+    marker = tmp_path / "pwned"
+    if content == "pickle":
+        torch.save({"config": Evil(marker)}, folder / "checkpoint.pt")
+    else:
+        (folder / "checkpoint.pt").write_bytes(content)
+    assert main(["train", "--resume", "--name", "c", "--runs", str(tmp_path)]) == 2
+    assert "checkpoint.pt is unreadable" in one_line(capsys.readouterr().err)
+    assert not marker.exists() and load_run(folder).info["status"] == "failed"
+
+    (folder / "model.pt").write_bytes((folder / "checkpoint.pt").read_bytes())
+    assert main(["export", str(folder), "--out", str(tmp_path / "q.pt")]) == 2
+    assert "model.pt is unreadable" in one_line(capsys.readouterr().err)
+    assert not marker.exists() and not (tmp_path / "q.pt").exists()
+
+
+class Evil:
+    """Unpickling this would create a folder: weights_only loading must refuse to build it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
