@@ -193,3 +193,47 @@ class Evil:
 
     def __reduce__(self):
         return (os.mkdir, (str(self.marker),))
+
+
+# The CLI in a child that prints "held" and waits for good after the first epoch of one stage, so
+# that a signal lands in that stage, with that epoch on disk.
+HOLD_IN_STAGE = """
+import sys, threading
+import bsq_explore.train as train
+from bsq_explore.cli import main
+stage, run_epoch = sys.argv.pop(1), train.run_epoch
+def held(model, opt, ds, config, generator, e, folder):
+    done = run_epoch(model, opt, ds, config, generator, e, folder)
+    if e.stage == stage:
+        print("held", flush=True)
+        threading.Event().wait()
+    return done
+train.run_epoch = held
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "bsq", "finetune"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["INT", "TERM", "KILL"])
+def test_a_signal_in_any_stage_keeps_the_run_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_run, stage, sig):
+    child = subprocess.Popen([sys.executable, "-c", HOLD_IN_STAGE, stage, "train", *options(TINY), "--name", "tiny",
+                              "--runs", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "held\n", child.stderr.read()
+        child.send_signal(sig)
+        code = child.wait(timeout=60)
+    finally:
+        child.kill()
+        child.wait()
+    status = list_runs(tmp_path).status.item()
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL and status == "running (stale)"
+    else:
+        assert code == 130 and status == "stopped" and "Traceback" not in child.stderr.read()
+    assert load_run(tmp_path / "tiny").metrics.stage.iloc[-1] == stage  # the held epoch is on disk
+
+    resume(tmp_path / "tiny")  # in this process: the run's threads come from its config
+    run, ref = load_run(tmp_path / "tiny"), load_run(tiny_run)
+    assert run.info["status"] == "finished" and run.info["summary"] == ref.info["summary"]
+    for kind in ("metrics", "bits", "layers"):
+        pd.testing.assert_frame_equal(comparable(getattr(run, kind)), comparable(getattr(ref, kind)))

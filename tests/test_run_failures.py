@@ -64,3 +64,28 @@ def test_an_exception_inside_training_fails_the_run_with_exit_1_and_keeps_its_fr
     assert list(zip(run.metrics.stage, run.metrics.epoch))[-1] == ("bsq", 1)
     for kind in ("metrics", "bits", "layers"):
         assert_prefix(getattr(run, kind), getattr(load_run(tiny_run), kind))
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "bsq", "finetune"])
+def test_an_error_in_any_stage_lists_as_failed_with_its_reason_and_resume_finishes_the_run(
+        tmp_path, tiny_run, monkeypatch, stage):
+    real = train_module.run_epoch
+
+    def failing(model, opt, ds, config, generator, e, folder):  # after the stage's first epoch is on disk
+        done = real(model, opt, ds, config, generator, e, folder)
+        if e.stage == stage:
+            raise OSError(f"disk gone in {stage}")
+        return done
+
+    monkeypatch.setattr(train_module, "run_epoch", failing)
+    with pytest.raises(RunFailed):
+        train(preset("digits-mlp", **TINY), runs=tmp_path, name="f")
+    row = list_runs(tmp_path).iloc[0]
+    assert (row.status, row.reason) == ("failed", f"OSError: disk gone in {stage}")
+    monkeypatch.setattr(train_module, "run_epoch", real)
+    train_module.resume(tmp_path / "f")
+    run, ref = load_run(tmp_path / "f"), load_run(tiny_run)
+    assert run.info["status"] == "finished" and run.info["error"] is None and run.info["summary"] == ref.info["summary"]
+    for kind in ("metrics", "bits", "layers"):
+        assert_prefix(getattr(run, kind), getattr(ref, kind))
+        assert len(getattr(run, kind)) == len(getattr(ref, kind))
