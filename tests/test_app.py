@@ -364,3 +364,13 @@ def test_train_page_shows_why_a_run_did_not_start(app, tmp_path, monkeypatch):
             break
         time.sleep(0.5)
     assert "did not start" in at.error[0].value and "mnist is not under" in at.error[0].value
+
+
+GARBAGE = {"run": "../" * 50, "other": "x" * 5000, "sweep": "²", "alpha": "-nan", "epoch": "--5", "colour": "\x00",
+           "animate": "1e999", "root": "/dev/null/x"}
+
+
+@pytest.mark.parametrize("page", ["home", "runs", "heatmap", "precision", "sweep", "compare", "whatif", "train",
+                                  "playground"])
+def test_every_page_takes_any_query_parameters_without_an_exception(app, page):
+    app(page, **GARBAGE)  # app() asserts no exception
