@@ -217,6 +217,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device cuda was asked for, but CUDA is not available here (use --device cpu or auto)")
+    index, count = name.partition(":")[2], torch.cuda.device_count() if name.startswith("cuda") else 0
+    if index and not (index.isascii() and index.isdigit() and int(index) < count):  # else it fails mid-run
+        raise ValueError(f"device {name} does not exist here: this machine has cuda:0 to cuda:{count - 1}")
     return torch.device(name)
 
 

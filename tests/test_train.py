@@ -151,3 +151,14 @@ def test_a_run_uses_its_configs_thread_count_and_gives_the_callers_back(tmp_path
     finally:
         torch.set_num_threads(before)
     assert set(seen) == {2} and load_run(path).info["provenance"]["threads"] == 2
+
+
+def test_a_cuda_device_this_machine_lacks_is_refused_before_the_run(monkeypatch):
+    from bsq_explore.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1") and resolve_device("cuda") == torch.device("cuda")
+    for name in ("cuda:2", "cuda:x", "cuda:١"):
+        with pytest.raises(ValueError, match=f"device {name} does not exist here: this machine has cuda:0 to cuda:1"):
+            resolve_device(name)
