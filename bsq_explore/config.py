@@ -5,8 +5,6 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-
-
 MAX_BITS = 16  # float32 holds every integer below 2**24 exactly; 16 bits leaves ample margin
 
 
