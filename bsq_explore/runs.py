@@ -234,24 +234,34 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def process_alive(info: dict) -> bool | None:
-    """Whether the process that wrote the run still exists; None when that cannot be told
-    (another host, or not POSIX)."""
+    """Whether the process that wrote the run still exists; None when that cannot be told (another
+    host). A zombie (killed, not yet reaped by its parent, say the app) is gone, and so is the
+    writer whose pid now names a process started at another time (a reused pid)."""
+    import psutil
+
     provenance = info.get("provenance") or {}
-    pid = provenance.get("pid")
-    if provenance.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0 \
-            or os.name != "posix":  # Windows' os.kill would end the process
+    pid, started = provenance.get("pid"), provenance.get("started")
+    if provenance.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
         return None
     try:
-        os.kill(pid, 0)  # signal 0 only asks whether the process exists
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - started) < 1  # runs before 'started': trust the pid
+    except psutil.NoSuchProcess:
         return False
-    except OSError:  # it exists, owned by someone else
+    except psutil.AccessDenied:  # it exists, owned by someone else
         return True
-    try:  # a killed child that its parent (say, the app) has not reaped yet is a zombie: gone too
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc here
-        return True
+
+
+def process_command(info: dict) -> str:
+    """The command line of the run's process ('' when it cannot be read), to tell a bsq-explore run."""
+    import psutil
+
+    try:
+        return " ".join(psutil.Process(info["provenance"]["pid"]).cmdline())
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return ""
 
 
 def is_stale(info: dict) -> bool:
@@ -364,6 +374,8 @@ def read_info(folder: Path) -> dict:
         bad.append("provenance pid")
     if not isinstance(provenance.get("host"), (str, type(None))):
         bad.append("provenance host")
+    if not (provenance.get("started") is None or _is_number(provenance["started"])):
+        bad.append("provenance started")
     if bad:
         raise DamagedRun(f"run.json has a bad {', '.join(bad)}")
     info.update(summary=summary, provenance=provenance)  # null as {}: readers and writers update them
@@ -541,7 +553,10 @@ def _this_process() -> dict:
     """The provenance of the process writing a run (a resumed run records its new writer)."""
     import torch
 
-    return dict(host=socket.gethostname(), pid=os.getpid(), threads=torch.get_num_threads())
+    import psutil
+
+    return dict(host=socket.gethostname(), pid=os.getpid(), started=psutil.Process().create_time(),
+                threads=torch.get_num_threads())
 
 
 def check_idle(path: Path, force: bool = False) -> None:

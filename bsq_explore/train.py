@@ -30,7 +30,7 @@ from .layers import convert_, weights_up_front
 from .models import build_model, convert_filter
 from .paths import runs_root
 from .runs import (CHECKPOINT, FRAME_COLUMNS, RunFolder, check_idle, check_name, owning, prepare_root,
-                   process_alive, read_checkpoint, read_info, run_name)
+                   process_alive, process_command, read_checkpoint, read_info, run_name)
 from .stats import FLOAT_BITS, bit_sparsity, layer_precision, size_of
 
 
@@ -395,11 +395,8 @@ def stop(path: str | os.PathLike) -> None:
     pid = (info.get("provenance") or {}).get("pid")
     if info["status"] != "running" or not process_alive(info):
         raise ValueError(f"run {path.name} is not running on this host")
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        command = b""
-    if b"bsq_explore" not in command and b"bsq-explore" not in command:
+    command = process_command(info)
+    if "bsq_explore" not in command and "bsq-explore" not in command:
         raise ValueError(f"process {pid} of run {path.name} is not a bsq-explore run; not stopping it")
     os.kill(pid, signal.SIGTERM)
 

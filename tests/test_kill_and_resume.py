@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -25,7 +26,7 @@ KILL = dict(TINY, bsq_epochs=8)  # long enough in BSQ to be killed in the middle
 def set_info(folder: Path, **changes) -> None:
     info = json.loads((folder / "run.json").read_text())
     for key, value in changes.items():
-        if key in ("pid", "host"):
+        if key in ("pid", "host", "started"):
             info["provenance"][key] = value
         else:
             info[key] = value
@@ -104,7 +105,7 @@ def test_a_zombie_or_vanished_process_makes_a_running_run_stale_and_a_live_one_i
     folder = copy_run(tiny_run, tmp_path, "z")
     live = subprocess.Popen(["cat"], stdin=subprocess.PIPE)  # alive until its stdin closes
     try:
-        set_info(folder, status="running", pid=live.pid, host=socket.gethostname())
+        set_info(folder, status="running", pid=live.pid, host=socket.gethostname(), started=started(live.pid))
         assert not load_run(folder).stale and list_runs(tmp_path).status.tolist() == ["running"]
         with pytest.raises(FileExistsError, match="still running"):
             resume(folder)
@@ -125,6 +126,25 @@ def test_a_zombie_or_vanished_process_makes_a_running_run_stale_and_a_live_one_i
     run = load_run(folder)
     assert run.info["status"] == "finished"
     pd.testing.assert_frame_equal(run.metrics, load_run(tiny_run).metrics)
+
+
+def started(pid: int) -> float:
+    return psutil.Process(pid).create_time()
+
+
+def test_a_pid_reused_by_another_process_does_not_keep_a_dead_run_alive(tmp_path, tiny_run):
+    folder = copy_run(tiny_run, tmp_path, "r")
+    other = subprocess.Popen(["sleep", "30"])  # alive, with the pid the dead writer once had
+    try:
+        set_info(folder, status="running", pid=other.pid, host=socket.gethostname(), started=started(other.pid) - 60)
+        assert load_run(folder).stale and list_runs(tmp_path).status.tolist() == ["running (stale)"]
+        with pytest.raises(ValueError, match="not running on this host"):
+            train_module.stop(folder)  # and the other process is never signalled
+        set_info(folder, started=started(other.pid))  # the same start time: it is the writer
+        assert not load_run(folder).stale
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_sigterm_during_float_pretraining_stops_the_run_and_resume_finishes_it(tmp_path, capsys):
@@ -156,7 +176,7 @@ def test_stop_refuses_a_process_that_is_no_bsq_run(tmp_path, tiny_run):
     folder = copy_run(tiny_run, tmp_path, "forged")
     other = subprocess.Popen(["sleep", "30"])
     try:
-        set_info(folder, status="running", pid=other.pid, host=socket.gethostname())
+        set_info(folder, status="running", pid=other.pid, host=socket.gethostname(), started=started(other.pid))
         with pytest.raises(ValueError, match="is not a bsq-explore run"):
             train_module.stop(folder)
         assert other.poll() is None, "the other process lives"
