@@ -17,7 +17,8 @@ class BSQConfig:
     bsq_epochs = 0 is a uniform-precision baseline at nbits (quantization-aware finetuning).
     """
     dataset: str = "digits"           # digits | mnist | fashion-mnist | cifar10 | folder:PATH
-    model: str = "mlp"                # mlp | lenet5 | resnet20 | resnet32 | resnet56
+    model: str = "mlp"                # mlp | lenet5 | resnet20 | resnet32 | resnet56 | torchvision:NAME
+    float_layers: str = ""            # comma-separated layer names (fnmatch patterns) convert_ leaves in float
     act_bits: int = 0                 # 0 = float activations
     nbits: int = 8                    # precision at conversion
     max_bits: int = 8                 # a layer never grows beyond this
@@ -68,7 +69,8 @@ class BSQConfig:
             (min(self.train_subset, self.test_subset) >= 0, "subsets must be >= 0"),
             (self.act_bits == 0 or 1 <= self.act_bits <= MAX_BITS, f"act_bits must be 0 or 1..{MAX_BITS}"),
             (self.device in DEVICES or self.device.startswith("cuda:"), f"device must be {', '.join(DEVICES)} or cuda:N"),
-            (self.model in MODELS, f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}"),
+            (self.model in MODELS or self.model.startswith(TORCHVISION),
+             f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}, {TORCHVISION}NAME"),
             (self.dataset in DATASETS or self.dataset.startswith("folder:"),
              f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}, folder:PATH"),
         ]
@@ -109,6 +111,7 @@ MAX_THREADS = 256
 DEVICES = ("cpu", "cuda", "auto")  # and cuda:N
 UNIFORM_BITS = (2, 3, 4, 8)  # a sweep's uniform-precision baselines unless it names others
 MODELS = ("mlp", "lenet5", "resnet20", "resnet32", "resnet56")
+TORCHVISION = "torchvision:"  # --model torchvision:resnet18: any torchvision classifier, untrained
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 # Presets are data: the fields that differ from BSQConfig's defaults.

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bits import MAX_BITS, quantize
+from .config import TORCHVISION
 
 
 class QuantReLU6(nn.Module):
@@ -142,10 +143,54 @@ def build_model(config, data) -> nn.Module:
         return mlp(c * h * w, num_classes=classes, act_bits=config.act_bits)
     if config.model == "lenet5":
         return lenet5(c, classes, image_size=h, act_bits=config.act_bits)
+    if config.model.startswith(TORCHVISION):
+        return torchvision_model(config.model.removeprefix(TORCHVISION), c, classes)
     return CifarResNet(int(config.model.removeprefix("resnet")), classes, config.act_bits, in_channels=c)
 
 
+def torchvision_classifiers() -> list[str]:
+    """The names torchvision's get_model builds as image classifiers."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_model(name: str) -> None:
+    """A torchvision:NAME that torchvision lacks is a ValueError listing the names it has."""
+    if name.startswith(TORCHVISION) and name.removeprefix(TORCHVISION) not in torchvision_classifiers():
+        raise ValueError(f"torchvision has no classifier {name.removeprefix(TORCHVISION)!r}; choose one of: "
+                         f"{', '.join(torchvision_classifiers())}")
+
+
+def torchvision_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    """A torchvision classifier, untrained (weights=None: nothing downloads), with num_classes
+    outputs and its first convolution re-made for in_channels when that is not 3. Its activations
+    stay float: act_bits applies to the kit's own models."""
+    import torchvision
+
+    check_model(TORCHVISION + name)
+    extra = {"aux_logits": False} if name in ("googlenet", "inception_v3") else {}  # one output, not a tuple
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
+    if in_channels != 3:
+        path, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+        parent, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(parent), attr, nn.Conv2d(
+            in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+            conv.bias is not None))
+    return model
+
+
 def convert_filter(config):
-    """The convert_ filter of config's recipe: ResNets keep their downsample shortcuts in float
-    (the paper's recipe); other models convert every layer (None)."""
-    return not_shortcut if config.model.startswith("resnet") else None
+    """The convert_ filter of config's recipe: the layers config.float_layers names (fnmatch
+    patterns) stay float, and so do a kit ResNet's downsample shortcuts (the paper's recipe);
+    None when every layer converts."""
+    import fnmatch
+
+    patterns = [p.strip() for p in config.float_layers.split(",") if p.strip()]
+    shortcuts = config.model.startswith("resnet")
+    if not patterns and not shortcuts:
+        return None
+
+    def keep(module: nn.Module, name: str) -> bool:
+        return not any(fnmatch.fnmatchcase(name, p) for p in patterns) and (not shortcuts or not_shortcut(module, name))
+    return keep

@@ -25,9 +25,9 @@ from torch import nn
 
 from . import data
 from .bsq import bit_lasso, bit_weights, clamp_bits_, export, freeze_, requantize_
-from .config import BSQConfig
+from .config import TORCHVISION, BSQConfig
 from .layers import convert_, weights_up_front
-from .models import build_model, convert_filter
+from .models import build_model, check_model, convert_filter
 from .paths import runs_root
 from .runs import (CHECKPOINT, FRAME_COLUMNS, RunFolder, check_idle, check_name, owning, prepare_root,
                    process_alive, process_command, read_checkpoint, read_info, run_name)
@@ -256,7 +256,8 @@ def train(config: BSQConfig, runs: str | os.PathLike | None = None, name: str | 
     re-raised. Either way the finished epochs stay, and resume() goes on.
     """
     root = runs_root(runs)
-    path = root / check_name(name or f"{run_name(config, config.model)}-{datetime.now():%Y%m%d-%H%M%S}")
+    prefix = config.model.removeprefix(TORCHVISION)  # a name is a plain folder name: no ':'
+    path = root / check_name(name or f"{run_name(config, prefix)}-{datetime.now():%Y%m%d-%H%M%S}")
     prepare_root(root)
     with owning(path):  # one writer per run, from before the slow data load to the end
         if path.exists() and not overwrite:
@@ -306,7 +307,8 @@ def _check_same(path: Path, given: BSQConfig | None, saved: BSQConfig) -> None:
 def _start(path: Path, config: BSQConfig, sweep: str | None, callbacks) -> Path:
     """The run of config from its first epoch, into the folder at path (a run's files there replaced)."""
     device = resolve_device(config.device)
-    pretrained = _read_pretrained(config.pretrained) if config.pretrained else None  # refused before the data
+    check_model(config.model)  # these two are refused before the data loads
+    pretrained = _read_pretrained(config.pretrained) if config.pretrained else None
     with cpu_threads(config.threads):  # before the data: even its normalization sums floats
         ds, model, generator = _setup(config, device)
         if pretrained is not None:

@@ -44,3 +44,25 @@ def test_float_activation_and_bad_bits():
     assert isinstance(models.activation(0), torch.nn.ReLU)
     with pytest.raises(ValueError, match="act_bits"):
         models.activation(-2)
+
+
+def test_a_torchvision_classifier_is_built_untrained_for_the_datasets_channels_and_classes():
+    from bsq_explore.models import torchvision_model
+
+    model = torchvision_model("resnet18", in_channels=1, num_classes=7)
+    assert model.conv1.in_channels == 1 and model.fc.out_features == 7
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+    with pytest.raises(ValueError, match="torchvision has no classifier 'nope'; choose one of: alexnet, .*resnet18"):
+        torchvision_model("nope", 3, 10)
+
+
+def test_float_layers_names_the_layers_convert_leaves_in_float():
+    from bsq_explore.config import preset
+    from bsq_explore.layers import bit_layers, convert_
+    from bsq_explore.models import convert_filter, lenet5, resnet20
+
+    model = convert_(lenet5(), 8, filter_fn=convert_filter(preset("digits-cnn", float_layers="conv*, fc3")))
+    assert [name for name, _ in bit_layers(model)] == ["fc1", "fc2"]
+    model = convert_(resnet20(), 8, filter_fn=convert_filter(preset("cifar10-resnet20", float_layers="fc")))
+    names = [name for name, _ in bit_layers(model)]
+    assert "fc" not in names and not any("downsample" in n for n in names) and len(names) == 19  # the 3x3 convs

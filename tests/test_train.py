@@ -162,3 +162,20 @@ def test_a_cuda_device_this_machine_lacks_is_refused_before_the_run(monkeypatch)
     for name in ("cuda:2", "cuda:x", "cuda:١"):
         with pytest.raises(ValueError, match=f"device {name} does not exist here: this machine has cuda:0 to cuda:1"):
             resolve_device(name)
+
+
+def test_a_torchvision_classifier_trains_through_every_stage_on_a_folder_of_32x32_images(tmp_path):
+    from bsq_explore.cli import main
+    from bsq_explore.data import synthetic_image_folder
+    from bsq_explore.runs import load_run
+
+    images = synthetic_image_folder(tmp_path / "images", classes=4, train_per_class=16, test_per_class=8)
+    args = ["train", "--dataset", f"folder:{images}", "--model", "torchvision:mobilenet_v3_small",
+            "--float-layers", "classifier.3", "--pretrain-epochs", "1", "--bsq-epochs", "1", "--finetune-epochs", "1",
+            "--batch-size", "32", "--name", "mnv3", "--runs", str(tmp_path / "runs")]
+    assert main(args) == 0
+    run = load_run(tmp_path / "runs" / "mnv3")
+    assert run.info["status"] == "finished" and run.metrics.stage.tolist() == ["pretrain", "bsq", "bsq", "finetune"]
+    model = torch.load(tmp_path / "runs" / "mnv3" / "float.pt", weights_only=True)
+    convs_and_linears = {k.removesuffix(".weight") for k, v in model.items() if k.endswith(".weight") and v.dim() in (2, 4)}
+    assert set(run.layers.layer) == convs_and_linears - {"classifier.3"}  # every Conv2d and Linear but the one kept float
