@@ -79,6 +79,8 @@ def build_parser() -> Parser:
     train.add_argument("--name", help="run name (default: model, alpha and time)")
     train.add_argument("--resume", action="store_true", help="continue the named run from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    train.add_argument("--tensorboard", metavar="DIR",
+                       help="also write each epoch's metrics, bits and bit heatmap as TensorBoard events to DIR")
     train.add_argument("--force", action="store_true",
                        help="resume or overwrite a run marked running on another host (when its process is gone)")
     _add_config_options(train)
@@ -165,7 +167,7 @@ def _config(args):
 
 
 def cmd_train(args) -> int:
-    from contextlib import closing
+    from contextlib import ExitStack, closing
 
     from .paths import runs_root
     from .progress import ProgressBar
@@ -176,11 +178,16 @@ def cmd_train(args) -> int:
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     config = _config(args)
-    with closing(ProgressBar(args.name or "train")) as bar:
+    with ExitStack() as stack:
+        callbacks = [stack.enter_context(closing(ProgressBar(args.name or "train")))]
+        if args.tensorboard:
+            from .board import TensorBoard
+
+            callbacks.append(stack.enter_context(closing(TensorBoard(args.tensorboard))))
         if args.resume:
-            path = resume(runs_root(args.runs) / args.name, config, callbacks=[bar], force=args.force)
+            path = resume(runs_root(args.runs) / args.name, config, callbacks=callbacks, force=args.force)
         else:
-            path = train(config, runs=args.runs, name=args.name, callbacks=[bar], overwrite=args.overwrite,
+            path = train(config, runs=args.runs, name=args.name, callbacks=callbacks, overwrite=args.overwrite,
                          force=args.force)
     print(path)
     return 0

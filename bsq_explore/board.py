@@ -1,0 +1,58 @@
+"""TensorBoard, a training callback: each epoch's metrics, each layer's bits and the bit heatmap as an image."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from .plots import REMOVED
+
+CELL = 16  # pixels a side per (layer, bit) cell of the heatmap image
+METRICS = ("train_loss", "reg_loss", "train_acc", "test_acc", "avg_bits", "compression", "lr")
+
+
+class TensorBoard:
+    """A callback for train(), resume() and `--tensorboard DIR`: writes, at each epoch's step,
+    the scalars metrics/<name> and bits/<layer>, and the image 'bit planes' (layers top to bottom,
+    bits most significant left, Viridis density, grey where a plane was removed), so a run can be
+    watched in TensorBoard beside other experiments. Needs the tensorboard package."""
+
+    def __init__(self, logdir: str | os.PathLike):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("--tensorboard needs TensorBoard: pip install 'bsq_explore[tensorboard]'") from None
+        self.writer = SummaryWriter(str(logdir))
+
+    def __call__(self, event) -> None:
+        for key in METRICS:
+            value = event.metrics.get(key)
+            if value is not None and np.isfinite(value):  # a snapshot epoch trains nothing: no loss
+                self.writer.add_scalar(f"metrics/{key}", value, event.step)
+        if event.layers is not None:
+            for layer, bits in zip(event.layers.layer, event.layers.nbits):
+                self.writer.add_scalar(f"bits/{layer}", bits, event.step)
+        if event.bits is not None and len(event.bits):
+            self.writer.add_image("bit planes", heatmap_image(event.bits), event.step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def heatmap_image(bits: pd.DataFrame) -> np.ndarray:
+    """One epoch's bit frame as an (H, W, 3) uint8 picture: a CELL-pixel square per (layer, bit)."""
+    from plotly.colors import sample_colorscale, unlabel_rgb
+
+    layers = bits.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
+    columns = list(range(int(bits.bit.max()), int(bits.bit.min()) - 1, -1))  # MSB first, as in plots.bit_heatmap
+    grid = bits.pivot_table(index="layer", columns="bit", values="density", aggfunc="first")
+    grid = grid.reindex(index=layers, columns=columns).to_numpy()
+    grey = [int(REMOVED[i:i + 2], 16) for i in (1, 3, 5)]
+    live = ~np.isnan(grid)
+    colours = sample_colorscale("Viridis", np.clip(grid[live], 0, 1).tolist())
+    image = np.empty(grid.shape + (3,), dtype=np.uint8)
+    image[:] = grey
+    image[live] = [[round(c) for c in unlabel_rgb(colour)] for colour in colours]
+    return image.repeat(CELL, axis=0).repeat(CELL, axis=1)
