@@ -12,7 +12,7 @@ PORT   ?= 8501
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip  # -qq: errors only (warnings about absent local indexes are noise)
-	$(BIN)/python -m pip install -qq -e '.[dev,ray,tensorboard]'
+	$(BIN)/python -m pip install -qq -e '.[dev,ray,tensorboard,qonnx]'
 	touch $(STAMP)
 
 install: $(STAMP)

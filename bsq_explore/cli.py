@@ -110,6 +110,9 @@ def build_parser() -> Parser:
     export = sub.add_parser("export", help="write a run's quantized model (integer weights, bits, scales)")
     export.add_argument("run")
     export.add_argument("--out", required=True)
+    export.add_argument("--format", choices=["pt", "qonnx"], default="pt",
+                        help="pt: the kit's integer weights, bits and scales; qonnx: an ONNX graph with a QONNX "
+                             "Quant node at each layer's bit width (needs 'bsq_explore[qonnx]'; mlp and lenet5)")
     export.add_argument("--runs")
     return parser
 
@@ -244,16 +247,34 @@ def cmd_show(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .analysis import export_size
     from .runs import MODEL, load_run, write_atomic
+    from .stats import FLOAT_BITS
 
     run = load_run(find_run(args.run, args.runs))
-    exported = run.read_model()  # checks it loads (weights only) before copying it
-    data = (run.path / MODEL).read_bytes()
+    if run.info["status"] != "finished":
+        raise UsageError(f"run {run.name} is {run.info['status']}: only a finished run can be exported")
+    if run.kind == "float":
+        raise UsageError(f"run {run.name} is a float model: it has no quantized layers to export")
+    exported = run.read_model()  # checks it loads (weights only) before anything is written
+    if args.format == "qonnx":
+        from .deploy import MODELS, to_qonnx
+
+        if run.config.model not in MODELS:  # before its data loads
+            raise UsageError(f"QONNX export takes the kit's sequential models ({', '.join(MODELS)}), "
+                             f"not {run.config.model}")
+        data = run.load_data()
+        content = to_qonnx(run.load_model(data).eval(), tuple(data.shape)).SerializeToString()
+    else:
+        content = (run.path / MODEL).read_bytes()
     out = Path(args.out)
-    write_atomic(out, data)
-    print(f"{out}: {len(data)} bytes on disk, {export_size(exported)['packed_bytes']:.0f} bytes of packed weights at "
-          f"{len(exported['layers'])} layers")
+    write_atomic(out, content)
+    packed = weights = 0
+    for name, spec in exported["layers"].items():
+        size = spec["q"].numel() * spec["nbits"] / 8
+        print(f"  {name}: {spec['nbits']} bits x {spec['q'].numel()} weights = {size:.0f} bytes packed")
+        packed, weights = packed + size, weights + spec["q"].numel()
+    print(f"{out}: {len(content)} bytes on disk ({args.format}); weights {packed:.0f} bytes packed against "
+          f"{weights * FLOAT_BITS // 8} as float32 ({weights * FLOAT_BITS / 8 / max(packed, 1):.1f}x)")
     return 0
 
 

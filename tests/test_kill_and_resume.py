@@ -199,6 +199,7 @@ def test_a_damaged_or_unsafe_checkpoint_refuses_to_resume_and_runs_no_code(tmp_p
     assert "checkpoint.pt is unreadable" in one_line(capsys.readouterr().err)
     assert not marker.exists() and load_run(folder).info["status"] == "failed"
 
+    set_info(folder, status="finished")  # a finished run whose model.pt is damaged the same way
     (folder / "model.pt").write_bytes((folder / "checkpoint.pt").read_bytes())
     assert main(["export", str(folder), "--out", str(tmp_path / "q.pt")]) == 2
     assert "model.pt is unreadable" in one_line(capsys.readouterr().err)

@@ -1,0 +1,82 @@
+"""QONNX export, checked by QONNX's own executor against the PyTorch model."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.core.onnx_exec import execute_onnx
+
+from bsq_explore.cli import main
+from bsq_explore.deploy import QONNX_DOMAIN, quant_bits, to_qonnx
+from bsq_explore.layers import convert_
+from bsq_explore.models import lenet5
+from bsq_explore.runs import load_run
+from conftest import copy_run, one_line
+from test_sweep import EXAMPLES
+
+
+def run_graph(proto, x: torch.Tensor) -> np.ndarray:
+    return execute_onnx(ModelWrapper(proto), {"input": x.numpy()})[proto.graph.output[0].name]
+
+
+@pytest.mark.parametrize("name", ["digits-a0.1", "digits-a0.3", "digits-a1", "digits-u2", "fashion-a0.01"])
+def test_shipped_runs_exported_to_qonnx_compute_what_the_pytorch_model_computes(name):
+    run = load_run(EXAMPLES / name)
+    data = run.load_data()
+    model = run.load_model(data).eval()
+    x = data.test_x[:2000]
+    proto = to_qonnx(model, tuple(data.shape), batch=len(x))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = run_graph(proto, x)
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4) and np.array_equal(got.argmax(1), expected.argmax(1))
+    final = run.layers[run.layers.step == run.layers.step.max()].set_index("layer").nbits
+    assert quant_bits(proto.graph) == {layer: bits for layer, bits in final.items() if bits}  # n bits: Quant of n + 1
+    for node in proto.graph.node:
+        if node.op_type == "Quant":
+            attrs = {a.name: a.i for a in node.attribute if a.name in ("signed", "narrow")}
+            assert node.domain == QONNX_DOMAIN and attrs == {"signed": 1, "narrow": 1}
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for layer in final[final == 0].index:  # emptied layers are weights of zeros
+        assert not weights[f"{layer}.weight"].any()
+
+
+def test_a_converted_conv_net_with_random_bits_exports_exactly():
+    torch.manual_seed(0)
+    model = convert_(lenet5(in_channels=3, num_classes=5, image_size=12), nbits=3).eval()
+    x = torch.randn(16, 3, 12, 12)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = run_graph(to_qonnx(model, (3, 12, 12), batch=16), x)
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-5) and np.array_equal(got.argmax(1), expected.argmax(1))
+
+
+def test_the_cli_writes_a_qonnx_graph_and_prints_its_size(tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert main(["export", "digits-a0.3", "--format", "qonnx", "--out", str(out), "--runs", str(EXAMPLES)]) == 0
+    printed = capsys.readouterr().out
+    run = load_run(EXAMPLES / "digits-a0.3")
+    exported = run.read_model()
+    packed = sum(s["q"].numel() * s["nbits"] / 8 for s in exported["layers"].values())
+    assert f"weights {packed:.0f} bytes packed against" in printed and "fc1: 4 bits x 16384 weights" in printed
+    proto = onnx.load(str(out))
+    x = run.load_data().test_x[:1]  # the file is for one image at a time, as FINN takes it
+    with torch.no_grad():
+        expected = run.load_model(run.load_data()).eval()(x).numpy()
+    assert np.allclose(run_graph(proto, x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_exporting_a_float_an_unfinished_a_damaged_or_a_resnet_run_is_one_line(tmp_path, tiny_run, capsys):
+    running = copy_run(tiny_run, tmp_path, "running")
+    info = json.loads((running / "run.json").read_text())
+    info["status"] = "running"
+    (running / "run.json").write_text(json.dumps(info))
+    (copy_run(tiny_run, tmp_path, "damaged") / "run.json").write_text("{oops")
+    for run, root, says in [("digits-float", EXAMPLES, "is a float model"), ("running", tmp_path, "is running"),
+                            ("damaged", tmp_path, "run.json is not valid JSON"),
+                            ("cifar10-a0.3", EXAMPLES, "takes the kit's sequential models")]:
+        out = tmp_path / "x.onnx"
+        assert main(["export", run, "--format", "qonnx", "--out", str(out), "--runs", str(root)]) == 2, run
+        assert says in one_line(capsys.readouterr().err) and not out.exists()
