@@ -248,7 +248,7 @@ def cmd_show(args) -> int:
 
 def cmd_export(args) -> int:
     from .runs import MODEL, load_run, write_atomic
-    from .stats import FLOAT_BITS
+    from .stats import FLOAT_BITS, size_of
 
     run = load_run(find_run(args.run, args.runs))
     if run.info["status"] != "finished":
@@ -268,13 +268,13 @@ def cmd_export(args) -> int:
         content = (run.path / MODEL).read_bytes()
     out = Path(args.out)
     write_atomic(out, content)
-    packed = weights = 0
     for name, spec in exported["layers"].items():
-        size = spec["q"].numel() * spec["nbits"] / 8
-        print(f"  {name}: {spec['nbits']} bits x {spec['q'].numel()} weights = {size:.0f} bytes packed")
-        packed, weights = packed + size, weights + spec["q"].numel()
-    print(f"{out}: {len(content)} bytes on disk ({args.format}); weights {packed:.0f} bytes packed against "
-          f"{weights * FLOAT_BITS // 8} as float32 ({weights * FLOAT_BITS / 8 / max(packed, 1):.1f}x)")
+        size = size_of([spec["q"].numel()], [spec["nbits"]])
+        print(f"  {name}: {spec['nbits']} bits x {size.numel} weights = {size.packed_bytes:.0f} bytes packed")
+    total = size_of([s["q"].numel() for s in exported["layers"].values()],
+                    [s["nbits"] for s in exported["layers"].values()])
+    print(f"{out}: {len(content)} bytes on disk ({args.format}); weights {total.packed_bytes:.0f} bytes packed against "
+          f"{total.numel * FLOAT_BITS // 8} as float32 ({total.compression:.1f}x)")
     return 0
 
 
