@@ -6,16 +6,18 @@ import torch
 from torch import nn
 
 from .layers import BitLayer
+from .models import PACT, QuantReLU6
 
 QONNX_DOMAIN = "qonnx.custom_op.general"  # where QONNX's Quant operator lives
 OPSET = 13
-MODELS = ("mlp", "lenet5")  # the kit's models to_qonnx takes: sequential, float activations
+MODELS = ("mlp", "lenet5")  # the kit's models to_qonnx takes: the sequential ones
 
 
 def to_qonnx(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
-    """model, an nn.Sequential of Flatten, ReLU, MaxPool2d, Linear and Conv2d layers and their
-    converted twins (the kit's mlp and lenet5), as an onnx.ModelProto for inputs of shape
-    (batch, *input_shape): QONNX tools (FINN among them) take fixed shapes, batch 1 by default.
+    """model, an nn.Sequential of Flatten, ReLU, the kit's activation quantizers, MaxPool2d, Linear
+    and Conv2d layers and their converted twins (the kit's mlp and lenet5), as an onnx.ModelProto
+    for inputs of shape (batch, *input_shape): QONNX tools (FINN among them) take fixed shapes,
+    batch 1 by default.
 
     An n-bit layer's weight W = s q / (2^n - 1), |q| <= 2^n - 1, enters its Gemm or Conv through
     Quant(W, scale s / (2^n - 1), zero point 0, bit width n + 1, signed, narrow range): the n + 1-bit
@@ -40,6 +42,8 @@ def to_qonnx(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
             nodes.append(helper.make_node("Flatten", [x], [out], axis=1))
         elif isinstance(m, nn.ReLU):
             nodes.append(helper.make_node("Relu", [x], [out]))
+        elif isinstance(m, (QuantReLU6, PACT)):
+            nodes.extend(_activation(name, m, x, out, const))
         elif isinstance(m, nn.MaxPool2d):
             k, s, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding))
             nodes.append(helper.make_node("MaxPool", [x], [out], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4))
@@ -59,7 +63,7 @@ def to_qonnx(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
                                               group=args["groups"]))
         else:
             raise ValueError(f"QONNX export does not know {type(m).__name__} (layer {name}); it takes Flatten, ReLU, "
-                             "MaxPool2d, Linear and Conv2d: activation quantizers need fixed scales, not exported yet")
+                             "the kit's activation quantizers, MaxPool2d, Linear and Conv2d")
         x = out
     with torch.no_grad():
         classes = model(torch.zeros(1, *input_shape)).shape[1]
@@ -79,6 +83,25 @@ def _with_shapes(proto):
     except ImportError:
         raise ValueError("QONNX export needs qonnx: pip install 'bsq_explore[qonnx]'") from None
     return ModelWrapper(proto).transform(InferShapes()).model
+
+
+def _activation(name: str, m: nn.Module, x: str, out: str, const) -> list:
+    """Clip to [0, top], then an unsigned k-bit Quant with scale top / (2^k - 1): the quantizer's
+    grid at a fixed top, PACT's learned alpha or QuantReLU6's running max (the engine itself scales
+    by each batch's max, which a deployed graph cannot)."""
+    from onnx import helper
+
+    if isinstance(m, PACT):
+        top, clip = float(m.alpha.detach()), float(m.alpha.detach())
+    else:
+        top, clip = float(m.running_max), 6.0
+        if top != top:  # nan
+            raise ValueError(f"layer {name} has no running max (the run predates it): its activation scale is "
+                             "unknown; retrain it to export")
+    return [helper.make_node("Clip", [x, const(f"{name}.min", 0.0), const(f"{name}.max", clip)], [f"{name}.clipped"]),
+            helper.make_node("Quant", [f"{name}.clipped", const(f"{name}.scale", top / (2 ** m.bits - 1)),
+                                       const(f"{name}.zeropt", 0.0), const(f"{name}.bits", m.bits)], [out],
+                             domain=QONNX_DOMAIN, signed=0, narrow=0, rounding_mode="ROUND")]
 
 
 def _weight(name: str, m: nn.Module, nodes: list, const) -> str:
@@ -104,4 +127,4 @@ def quant_bits(graph) -> dict[str, int]:
 
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     return {node.output[0].removesuffix(".weight"): int(values[node.input[3]]) - 1
-            for node in graph.node if node.op_type == "Quant"}
+            for node in graph.node if node.op_type == "Quant" and node.output[0].endswith(".weight")}

@@ -12,16 +12,30 @@ from .config import TORCHVISION
 
 
 class QuantReLU6(nn.Module):
-    """ReLU6, then a k-bit uniform quantizer on [0, batch max] with a straight-through gradient."""
+    """ReLU6, then a k-bit uniform quantizer on [0, batch max] with a straight-through gradient.
+
+    The batch max is the paper's scale, in training and evaluation alike, so a prediction depends
+    on its batch. Training also keeps running_max, a running average of the batch max (as batch
+    norm keeps its statistics, momentum 0.1), the fixed scale a deployed graph uses (deploy.py).
+    """
+    MOMENTUM = 0.1
 
     def __init__(self, bits: int):
         super().__init__()
         self.bits = bits
+        self.register_buffer("running_max", torch.tensor(float("nan")))  # nan: no training batch seen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = F.relu6(x)
         top = a.detach().amax().clamp_min(1e-8)
+        if self.training:  # without a host sync: where() instead of an if on the value
+            blend = (1 - self.MOMENTUM) * self.running_max + self.MOMENTUM * top
+            self.running_max.copy_(torch.where(self.running_max.isnan(), top, blend))
         return top * quantize(a / top, self.bits)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        state_dict.setdefault(prefix + "running_max", torch.tensor(float("nan")))  # a run from before it existed
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class PACT(nn.Module):

@@ -80,3 +80,41 @@ def test_exporting_a_float_an_unfinished_a_damaged_or_a_resnet_run_is_one_line(t
         out = tmp_path / "x.onnx"
         assert main(["export", run, "--format", "qonnx", "--out", str(out), "--runs", str(root)]) == 2, run
         assert says in one_line(capsys.readouterr().err) and not out.exists()
+
+
+@pytest.mark.parametrize("act_bits", [4, 2], ids=["QuantReLU6", "PACT"])
+def test_activation_quantizers_export_at_their_fixed_scale(tmp_path, act_bits):
+    from bsq_explore.config import preset
+    from bsq_explore.models import PACT, QuantReLU6
+    from bsq_explore.bits import quantize
+    from bsq_explore.train import train
+    from conftest import TINY
+
+    run = load_run(train(preset("digits-cnn", **TINY, act_bits=act_bits), runs=tmp_path, name="a"))
+    data = run.load_data()
+    model = run.load_model(data).eval()
+    acts = [m for m in model if isinstance(m, (QuantReLU6, PACT))]
+    assert len(acts) == 4 and all(torch.isfinite(m.running_max) for m in acts if isinstance(m, QuantReLU6))
+
+    def fixed(m, inputs, output):  # the oracle: each quantizer at its fixed top instead of the batch max
+        top, clip = (m.alpha, m.alpha) if isinstance(m, PACT) else (m.running_max, 6.0)
+        return top * quantize(inputs[0].clamp(0, float(clip)) / top, m.bits)
+    for m in acts:
+        m.register_forward_hook(fixed)
+    x = data.test_x
+    proto = to_qonnx(model, tuple(data.shape), batch=len(x))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = run_graph(proto, x)
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4) and np.array_equal(got.argmax(1), expected.argmax(1))
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    activation_quants = [n for n in proto.graph.node if n.op_type == "Quant" and not n.output[0].endswith(".weight")]
+    assert [int(values[n.input[3]]) for n in activation_quants] == [act_bits] * 4
+
+
+def test_a_model_without_a_running_max_is_refused_in_one_line():
+    from bsq_explore.models import QuantReLU6
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), QuantReLU6(4))  # never trained
+    with pytest.raises(ValueError, match="has no running max .* retrain it to export"):
+        to_qonnx(model, (4,))

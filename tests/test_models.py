@@ -66,3 +66,19 @@ def test_float_layers_names_the_layers_convert_leaves_in_float():
     model = convert_(resnet20(), 8, filter_fn=convert_filter(preset("cifar10-resnet20", float_layers="fc")))
     names = [name for name, _ in bit_layers(model)]
     assert "fc" not in names and not any("downsample" in n for n in names) and len(names) == 19  # the 3x3 convs
+
+
+def test_quant_relu6_keeps_a_running_max_in_training_only_and_old_runs_load_without_it():
+    act = models.QuantReLU6(4)
+    assert act.running_max.isnan()
+    a, b = torch.full((3,), 2.0), torch.full((3,), 4.0)
+    act(a)
+    assert act.running_max.item() == 2.0  # the first batch's max
+    act(b)
+    assert act.running_max.item() == pytest.approx(0.9 * 2.0 + 0.1 * 4.0)  # then a running average, momentum 0.1
+    act.eval()
+    out = act(torch.tensor([1.0, 3.0]))
+    assert act.running_max.item() == pytest.approx(2.2) and out.tolist() == pytest.approx([1.0, 3.0])  # batch max 3
+    old = models.QuantReLU6(4)
+    old.load_state_dict({})  # a model.pt from before running_max existed
+    assert old.running_max.isnan()
