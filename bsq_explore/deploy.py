@@ -65,8 +65,10 @@ def to_qonnx(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
             raise ValueError(f"QONNX export does not know {type(m).__name__} (layer {name}); it takes Flatten, ReLU, "
                              "the kit's activation quantizers, MaxPool2d, Linear and Conv2d")
         x = out
-    with torch.no_grad():
-        classes = model(torch.zeros(1, *input_shape)).shape[1]
+    training = model.training
+    with torch.no_grad():  # in eval mode: a training-mode pass would move the running maxes
+        classes = model.eval()(torch.zeros(1, *input_shape)).shape[1]
+    model.train(training)
     graph = helper.make_graph(
         nodes, "bsq_explore", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, *input_shape])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, classes])], initializers)

@@ -118,3 +118,13 @@ def test_a_model_without_a_running_max_is_refused_in_one_line():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), QuantReLU6(4))  # never trained
     with pytest.raises(ValueError, match="has no running max .* retrain it to export"):
         to_qonnx(model, (4,))
+
+
+def test_export_leaves_the_model_as_it_was():
+    from bsq_explore.models import QuantReLU6
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), QuantReLU6(4))
+    model(torch.ones(2, 4))  # a training batch sets the running max
+    before = model[2].running_max.clone()
+    to_qonnx(model, (4,))
+    assert model.training and torch.equal(model[2].running_max, before)
