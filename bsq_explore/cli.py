@@ -112,7 +112,7 @@ def build_parser() -> Parser:
     export.add_argument("--out", required=True)
     export.add_argument("--format", choices=["pt", "qonnx"], default="pt",
                         help="pt: the kit's integer weights, bits and scales; qonnx: an ONNX graph with a QONNX "
-                             "Quant node at each layer's bit width (needs 'bsq_explore[qonnx]'; mlp and lenet5)")
+                             "Quant node at each layer's bit width (needs 'bsq_explore[qonnx]'; the kit's networks)")
     export.add_argument("--runs")
     return parser
 
@@ -260,7 +260,7 @@ def cmd_export(args) -> int:
         from .deploy import MODELS, to_qonnx
 
         if run.config.model not in MODELS:  # before its data loads
-            raise UsageError(f"QONNX export takes the kit's sequential models ({', '.join(MODELS)}), "
+            raise UsageError(f"QONNX export takes the kit's own networks ({', '.join(MODELS)}), "
                              f"not {run.config.model}")
         data = run.load_data()
         content = to_qonnx(run.load_model(data).eval(), tuple(data.shape)).SerializeToString()

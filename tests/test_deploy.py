@@ -68,15 +68,14 @@ def test_the_cli_writes_a_qonnx_graph_and_prints_its_size(tmp_path, capsys):
     assert np.allclose(run_graph(proto, x), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_exporting_a_float_an_unfinished_a_damaged_or_a_resnet_run_is_one_line(tmp_path, tiny_run, capsys):
+def test_exporting_a_float_an_unfinished_or_a_damaged_run_is_one_line(tmp_path, tiny_run, capsys):
     running = copy_run(tiny_run, tmp_path, "running")
     info = json.loads((running / "run.json").read_text())
     info["status"] = "running"
     (running / "run.json").write_text(json.dumps(info))
     (copy_run(tiny_run, tmp_path, "damaged") / "run.json").write_text("{oops")
     for run, root, says in [("digits-float", EXAMPLES, "is a float model"), ("running", tmp_path, "is running"),
-                            ("damaged", tmp_path, "run.json is not valid JSON"),
-                            ("cifar10-a0.3", EXAMPLES, "takes the kit's sequential models")]:
+                            ("damaged", tmp_path, "run.json is not valid JSON")]:
         out = tmp_path / "x.onnx"
         assert main(["export", run, "--format", "qonnx", "--out", str(out), "--runs", str(root)]) == 2, run
         assert says in one_line(capsys.readouterr().err) and not out.exists()
@@ -113,11 +112,27 @@ def test_activation_quantizers_export_at_their_fixed_scale(tmp_path, act_bits):
 
 
 def test_a_model_without_a_running_max_is_refused_in_one_line():
-    from bsq_explore.models import QuantReLU6
+    from bsq_explore.models import resnet20
 
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), QuantReLU6(4))  # never trained
-    with pytest.raises(ValueError, match="has no running max .* retrain it to export"):
-        to_qonnx(model, (4,))
+    with pytest.raises(ValueError, match="layer act1 has no running max .* retrain it to export"):
+        to_qonnx(resnet20(act_bits=4).eval(), (3, 32, 32))  # never trained, as the shipped CIFAR runs predate it
+
+
+def test_a_converted_resnet_exports_with_its_batch_norms_shortcuts_and_residual_adds():
+    from bsq_explore.models import not_shortcut, resnet20
+
+    torch.manual_seed(0)
+    model = convert_(resnet20(num_classes=4), nbits=3, filter_fn=not_shortcut)
+    model(torch.randn(8, 3, 32, 32))  # a training pass: batch norm statistics that are not the defaults
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    proto = to_qonnx(model, (3, 32, 32), batch=4)
+    got = run_graph(proto, x)
+    assert np.allclose(got, expected, rtol=1e-3, atol=1e-4) and np.array_equal(got.argmax(1), expected.argmax(1))
+    assert len(quant_bits(proto.graph)) == 20 and set(quant_bits(proto.graph).values()) == {3}  # 19 convs and fc
+    assert sum(n.op_type == "Add" for n in proto.graph.node) == 9  # one per residual block
 
 
 def test_export_leaves_the_model_as_it_was():
