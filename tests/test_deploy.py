@@ -26,7 +26,7 @@ def test_shipped_runs_exported_to_qonnx_compute_what_the_pytorch_model_computes(
     run = load_run(EXAMPLES / name)
     data = run.load_data()
     model = run.load_model(data).eval()
-    x = data.test_x[:2000]
+    x = data.test_x  # the whole test set
     proto = to_qonnx(model, tuple(data.shape), batch=len(x))
     with torch.no_grad():
         expected = model(x).numpy()
