@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from .plots import REMOVED
+from .plots import REMOVED, bit_grid
 
 CELL = 16  # pixels a side per (layer, bit) cell of the heatmap image
 METRICS = ("train_loss", "reg_loss", "train_acc", "test_acc", "avg_bits", "compression", "lr")
@@ -45,10 +45,7 @@ def heatmap_image(bits: pd.DataFrame) -> np.ndarray:
     """One epoch's bit frame as an (H, W, 3) uint8 picture: a CELL-pixel square per (layer, bit)."""
     from plotly.colors import sample_colorscale, unlabel_rgb
 
-    layers = bits.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
-    columns = list(range(int(bits.bit.max()), int(bits.bit.min()) - 1, -1))  # MSB first, as in plots.bit_heatmap
-    grid = bits.pivot_table(index="layer", columns="bit", values="density", aggfunc="first")
-    grid = grid.reindex(index=layers, columns=columns).to_numpy()
+    grid = bit_grid(bits)[3][-1]  # rows and columns as plots.bit_heatmap draws them
     grey = [int(REMOVED[i:i + 2], 16) for i in (1, 3, 5)]
     live = ~np.isnan(grid)
     colours = sample_colorscale("Viridis", np.clip(grid[live], 0, 1).tolist())

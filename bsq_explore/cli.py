@@ -257,9 +257,10 @@ def cmd_export(args) -> int:
         raise UsageError(f"run {run.name} is a float model: it has no quantized layers to export")
     exported = run.read_model()  # checks it loads (weights only) before anything is written
     if args.format == "qonnx":
-        from .deploy import MODELS, to_qonnx
+        from .config import MODELS
+        from .deploy import to_qonnx
 
-        if run.config.model not in MODELS:  # before its data loads
+        if run.config.model not in MODELS:  # a torchvision model: refused before its data loads
             raise UsageError(f"QONNX export takes the kit's own networks ({', '.join(MODELS)}), "
                              f"not {run.config.model}")
         data = run.load_data()

@@ -5,12 +5,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import MODELS
 from .layers import BitLayer
 from .models import PACT, BasicBlock, CifarResNet, QuantReLU6
 
 QONNX_DOMAIN = "qonnx.custom_op.general"  # where QONNX's Quant operator lives
 OPSET = 13
-MODELS = ("mlp", "lenet5", "resnet20", "resnet32", "resnet56")  # the kit's networks to_qonnx takes
 
 
 def to_qonnx(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):

@@ -59,13 +59,17 @@ def _epoch_ticks(steps: pd.DataFrame, most: int = 12) -> dict:
                 title=EPOCH_TITLE)
 
 
-def _cube(bits: pd.DataFrame, steps: list[int], layers: list[str], columns: list[int], value: str) -> np.ndarray:
-    """(step x layer x bit) values, NaN where the plane does not exist; one pass over the frame
-    (a pivot per epoch made the animation of a 60-epoch run take 0.5 s)."""
+def bit_grid(bits: pd.DataFrame, value: str = "density") -> tuple[list[str], list[int], list[int], np.ndarray]:
+    """A bit heatmap's data: its layers (network order), bits (most significant first), steps, and
+    the (step x layer x bit) values of column value, NaN where a plane does not exist. One pass over
+    the frame (a pivot per epoch made the animation of a 60-epoch run take 0.5 s)."""
+    layers = bits.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
+    columns = list(range(int(bits.bit.max()), int(bits.bit.min()) - 1, -1))
+    steps = sorted(bits.step.unique().tolist())
     cube = np.full((len(steps), len(layers), len(columns)), np.nan)
     at = lambda keys, column: pd.Index(keys).get_indexer(bits[column])  # noqa: E731
     cube[at(steps, "step"), at(layers, "layer"), at(columns, "bit")] = bits[value].to_numpy(float)
-    return cube
+    return layers, columns, steps, cube
 
 
 def _cells(grid: np.ndarray) -> list[list[float | None]]:
@@ -85,10 +89,8 @@ def _heatmap_trace(bits: pd.DataFrame, value: str):
     if value == "norm":
         top = bits.groupby("layer").norm.transform("max")
         bits = bits.assign(norm=(bits.norm / top.where(top > 0)).fillna(0.0))
-    layers = bits.drop_duplicates("layer").sort_values("layer_index").layer.tolist()
-    columns = list(range(int(bits.bit.max()), int(bits.bit.min()) - 1, -1))  # MSB first
+    layers, columns, _, cube = bit_grid(bits, value)
     steps = bits.drop_duplicates("step").sort_values("step")
-    cube = _cube(bits, steps.step.tolist(), layers, columns, value)
     index = {s: i for i, s in enumerate(steps.step)}
     what = "density" if value == "density" else "norm / layer's largest"
     hover = "layer %{y}<br>bit %{x}<br>" + what + " %{z:.3f}<extra></extra>"

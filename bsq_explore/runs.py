@@ -315,11 +315,19 @@ def _read_frame(folder: Path, kind: str, info: dict) -> pd.DataFrame:
     numeric = pd.api.types.is_numeric_dtype
     _check_columns(path.name, kind, {c: numeric(t) and not pd.api.types.is_bool_dtype(t)
                                      for c, t in frame.dtypes.items()})
-    keys = [c for c in KEY_COLUMNS if c in FRAME_COLUMNS[kind]]
+    keys = _keys(kind)
     if not np.isfinite(frame[keys].to_numpy(float)).all():
-        raise DamagedRun(f"{path.name} has a missing or infinite {'/'.join(keys)}")
+        raise _bad_keys(path.name, keys)
     _check_rows(path.name, len(frame), info)
     return frame
+
+
+def _keys(kind: str) -> list[str]:
+    return [c for c in FRAME_COLUMNS[kind] if c in KEY_COLUMNS]
+
+
+def _bad_keys(name: str, keys: list[str]) -> DamagedRun:
+    return DamagedRun(f"{name} has a missing or infinite {'/'.join(keys)}")
 
 
 def _check_rows(name: str, rows: int, info: dict) -> None:
@@ -343,13 +351,13 @@ def _check_frame(folder: Path, kind: str, info: dict) -> int:
             raise unreadable(path, err) from None
     _check_columns(path.name, kind, {f.name: pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
                                      for f in schema})
-    keys = [c for c in KEY_COLUMNS if c in FRAME_COLUMNS[kind]]
+    keys = _keys(kind)
     for group in (meta.row_group(i) for i in range(meta.num_row_groups)):
         for column in (group.column(j) for j in range(group.num_columns)):
             stats = column.statistics  # the footer's min, max and null count say as much as the data
             if column.path_in_schema in keys and stats is not None and (
                     stats.null_count or (stats.has_min_max and not math.isfinite(stats.min + stats.max))):
-                raise DamagedRun(f"{path.name} has a missing or infinite {'/'.join(keys)}")
+                raise _bad_keys(path.name, keys)
     _check_rows(path.name, meta.num_rows, info)
     return meta.num_rows
 
