@@ -1,7 +1,10 @@
-"""Engine benchmarks: BSQ step vs float step on ResNet-20 (CPU), and the cost of the per-epoch frames.
+"""Engine benchmarks: BSQ step vs float step on ResNet-20 (CPU), bf16 vs fp32 steps, and the cost of
+the per-epoch frames.
 
-Run by hand: .venv/bin/python benchmarks/engine.py [--steps N]   (about a minute)
+Run by hand: .venv/bin/python benchmarks/engine.py [--steps N]   (about two minutes)
 Targets (issue 3): median BSQ/float step ratio <= 1.10; bit_sparsity + layer_precision <= 5 ms.
+Targets (issue 24, this machine): a bf16 float or finetune step >= 1.8x faster than fp32 (ratio <= 0.56), a bf16
+BSQ step >= 1.4x faster (ratio <= 0.71). Ratios are medians of steps interleaved in one process.
 """
 import argparse
 import copy
@@ -10,6 +13,7 @@ import time
 
 import torch
 
+from bsq_explore.bsq import freeze_
 from bsq_explore.config import preset
 from bsq_explore.layers import convert_
 from bsq_explore.models import not_shortcut, resnet20
@@ -17,10 +21,28 @@ from bsq_explore.stats import bit_sparsity, layer_precision
 from bsq_explore.train import optimizer, train_step
 
 
-def step_fn(model, alpha):
+def step_fn(model, alpha, dtype=torch.float32):
     """The training step of train_epoch, with the training code's optimizer."""
     opt = optimizer(model, preset("cifar10-resnet20"), lr=0.05)
-    return lambda x, y: train_step(model, opt, x, y, alpha)
+    return lambda x, y: train_step(model, opt, x, y, alpha, dtype)
+
+
+def interleaved(a, b, x, y, steps):
+    """Times of a and b over steps interleaved pairs, in alternating order so that drifts in machine
+    load hit both alike and neither always runs first; returns (times of a, times of b)."""
+    for _ in range(3):
+        a(x, y), b(x, y)
+    times_a, times_b = [], []
+    for i in range(steps):
+        if i % 2:
+            times_a.append(timed(a, x, y)), times_b.append(timed(b, x, y))
+        else:
+            times_b.append(timed(b, x, y)), times_a.append(timed(a, x, y))
+    return times_a, times_b
+
+
+def median_ratio(num, den):
+    return statistics.median(n / d for n, d in zip(num, den))
 
 
 def timed(fn, *args):
@@ -37,16 +59,14 @@ def main():
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
     float_model = resnet20(act_bits=4)
     bsq_model = convert_(copy.deepcopy(float_model), 8, filter_fn=not_shortcut)
-    float_step, bsq_step = step_fn(float_model, 0.0), step_fn(bsq_model, 5e-3)
-    for _ in range(3):
-        float_step(x, y), bsq_step(x, y)
-    ratios, floats, bsqs = [], [], []
-    for i in range(args.steps):  # interleaved, so drifts in machine load hit both alike,
-        if i % 2:                # in alternating order, so neither always runs first
-            f, b = timed(float_step, x, y), timed(bsq_step, x, y)
-        else:
-            b, f = timed(bsq_step, x, y), timed(float_step, x, y)
-        floats.append(f), bsqs.append(b), ratios.append(b / f)
+    floats, bsqs = interleaved(step_fn(float_model, 0.0), step_fn(bsq_model, 5e-3), x, y, args.steps)
+    bf16 = torch.bfloat16
+    float32s, float16s = interleaved(step_fn(copy.deepcopy(float_model), 0.0),
+                                     step_fn(copy.deepcopy(float_model), 0.0, bf16), x, y, args.steps)
+    bsq32s, bsq16s = interleaved(step_fn(copy.deepcopy(bsq_model), 5e-3),
+                                 step_fn(copy.deepcopy(bsq_model), 5e-3, bf16), x, y, args.steps)
+    tuned = freeze_(copy.deepcopy(bsq_model))
+    tune32s, tune16s = interleaved(step_fn(tuned, 0.0), step_fn(copy.deepcopy(tuned), 0.0, bf16), x, y, args.steps)
     sparsity, precision = [], []
     for _ in range(100):
         sparsity.append(timed(bit_sparsity, bsq_model)), precision.append(timed(layer_precision, bsq_model))
@@ -56,7 +76,10 @@ def main():
     print(f"{'measure':<44}{'median':>12}{'target':>10}")
     print(f"{'float step (s)':<44}{statistics.median(floats):>12.4f}")
     print(f"{'BSQ step (s)':<44}{statistics.median(bsqs):>12.4f}")
-    print(f"{'BSQ / float step ratio':<44}{statistics.median(ratios):>12.3f}{'<= 1.10':>10}")
+    print(f"{'BSQ / float step ratio':<44}{median_ratio(bsqs, floats):>12.3f}{'<= 1.10':>10}")
+    print(f"{'float step bf16/fp32':<44}{median_ratio(float16s, float32s):>12.3f}{'<= 0.56':>10}")
+    print(f"{'BSQ step bf16/fp32':<44}{median_ratio(bsq16s, bsq32s):>12.3f}{'<= 0.71':>10}")
+    print(f"{'finetune step bf16/fp32':<44}{median_ratio(tune16s, tune32s):>12.3f}{'<= 0.56':>10}")
     print(f"{'bit_sparsity (ms)':<44}{statistics.median(sparsity) * 1e3:>12.2f}")
     print(f"{'layer_precision (ms)':<44}{statistics.median(precision) * 1e3:>12.2f}")
     print(f"{'bit_sparsity + layer_precision (ms)':<44}{statistics.median(frames) * 1e3:>12.2f}{'<= 5':>10}")

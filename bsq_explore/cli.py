@@ -96,6 +96,8 @@ def build_parser() -> Parser:
     sweep.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each Ray task asks for")
     sweep.add_argument("--uniform", default=",".join(map(str, UNIFORM_BITS)),
                        help="bits of the uniform baselines ('' for none)")
+    sweep.add_argument("--equal-compute", action="store_true",
+                       help="finetune the uniform baselines for the BSQ and finetune epochs together (as many steps as a BSQ run)")
     sweep.add_argument("--runs")
     sweep.add_argument("--name", help="sweep name (prefix of its runs)")
     _add_config_options(sweep)
@@ -201,7 +203,8 @@ def cmd_sweep(args) -> int:
 
     table = sweep(args.preset, _numbers(args.alphas), jobs=args.jobs, runs=args.runs, name=args.name,
                   uniform_bits=_numbers(args.uniform, int), backend=args.backend, address=args.address,
-                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, **_overrides(args))
+                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                  equal_compute=args.equal_compute, **_overrides(args))
     print(table.to_string(index=False))
     for error in table.attrs.get("errors", []):
         print(f"failed: {error}", file=sys.stderr)

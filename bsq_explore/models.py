@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bits import MAX_BITS, quantize
+from .bits import MAX_BITS, levels, quantize
 from .config import TORCHVISION
 
 
@@ -26,16 +26,38 @@ class QuantReLU6(nn.Module):
         self.register_buffer("running_max", torch.tensor(float("nan")))  # nan: no training batch seen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = F.relu6(x)
-        top = a.detach().amax().clamp_min(1e-8)
+        out, top = _QuantReLU6.apply(x, self.bits)
         if self.training:  # without a host sync: where() instead of an if on the value
             blend = (1 - self.MOMENTUM) * self.running_max + self.MOMENTUM * top
             self.running_max.copy_(torch.where(self.running_max.isnan(), top, blend))
-        return top * quantize(a / top, self.bits)
+        return out
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         state_dict.setdefault(prefix + "running_max", torch.tensor(float("nan")))  # a run from before it existed
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+class _QuantReLU6(torch.autograd.Function):
+    """top * Q_k(relu6(x) / top), top = the batch max, straight through inside [0, 6]: the values and
+    gradients of the plain autograd formula, bit for bit, in 6 passes over the activation instead
+    of 10 forward and 3 instead of 4 backward (the quantizer was a quarter of a ResNet-20 step)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a = F.relu6(x)
+        top = a.amax().clamp_min(1e-8)
+        n = levels(bits)
+        out = (a / top).mul_(n).round_().div_(n).mul_(top)  # a / top <= 1: no clamp needed
+        ctx.save_for_backward(x, top)
+        ctx.mark_non_differentiable(top)
+        return out, top
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor, _) -> tuple[torch.Tensor, None]:
+        x, top = ctx.saved_tensors
+        # (grad * top) / top, as autograd through top * (a / top) computes it, then relu6's mask
+        return torch.ops.aten.hardtanh_backward(grad * top / top, x, 0.0, 6.0), None
 
 
 class PACT(nn.Module):

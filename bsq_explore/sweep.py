@@ -19,11 +19,15 @@ from .runs import FLOAT_MODEL, DamagedRun, check_name, list_runs, read_info, run
 from .train import RunFailed, resume, train
 
 
-def plan_sweep(config: BSQConfig, alphas, uniform_bits, pretrained: Path) -> list[BSQConfig]:
-    """The config of every run after the float one; all start from its weights."""
+def plan_sweep(config: BSQConfig, alphas, uniform_bits, pretrained: Path, equal_compute: bool = False) -> list[BSQConfig]:
+    """The config of every run after the float one; all start from its weights. A uniform baseline
+    finetunes for the BSQ runs' finetune epochs, or with equal_compute for their BSQ and finetune
+    epochs together (the same number of optimizer steps as a BSQ run)."""
     start = dict(pretrain_epochs=0, pretrained=str(pretrained))
+    budget = config.finetune_epochs + (config.bsq_epochs if equal_compute else 0)
     return ([config.replace(alpha=float(alpha), **start) for alpha in alphas] +
-            [config.replace(nbits=bits, max_bits=max(bits, config.max_bits), bsq_epochs=0, **start)
+            [config.replace(nbits=bits, max_bits=max(bits, config.max_bits), bsq_epochs=0, finetune_epochs=budget,
+                            **start)
              for bits in uniform_bits])
 
 
@@ -129,9 +133,12 @@ def run_ray(tasks: list, address: str | None = None, cpus_per_trial: int = 1, gp
 
 def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | None = None, name: str | None = None,
           uniform_bits=UNIFORM_BITS, progress: bool = True, backend: str = "local", address: str | None = None,
-          cpus_per_trial: int = 1, gpus_per_trial: float = 0, **overrides) -> pd.DataFrame:
+          cpus_per_trial: int = 1, gpus_per_trial: float = 0, equal_compute: bool = False,
+          **overrides) -> pd.DataFrame:
     """Train the float model once, then every alpha and every uniform baseline from it.
 
+    A baseline finetunes for the config's finetune epochs, or with equal_compute for its BSQ and
+    finetune epochs together, as many steps as a BSQ run takes.
     backend 'local' runs jobs processes on this machine; 'ray' makes every run a Ray task
     asking for cpus_per_trial CPUs and gpus_per_trial GPUs on the cluster at address. Runs are
     tagged with the sweep name; finished runs are kept, failed or killed ones resume from their
@@ -150,7 +157,7 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
     float_config = config.replace(bsq_epochs=0, finetune_epochs=0)
     float_name = run_name(float_config, name)
     # every config and run name must be valid, and each run its own, before the float model spends its time
-    later = plan_sweep(config, alphas, uniform_bits, root / float_name / FLOAT_MODEL)
+    later = plan_sweep(config, alphas, uniform_bits, root / float_name / FLOAT_MODEL, equal_compute)
     names = [check_name(run_name(c, name)) for c in [float_config, *later]]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:

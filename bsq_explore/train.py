@@ -96,8 +96,16 @@ def plan(config: BSQConfig) -> list[Epoch]:
 
 
 def stage_lr(config: BSQConfig, stage: str, epoch: int) -> float:
+    """The lr of an epoch of a stage: step (x lr_gamma after each milestone) or a half cosine from
+    the stage's lr (epoch 1) towards 0 (its last epoch keeps a small step)."""
     base, milestones = getattr(config, f"{stage}_lr"), getattr(config, f"{stage}_milestones")
+    if config.lr_schedule == "cosine":
+        epochs = getattr(config, f"{stage}_epochs")
+        return base * 0.5 * (1 + math.cos(math.pi * (min(max(epoch, 1), epochs) - 1) / max(epochs, 1)))
     return base * config.lr_gamma ** sum(epoch > m for m in milestones)
+
+
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # config.precision -> autocast type
 
 
 # --- one step, one epoch ----------------------------------------------------------------------
@@ -115,16 +123,19 @@ def optimizer(model: nn.Module, config: BSQConfig, lr: float) -> torch.optim.SGD
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               alpha: float, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One SGD step on cross-entropy + alpha * bit_lasso, the planes clamped back into [0, 2] after it.
 
     A model without bit planes (float, or frozen for finetuning) has no Lasso and nothing to
-    clamp. Returns the logits (B, classes), the loss and the regularizer (0 without planes).
+    clamp. dtype: the forward pass's compute type; torch.bfloat16 autocasts its convolutions and
+    matmuls (about 1.8x faster on a CPU with AVX-512 BF16), while the effective weights are
+    computed in float32 before it and the loss, Lasso and update stay float32. Returns the
+    logits (B, classes), the loss and the regularizer (0 without planes).
     """
     planes = bool(bit_weights(model))
-    with weights_up_front(model):
+    with weights_up_front(model), torch.autocast(x.device.type, dtype, enabled=dtype != torch.float32):
         out = model(x)
-    loss = F.cross_entropy(out, y)
+    loss = F.cross_entropy(out.float(), y)
     reg = bit_lasso(model) if planes else loss.new_zeros(())
     opt.zero_grad(set_to_none=True)
     (loss + alpha * reg).backward()
@@ -138,8 +149,9 @@ def train_epoch(model: nn.Module, opt, ds: data.Dataset, config: BSQConfig, gene
     """One pass over the training set: mean loss, regularizer and accuracy."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=ds.train_x.device)  # loss, reg, correct
+    dtype = COMPUTE_DTYPES[config.precision]
     for x, y in data.batches(ds.train_x, ds.train_y, config.batch_size, generator, ds.augment):
-        out, loss, reg = train_step(model, opt, x, y, config.alpha)
+        out, loss, reg = train_step(model, opt, x, y, config.alpha, dtype)
         totals += torch.stack([loss.detach() * len(y), reg.detach() * len(y), (out.argmax(1) == y).sum()]).double()
     loss, reg, correct = (totals / len(ds.train_y)).tolist()  # one host sync per epoch
     return dict(train_loss=loss, reg_loss=reg, train_acc=correct)

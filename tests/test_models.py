@@ -82,3 +82,21 @@ def test_quant_relu6_keeps_a_running_max_in_training_only_and_old_runs_load_with
     old = models.QuantReLU6(4)
     old.load_state_dict({})  # a model.pt from before running_max existed
     assert old.running_max.isnan()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quant_relu6_gives_the_values_and_gradients_of_the_plain_autograd_formula(dtype):
+    """The oracle: the quantizer written as plain autograd ops (ReLU6, batch max, Q_k, STE)."""
+    from bsq_explore.bits import quantize
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 8, 6, 6) * 3).to(dtype)
+    x[0, 0, 0, :3] = torch.tensor([0.0, 6.0, -1.0])  # the edges of ReLU6's straight-through range
+    grad = torch.randn(x.shape).to(dtype)
+    mine, plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = models.QuantReLU6(4)(mine)
+    a = torch.nn.functional.relu6(plain)
+    top = a.detach().amax().clamp_min(1e-8)
+    expected = top * quantize(a / top, 4)
+    out.backward(grad), expected.backward(grad)
+    assert torch.equal(out, expected) and torch.equal(mine.grad, plain.grad)
