@@ -20,8 +20,10 @@ install: $(STAMP)
 app: $(STAMP)
 	$(BIN)/streamlit run app/main.py --server.headless true --server.port $(PORT)
 
-# -n auto: one worker per core; loadfile keeps a file's shared fixtures (a trained run, a sweep) on one worker
+# ruff first (pyproject's [tool.ruff]); then -n auto: one worker per core; loadfile keeps a file's shared
+# fixtures (a trained run, a sweep) on one worker
 test: $(STAMP)
+	$(BIN)/ruff check bsq_explore tests app benchmarks
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
 lab: $(STAMP)

@@ -15,7 +15,8 @@ from pipeline import resnet_history
 
 from bsq_explore.analysis import WhatIf
 from bsq_explore.config import preset
-from bsq_explore.runs import RunFolder, load_run
+from bsq_explore.runs import load_run
+from bsq_explore.store import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,12 +13,12 @@ import time
 
 import torch
 
-from bsq_explore.config import preset
+from bsq_explore.config import STAGES, preset
 from bsq_explore.layers import convert_
 from bsq_explore.models import not_shortcut, resnet20
 from bsq_explore.progress import ProgressBar
 from bsq_explore.runs import load_run
-from bsq_explore.train import STAGES, optimizer, plan, resolve_device, train, train_step
+from bsq_explore.train import optimizer, resolve_device, train, train_step
 
 
 def sync(device):
@@ -82,15 +82,15 @@ def main():
     start = time.perf_counter()
     print(f"recipe: {config.pretrain_epochs}+{config.bsq_epochs}+{config.finetune_epochs} epochs", flush=True)
     path = train(config, runs=args.runs, name=args.name, overwrite=True,
-                 callbacks=[ProgressBar(args.name), lambda e: marks.append((e.epoch, time.perf_counter()))])
+                 callbacks=[ProgressBar(args.name), lambda e: marks.append((e.stage, e.epoch, time.perf_counter()))])
     total = time.perf_counter() - start
     run = load_run(path)
     m = run.metrics
     walls = {}  # event to event: training, evaluation, frames and the checkpoint of one epoch
-    for e, (epoch, t), (_, before) in zip(plan(config)[1:], marks[1:], marks[:-1]):
+    for (stage, epoch, t), (*_, before) in zip(marks[1:], marks[:-1]):
         if epoch > 0:  # a snapshot epoch trains nothing
-            walls.setdefault(e.stage, []).append(t - before)
-    for stage in (s.name for s in STAGES):
+            walls.setdefault(stage, []).append(t - before)
+    for stage in STAGES:
         rows_of = m[(m.stage == stage) & (m.epoch > 0)]
         if len(rows_of):
             rows.append((f"{stage}: epochs, median epoch (s)", f"{len(rows_of)}, {rows_of.seconds.median():.2f}"))

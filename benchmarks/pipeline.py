@@ -17,10 +17,9 @@ from bsq_explore import data
 from bsq_explore.config import preset
 from bsq_explore.layers import convert_
 from bsq_explore.models import not_shortcut, resnet20
-from bsq_explore.runs import FRAME_COLUMNS
 from bsq_explore.stats import bit_sparsity, layer_precision, model_size
+from bsq_explore.store import FRAME_COLUMNS, RunFolder
 from bsq_explore.sweep import sweep
-from bsq_explore.runs import RunFolder
 from bsq_explore.train import optimizer, train, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,11 +91,11 @@ def frame_cost(epochs: int = 650) -> tuple[float, float]:
         def one_epoch():
             k = dict(stage="bsq", epoch=epochs, step=epochs)
             b = bit_sparsity(model).assign(**k)[FRAME_COLUMNS["bits"]]
-            l = layer_precision(model).assign(**k)[FRAME_COLUMNS["layers"]]
+            lp = layer_precision(model).assign(**k)[FRAME_COLUMNS["layers"]]
             model_size(model)
-            folder.append("bits", b), folder.append("layers", l), folder.append("metrics", metric.assign(**k))
+            folder.append("bits", b), folder.append("layers", lp), folder.append("metrics", metric.assign(**k))
             for key in folder.frames:  # measure the 650th epoch every time, not a growing history
-                folder.frames[key] = folder.frames[key].iloc[:-len(b) if key == "bits" else -len(l) if key == "layers" else -1]
+                folder.frames[key] = folder.frames[key].iloc[:-len(b) if key == "bits" else -len(lp) if key == "layers" else -1]
         writes = statistics.median(wall(one_epoch) for _ in range(5))
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
     step = bsq_step(model)

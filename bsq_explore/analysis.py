@@ -5,7 +5,8 @@ import pandas as pd
 import torch
 
 from .bits import from_bits, levels, plane_values, to_bits
-from .runs import Run, finished_bsq
+from .catalog import finished_bsq
+from .runs import Run
 from .stats import FLOAT_BITS, size_of
 
 
@@ -19,7 +20,7 @@ def aligned_steps(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Series]
     stage starts at one position in every run and is as wide as its longest run, so BSQ epoch 1
     lines up whether a run pretrained for 30 epochs or for none. Returns each frame's positions
     (a Series per name, by row) and ticks (position, 'bsq 1' label) at every stage's first and last epoch."""
-    from .train import STAGES
+    from .config import STAGES
 
     spans = {}
     for frame in frames.values():
@@ -28,9 +29,9 @@ def aligned_steps(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Series]
             spans[stage] = (min(lo, rows.epoch.min()), max(hi, rows.epoch.max()))
     start, offset = {}, 0
     for s in STAGES:
-        if s.name in spans:
-            lo, hi = spans[s.name]
-            start[s.name] = offset - int(lo)
+        if s in spans:
+            lo, hi = spans[s]
+            start[s] = offset - int(lo)
             offset += int(hi - lo) + 1
     positions = {name: frame.stage.map(start) + frame.epoch for name, frame in frames.items()}
     ticks = sorted({(start[stage] + int(e), f"{stage} {int(e)}") for stage, span in spans.items() for e in span})
@@ -165,16 +166,17 @@ class WhatIf:
     """A finished run's quantized model, re-evaluated with fewer bits in chosen layers."""
 
     def __init__(self, run: Run):
+        from .data import load_for
         from .models import build_model
 
         self.exported = run.read_model()
-        self.data = run.load_data()
+        self.data = load_for(run.config)
         self.model = build_model(run.config, self.data)
         self.bits = {name: spec["nbits"] for name, spec in self.exported["layers"].items()}
 
     def evaluate(self, nbits: dict[str, int] | None = None) -> dict:
         """Test accuracy and size with nbits[layer] bits kept (others as trained)."""
-        from .bsq import load_quantized
+        from .export import load_quantized
         from .train import evaluate
 
         exported = reduce_precision(self.exported, nbits or {})
@@ -235,7 +237,7 @@ def plane_occupancy(w: torch.Tensor, nbits: int) -> pd.DataFrame:
 
 
 def size_table(exported: dict) -> pd.DataFrame:
-    """Bytes of each converted layer of a bsq.export: as float32, as stored (the integer dtype of
+    """Bytes of each converted layer of an export.export: as float32, as stored (the integer dtype of
     q) and bit-packed (numel * nbits / 8), and a total row whose nbits is the average."""
     rows = []
     for name, spec in exported["layers"].items():

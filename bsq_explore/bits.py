@@ -8,7 +8,6 @@ import torch
 from .config import MAX_BITS
 
 
-
 def levels(nbits: int) -> int:
     """Largest magnitude an nbits-bit integer weight can take: 2**nbits - 1."""
     return 2**nbits - 1

@@ -1,5 +1,4 @@
-"""The BSQ steps: bit-level group Lasso, clamping, re-quantization with precision adjustment,
-freezing for finetuning, and export of the final integer model."""
+"""The BSQ steps: bit-level group Lasso, clamping, re-quantization with precision adjustment, freeze_."""
 from __future__ import annotations
 
 import pandas as pd
@@ -7,10 +6,11 @@ import torch
 from torch import nn
 
 from .bits import levels, plane_norms, plane_values
-from .layers import BitLayer, BitWeight, QuantWeight, bit_layers, replace_module
+from .layers import BitWeight, QuantWeight, bit_layers
+
+__all__ = ["bit_weights", "bit_lasso", "clamp_bits_", "requantize_", "freeze_"]
 
 _EPS = 1e-12  # inside the root: an all-zero plane gets a zero gradient instead of NaN
-EXPORT_FORMAT = "bsq_explore.quantized/1"
 
 
 def bit_weights(model: nn.Module) -> list[tuple[str, BitWeight]]:
@@ -120,52 +120,4 @@ def freeze_(model: nn.Module) -> nn.Module:
         nbits = w.live_bits()
         frozen = QuantWeight(x if nbits else torch.zeros_like(x), w.scale, nbits, w.lsb_offset)
         model.get_submodule(name).weight = frozen
-    return model
-
-
-def _int_dtype(nbits: int) -> torch.dtype:
-    return torch.int8 if nbits <= 7 else torch.int16 if nbits <= 15 else torch.int32
-
-
-@torch.no_grad()
-def export(model: nn.Module) -> dict:
-    """The mixed-precision model as plain data (torch.load(weights_only=True) reads it back).
-
-    layers: {name: {kind, nbits, scale, lsb_offset, q}} with q the signed integer weight,
-    |q| <= 2^nbits - 1, stored in the smallest integer dtype that holds it; W = scale q / (2^n - 1).
-    state: every other tensor of the model (biases, batch norm, layers left in float).
-    """
-    layers, skip = {}, []
-    for name, m in bit_layers(model):
-        q, nbits = m.weight.integers(), m.weight.live_bits()
-        layers[name] = dict(kind=m.kind, nbits=nbits, scale=float(m.weight.scale) if nbits else 0.0,
-                            lsb_offset=m.weight.lsb_offset, q=q.to(_int_dtype(nbits)).cpu())
-        skip.append(name + ".weight.")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(tuple(skip))}
-    return dict(format=EXPORT_FORMAT, layers=layers, state=state)
-
-
-@torch.no_grad()
-def load_quantized(model: nn.Module, exported: dict) -> nn.Module:
-    """Load an export() into model (a float model of the same architecture, or a converted one).
-
-    The named layers become QuantWeight layers at their exported precision; the result computes
-    exactly what the exported model computed.
-    """
-    if exported.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"not a bsq_explore export (format {exported.get('format')!r})")
-    full = dict(exported["state"])
-    for name, spec in exported["layers"].items():
-        module = model.get_submodule(name)
-        like = next(module.parameters())  # device and dtype to build on
-        scale = torch.tensor(spec["scale"], dtype=like.dtype, device=like.device)  # 0 for a 0-bit layer
-        weight = QuantWeight.from_integers(spec["q"].to(like.device), scale, spec["nbits"], spec["lsb_offset"])
-        if isinstance(module, BitLayer):
-            module.weight = weight
-        elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            replace_module(model, name, BitLayer(module, weight))
-        else:
-            raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a conv or linear layer")
-        full.update({f"{name}.weight.{k}": v for k, v in weight.state_dict().items()})
-    model.load_state_dict(full)
     return model

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import json
+import math
 import sys
 import typing
 from pathlib import Path
@@ -92,12 +92,14 @@ def build_parser() -> Parser:
     sweep.add_argument("--backend", choices=["local", "ray"], default="local",
                        help="local processes, or one Ray task per run (pip install 'bsq_explore[ray]')")
     sweep.add_argument("--address", help="Ray cluster address, e.g. ray://head:10001 or auto (ray backend)")
-    sweep.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs each Ray task asks for (its threads come from --threads)")
+    sweep.add_argument("--cpus-per-trial", type=int, default=1,
+                       help="CPUs each Ray task asks for (its threads come from --threads)")
     sweep.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each Ray task asks for")
     sweep.add_argument("--uniform", default=",".join(map(str, UNIFORM_BITS)),
                        help="bits of the uniform baselines ('' for none)")
     sweep.add_argument("--equal-compute", action="store_true",
-                       help="finetune the uniform baselines for the BSQ and finetune epochs together (as many steps as a BSQ run)")
+                       help="finetune the uniform baselines for the BSQ and finetune epochs together "
+                            "(as many steps as a BSQ run)")
     sweep.add_argument("--runs")
     sweep.add_argument("--name", help="sweep name (prefix of its runs)")
     _add_config_options(sweep)
@@ -121,7 +123,7 @@ def build_parser() -> Parser:
 
 def find_run(run: str, runs: str | None) -> Path:
     from .paths import EXAMPLES, runs_root
-    from .runs import check_name
+    from .store import check_name
 
     if Path(run).is_dir():
         return Path(run)
@@ -214,8 +216,8 @@ def cmd_sweep(args) -> int:
 def cmd_ls(args) -> int:
     import pandas as pd
 
+    from .catalog import list_runs
     from .paths import EXAMPLES, runs_root
-    from .runs import list_runs
 
     roots = args.dirs or [runs_root(), EXAMPLES]
     table = list_runs(*roots)
@@ -229,12 +231,14 @@ def cmd_ls(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .runs import describe, load_run
+    from .catalog import describe
+    from .jobs import is_stale
+    from .runs import load_run
 
     run = load_run(find_run(args.run, args.runs))
     info = run.info
     print(f"run        {run.path}")
-    stale = " (stale: its process is gone; train --resume goes on)" if run.stale else ""
+    stale = " (stale: its process is gone; train --resume goes on)" if is_stale(info) else ""
     print(f"status     {info['status']}{stale}" + (f" ({info['error']})" if info.get("error") else ""))
     c = run.config
     print(f"config     {c.model} on {c.dataset}, alpha {c.alpha:g}, {c.nbits}-bit start, "
@@ -250,8 +254,9 @@ def cmd_show(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .runs import MODEL, load_run, write_atomic
+    from .runs import load_run
     from .stats import FLOAT_BITS, size_of
+    from .store import MODEL, write_atomic
 
     run = load_run(find_run(args.run, args.runs))
     if run.info["status"] != "finished":
@@ -261,13 +266,14 @@ def cmd_export(args) -> int:
     exported = run.read_model()  # checks it loads (weights only) before anything is written
     if args.format == "qonnx":
         from .config import MODELS
-        from .deploy import to_qonnx
+        from .data import load_for
+        from .export import load_model, to_qonnx
 
         if run.config.model not in MODELS:  # a torchvision model: refused before its data loads
             raise UsageError(f"QONNX export takes the kit's own networks ({', '.join(MODELS)}), "
                              f"not {run.config.model}")
-        data = run.load_data()
-        content = to_qonnx(run.load_model(data).eval(), tuple(data.shape)).SerializeToString()
+        data = load_for(run.config)
+        content = to_qonnx(load_model(run, data).eval(), tuple(data.shape)).SerializeToString()
     else:
         content = (run.path / MODEL).read_bytes()
     out = Path(args.out)

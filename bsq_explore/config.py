@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_BITS = 16  # float32 holds every integer below 2**24 exactly; 16 bits leaves ample margin
 
@@ -86,6 +87,17 @@ class BSQConfig:
             if not ok:
                 raise ValueError(message)
 
+    def schedule(self, stage: str) -> "Schedule":
+        """The epochs and lr of a stage (pretrain, bsq or finetune)."""
+        epochs, lr, milestones = {"pretrain": (self.pretrain_epochs, self.pretrain_lr, self.pretrain_milestones),
+                                  "bsq": (self.bsq_epochs, self.bsq_lr, self.bsq_milestones),
+                                  "finetune": (self.finetune_epochs, self.finetune_lr, self.finetune_milestones)}[stage]
+        return Schedule(stage, epochs, lr, milestones, self.lr_gamma, self.lr_schedule == "cosine")
+
+    def epoch_count(self) -> int:
+        """How many epochs the run logs: every stage's epochs, and BSQ's epoch 0."""
+        return sum(s.epochs + s.snapshot for s in map(self.schedule, STAGES))
+
     def replace(self, **changes) -> "BSQConfig":
         return dataclasses.replace(self, **changes)
 
@@ -99,6 +111,31 @@ class BSQConfig:
         if unknown:
             raise ValueError(f"unknown config fields {', '.join(sorted(unknown))}; valid: {', '.join(names)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+STAGES = ("pretrain", "bsq", "finetune")  # a run's stages, in order
+
+
+class Schedule(NamedTuple):
+    """One stage's epochs and learning rate."""
+    stage: str
+    epochs: int
+    lr: float
+    milestones: tuple[int, ...]
+    gamma: float
+    cosine: bool
+
+    @property
+    def snapshot(self) -> bool:
+        """Whether the stage logs an epoch 0 on entry: BSQ's model as converted, untrained."""
+        return self.stage == "bsq" and self.epochs > 0
+
+    def lr_at(self, epoch: int) -> float:
+        """The lr of an epoch (1..epochs): x gamma after each milestone, or a half cosine from lr
+        (epoch 1) towards 0 (the last epoch keeps a small step)."""
+        if self.cosine:
+            return self.lr * 0.5 * (1 + math.cos(math.pi * (min(max(epoch, 1), self.epochs) - 1) / max(self.epochs, 1)))
+        return self.lr * self.gamma ** sum(epoch > m for m in self.milestones)
 
 
 def _has_type(value, default) -> bool:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from .paths import EXAMPLES, runs_root
 from .analysis import featured
-from .runs import DamagedRun, Run, check_name, finished_bsq, list_runs, load_run, stamp
-
+from .catalog import finished_bsq, list_runs, stamp
+from .paths import EXAMPLES, runs_root
+from .runs import DamagedRun, Run, load_run
+from .store import check_name
 
 APP_RUNS = "BSQ_APP_RUNS"  # how many runs the Train page may have training at once
 

@@ -57,6 +57,11 @@ def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool 
     return _normalized(ds)
 
 
+def load_for(config) -> Dataset:
+    """The dataset a run's config (a BSQConfig) names, with its subsets: the data the run trains on."""
+    return load(config.dataset, config.train_subset, config.test_subset, config.download)
+
+
 def _keep(y: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """Indices of count items (all when count is 0), spread evenly over the classes, seeded order."""
     if not count or count >= len(y):

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from .analysis import aligned_steps, epoch_labels
+from .catalog import caption
 
 REMOVED = "#d9d9d9"      # the plot background shows through where a plane no longer exists
 STAGE_COLORS = {"pretrain": "rgba(120,120,120,0.10)", "bsq": "rgba(0,114,178,0.08)", "finetune": "rgba(0,158,115,0.10)"}
@@ -380,7 +381,7 @@ def error_curves(w: torch.Tensor, nbits: int, max_bits: int = 8):
 
 
 def run_heatmap(run, value: str = "density"):
-    """The last bit heatmap of a run, titled with its name, accuracy and size (Run.caption)."""
+    """The last bit heatmap of a run, titled with its name, accuracy and size (catalog.caption)."""
     fig = bit_heatmap(run.bits, value=value)
-    fig.update_layout(title_text=f"{run.name}: {run.caption}")
+    fig.update_layout(title_text=f"{run.name}: {caption(run)}")
     return fig

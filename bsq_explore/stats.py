@@ -10,9 +10,8 @@ from torch import nn
 
 from .bits import bit_table, levels, plane_norms, plane_values
 from .layers import bit_layers, live_bits
+from .store import BIT_COLUMNS, LAYER_COLUMNS
 
-BIT_COLUMNS = ["layer", "layer_index", "bit", "nbits", "density", "norm"]
-LAYER_COLUMNS = ["layer", "layer_index", "kind", "numel", "nbits", "scale", "lsb_offset"]
 FLOAT_BITS = 32  # what a weight costs before quantization: the reference of every compression
 
 

@@ -12,10 +12,12 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from .catalog import list_runs, sweep_table
 from .config import UNIFORM_BITS, BSQConfig, preset
 from .paths import runs_root
 from .progress import ProgressBar
-from .runs import FLOAT_MODEL, DamagedRun, check_name, list_runs, read_info, run_name, sweep_table
+from .runs import DamagedRun, read_info, run_name
+from .store import FLOAT_MODEL, check_name
 from .train import RunFailed, resume, train
 
 

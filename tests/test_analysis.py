@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from bsq_explore.analysis import VERDICT_COLUMNS, verdict
-from bsq_explore.runs import list_runs, sweep_table
+from bsq_explore.catalog import list_runs, sweep_table
+
 from test_sweep import EXAMPLES
 
 

@@ -9,7 +9,9 @@ from streamlit.logger import get_logger
 from streamlit.testing.v1 import AppTest
 
 from bsq_explore.analysis import featured
-from bsq_explore.runs import list_runs, load_run
+from bsq_explore.catalog import list_runs
+from bsq_explore.runs import load_run
+
 from test_sweep import EXAMPLES
 
 
@@ -151,8 +153,8 @@ def test_a_click_on_a_uniform_point_keeps_the_alpha_and_one_on_a_bsq_point_picks
         import streamlit as st
 
         from bsq_explore import dashboard
+        from bsq_explore.catalog import list_runs
         from bsq_explore.paths import EXAMPLES
-        from bsq_explore.runs import list_runs, load_run
 
         table = list_runs(EXAMPLES)
         st.session_state.setdefault("clicks", [])
@@ -311,13 +313,13 @@ def test_the_app_opens_the_hardest_sweeps_most_compressed_run_near_its_float_mod
 
 @pytest.fixture
 def stub_launch(monkeypatch):
-    """train.launch replaced by a process that sleeps as long as the test: nothing trains."""
+    """jobs.launch replaced by a process that sleeps as long as the test: nothing trains."""
     import subprocess
     import tempfile
 
     import streamlit as st
 
-    from bsq_explore import train
+    from bsq_explore import jobs
 
     st.cache_resource.clear()  # the page's server-wide list of launched runs starts empty
     started = []
@@ -325,8 +327,8 @@ def stub_launch(monkeypatch):
     def launch(config, runs, name):
         process = subprocess.Popen(["sleep", "60"])
         started.append(process)
-        return train.Launch(name, process, tempfile.TemporaryFile())
-    monkeypatch.setattr(train, "launch", launch)
+        return jobs.Launch(name, process, tempfile.TemporaryFile())
+    monkeypatch.setattr(jobs, "launch", launch)
     yield started
     for process in started:
         process.kill()

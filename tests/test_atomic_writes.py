@@ -8,11 +8,12 @@ import sys
 import pandas as pd
 import pytest
 
-import bsq_explore.runs as runs
+import bsq_explore.store as store
 from bsq_explore.cli import main
-from bsq_explore.runs import DamagedRun, load_run, write_atomic, write_frame
-from conftest import TINY, assert_prefix, last_line, one_line, options
+from bsq_explore.runs import DamagedRun, load_run
+from bsq_explore.store import write_atomic, write_frame
 
+from conftest import TINY, assert_prefix, last_line, one_line, options
 
 # ---- no torn reads ---------------------------------------------------------------------------------
 
@@ -88,7 +89,7 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path, mon
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs.os, "fsync", full)
+    monkeypatch.setattr(store.os, "fsync", full)
     with pytest.raises(OSError, match="No space"):
         write_atomic(path, b"new" * 1000)
     assert [p.name for p in tmp_path.iterdir()] == ["f"] and path.read_bytes() == b"old"
@@ -108,14 +109,14 @@ def test_a_runs_root_under_a_file_is_a_one_line_error_before_training(tmp_path, 
 
 
 def test_a_full_runs_root_is_a_one_line_error_before_training(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(runs.os, "fsync", no_space)  # the probe file cannot be flushed
+    monkeypatch.setattr(store.os, "fsync", no_space)  # the probe file cannot be flushed
     assert main(["train", *options(TINY), "--name", "f", "--runs", str(tmp_path / "root")]) == 2
     assert "cannot write to runs root" in one_line(capsys.readouterr().err)
     assert list((tmp_path / "root").iterdir()) == []
 
 
 def test_a_run_json_that_cannot_be_written_leaves_no_folder(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(runs, "write_atomic", no_space)
+    monkeypatch.setattr(store, "write_atomic", no_space)
     assert main(["train", *options(TINY), "--name", "f", "--runs", str(tmp_path)]) == 2
     assert "No space left on device" in one_line(capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
@@ -123,7 +124,7 @@ def test_a_run_json_that_cannot_be_written_leaves_no_folder(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("what_fails", ["frames", "everything"])
 def test_a_disk_that_fills_mid_run_keeps_the_earlier_epochs(tmp_path, tiny_run, monkeypatch, capsys, what_fails):
-    real, metrics_writes = runs.write_atomic, []
+    real, metrics_writes = store.write_atomic, []
 
     def filling(path, data):  # full once BSQ epoch 2's metrics are on disk (the 6th metrics write)
         if len(metrics_writes) >= 6 and (what_fails == "everything" or path.name != "run.json"):
@@ -132,7 +133,7 @@ def test_a_disk_that_fills_mid_run_keeps_the_earlier_epochs(tmp_path, tiny_run, 
         if path.name == "metrics.parquet":
             metrics_writes.append(path)
 
-    monkeypatch.setattr(runs, "write_atomic", filling)
+    monkeypatch.setattr(store, "write_atomic", filling)
     assert main(["train", *options(TINY), "--name", "f", "--runs", str(tmp_path)]) == 1
     assert "failed: OSError: [Errno 28] No space left on device" in last_line(capsys.readouterr().err)
     run = load_run(tmp_path / "f")

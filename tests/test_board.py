@@ -9,6 +9,7 @@ from bsq_explore.board import CELL, heatmap_image
 from bsq_explore.cli import main
 from bsq_explore.plots import REMOVED
 from bsq_explore.runs import load_run
+
 from conftest import TINY, options
 
 

@@ -6,11 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from bsq_explore.bits import from_bits, plane_values
-from bsq_explore.bsq import bit_lasso, clamp_bits_, export, freeze_, load_quantized, requantize_
+from bsq_explore.bits import plane_values
+from bsq_explore.bsq import bit_lasso, clamp_bits_, freeze_, requantize_
+from bsq_explore.export import export, load_quantized
 from bsq_explore.layers import QuantWeight, bit_layers, convert_
 from bsq_explore.stats import layer_precision, model_size
-from conftest import Nested, clone
+
+from conftest import Nested
 
 
 def two_layers():

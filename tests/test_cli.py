@@ -16,7 +16,8 @@ import bsq_explore.paths as paths
 import bsq_explore.sweep as sweep_module
 import bsq_explore.train as train_module
 from bsq_explore.cli import main
-from bsq_explore.runs import check_name
+from bsq_explore.store import check_name
+
 from conftest import copy_run, one_line
 
 

@@ -9,10 +9,12 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
 
 from bsq_explore.cli import main
-from bsq_explore.deploy import QONNX_DOMAIN, quant_bits, to_qonnx
+from bsq_explore.data import load_for
+from bsq_explore.export import QONNX_DOMAIN, load_model, quant_bits, to_qonnx
 from bsq_explore.layers import convert_
 from bsq_explore.models import lenet5
 from bsq_explore.runs import load_run
+
 from conftest import copy_run, one_line
 from test_sweep import EXAMPLES
 
@@ -24,8 +26,8 @@ def run_graph(proto, x: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize("name", ["digits-a0.1", "digits-a0.3", "digits-a1", "digits-u2", "fashion-a0.01"])
 def test_shipped_runs_exported_to_qonnx_compute_what_the_pytorch_model_computes(name):
     run = load_run(EXAMPLES / name)
-    data = run.load_data()
-    model = run.load_model(data).eval()
+    data = load_for(run.config)
+    model = load_model(run, data).eval()
     x = data.test_x  # the whole test set
     proto = to_qonnx(model, tuple(data.shape), batch=len(x))
     with torch.no_grad():
@@ -62,9 +64,9 @@ def test_the_cli_writes_a_qonnx_graph_and_prints_its_size(tmp_path, capsys):
     packed = sum(s["q"].numel() * s["nbits"] / 8 for s in exported["layers"].values())
     assert f"weights {packed:.0f} bytes packed against" in printed and "fc1: 4 bits x 16384 weights" in printed
     proto = onnx.load(str(out))
-    x = run.load_data().test_x[:1]  # the file is for one image at a time, as FINN takes it
+    x = load_for(run.config).test_x[:1]  # the file is for one image at a time, as FINN takes it
     with torch.no_grad():
-        expected = run.load_model(run.load_data()).eval()(x).numpy()
+        expected = load_model(run, load_for(run.config)).eval()(x).numpy()
     assert np.allclose(run_graph(proto, x), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -83,15 +85,16 @@ def test_exporting_a_float_an_unfinished_or_a_damaged_run_is_one_line(tmp_path, 
 
 @pytest.mark.parametrize("act_bits", [4, 2], ids=["QuantReLU6", "PACT"])
 def test_activation_quantizers_export_at_their_fixed_scale(tmp_path, act_bits):
+    from bsq_explore.bits import quantize
     from bsq_explore.config import preset
     from bsq_explore.models import PACT, QuantReLU6
-    from bsq_explore.bits import quantize
     from bsq_explore.train import train
+
     from conftest import TINY
 
     run = load_run(train(preset("digits-cnn", **TINY, act_bits=act_bits), runs=tmp_path, name="a"))
-    data = run.load_data()
-    model = run.load_model(data).eval()
+    data = load_for(run.config)
+    model = load_model(run, data).eval()
     acts = [m for m in model if isinstance(m, (QuantReLU6, PACT))]
     assert len(acts) == 4 and all(torch.isfinite(m.running_max) for m in acts if isinstance(m, QuantReLU6))
 

@@ -13,11 +13,14 @@ import psutil
 import pytest
 import torch
 
-import bsq_explore.train as train_module
+import bsq_explore.jobs as jobs
+from bsq_explore.catalog import list_runs
 from bsq_explore.cli import main
 from bsq_explore.config import preset
-from bsq_explore.runs import DamagedRun, is_stale, list_runs, load_run
+from bsq_explore.jobs import is_stale
+from bsq_explore.runs import DamagedRun, load_run
 from bsq_explore.train import resume, train
+
 from conftest import TINY, assert_prefix, comparable, copy_run, last_line, one_line, options
 
 KILL = dict(TINY, bsq_epochs=8)  # long enough in BSQ to be killed in the middle of it
@@ -40,8 +43,8 @@ import sys, threading
 import bsq_explore.train as train
 from bsq_explore.cli import main
 run_epoch = train.run_epoch
-def held(model, opt, ds, config, generator, e, folder):
-    done = run_epoch(model, opt, ds, config, generator, e, folder)
+def held(run, e):
+    done = run_epoch(run, e)
     if (e.stage, e.epoch) == ("bsq", 5):
         threading.Event().wait()
     return done
@@ -78,7 +81,7 @@ def test_sigkill_in_bsq_keeps_every_finished_epoch_and_resume_matches_an_uninter
     ref = load_run(train(preset("digits-mlp", **KILL), runs=ref_root, name="x"))
 
     cut = load_run(cut_root / "x")
-    assert cut.info["status"] == "running" and cut.stale
+    assert cut.info["status"] == "running" and is_stale(cut.info)
     assert cut.metrics.stage.iloc[-1] == "bsq" and 2 <= cut.metrics.epoch.iloc[-1] <= 5
     for kind in ("metrics", "bits", "layers"):
         assert_prefix(getattr(cut, kind), getattr(ref, kind))
@@ -91,7 +94,7 @@ def test_sigkill_in_bsq_keeps_every_finished_epoch_and_resume_matches_an_uninter
                               "--runs", str(cut_root)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     run = load_run(cut_root / "x")
-    assert run.info["status"] == "finished" and not run.stale
+    assert run.info["status"] == "finished" and not is_stale(run.info)
     for kind in ("metrics", "bits", "layers"):
         pd.testing.assert_frame_equal(comparable(getattr(run, kind)), comparable(getattr(ref, kind)))
     assert run.info["summary"] == ref.info["summary"]
@@ -106,7 +109,7 @@ def test_a_zombie_or_vanished_process_makes_a_running_run_stale_and_a_live_one_i
     live = subprocess.Popen(["cat"], stdin=subprocess.PIPE)  # alive until its stdin closes
     try:
         set_info(folder, status="running", pid=live.pid, host=socket.gethostname(), started=started(live.pid))
-        assert not load_run(folder).stale and list_runs(tmp_path).status.tolist() == ["running"]
+        assert not is_stale(load_run(folder).info) and list_runs(tmp_path).status.tolist() == ["running"]
         with pytest.raises(FileExistsError, match="still running"):
             resume(folder)
         with pytest.raises(FileExistsError, match="still running"):
@@ -115,9 +118,9 @@ def test_a_zombie_or_vanished_process_makes_a_running_run_stale_and_a_live_one_i
         live.stdin.close()
     if sys.platform == "linux":  # /proc tells a zombie apart
         os.waitid(os.P_PID, live.pid, os.WEXITED | os.WNOWAIT)  # it has exited but is not reaped: a zombie
-        assert load_run(folder).stale
+        assert is_stale(load_run(folder).info)
     live.wait()
-    assert load_run(folder).stale and list_runs(tmp_path).status.tolist() == ["running (stale)"]
+    assert is_stale(load_run(folder).info) and list_runs(tmp_path).status.tolist() == ["running (stale)"]
     set_info(folder, host="another-host")
     assert not is_stale(load_run(folder).info), "a process on another host cannot be checked"
 
@@ -137,11 +140,11 @@ def test_a_pid_reused_by_another_process_does_not_keep_a_dead_run_alive(tmp_path
     other = subprocess.Popen(["sleep", "30"])  # alive, with the pid the dead writer once had
     try:
         set_info(folder, status="running", pid=other.pid, host=socket.gethostname(), started=started(other.pid) - 60)
-        assert load_run(folder).stale and list_runs(tmp_path).status.tolist() == ["running (stale)"]
+        assert is_stale(load_run(folder).info) and list_runs(tmp_path).status.tolist() == ["running (stale)"]
         with pytest.raises(ValueError, match="not running on this host"):
-            train_module.stop(folder)  # and the other process is never signalled
+            jobs.stop(folder)  # and the other process is never signalled
         set_info(folder, started=started(other.pid))  # the same start time: it is the writer
-        assert not load_run(folder).stale
+        assert not is_stale(load_run(folder).info)
     finally:
         other.kill()
         other.wait()
@@ -156,7 +159,7 @@ def test_sigterm_during_float_pretraining_stops_the_run_and_resume_finishes_it(t
             if (tmp_path / "t" / "checkpoint.pt").exists():
                 break
             time.sleep(0.05)
-        train_module.stop(tmp_path / "t")  # what the app's stop button does: SIGTERM to the run's process
+        jobs.stop(tmp_path / "t")  # what the app's stop button does: SIGTERM to the run's process
         code, err = child.wait(timeout=60), child.stderr.read()
     finally:
         child.kill()
@@ -165,7 +168,7 @@ def test_sigterm_during_float_pretraining_stops_the_run_and_resume_finishes_it(t
     assert run.info["status"] == "stopped" and len(run.metrics) >= 1 and run.bits.empty
     assert list_runs(tmp_path).status.tolist() == ["stopped"]
     with pytest.raises(ValueError, match="not running"):
-        train_module.stop(tmp_path / "t")
+        jobs.stop(tmp_path / "t")
     assert main(["train", "--resume", "--name", "t", "--runs", str(tmp_path), "--pretrain-epochs", "2"]) == 2
     assert main(["train", "--resume", "--name", "t", "--runs", str(tmp_path)]) == 0  # its own config
     run = load_run(tmp_path / "t")
@@ -178,7 +181,7 @@ def test_stop_refuses_a_process_that_is_no_bsq_run(tmp_path, tiny_run):
     try:
         set_info(folder, status="running", pid=other.pid, host=socket.gethostname(), started=started(other.pid))
         with pytest.raises(ValueError, match="is not a bsq-explore run"):
-            train_module.stop(folder)
+            jobs.stop(folder)
         assert other.poll() is None, "the other process lives"
     finally:
         other.kill()
@@ -223,8 +226,8 @@ import sys, threading
 import bsq_explore.train as train
 from bsq_explore.cli import main
 stage, run_epoch = sys.argv.pop(1), train.run_epoch
-def held(model, opt, ds, config, generator, e, folder):
-    done = run_epoch(model, opt, ds, config, generator, e, folder)
+def held(run, e):
+    done = run_epoch(run, e)
     if e.stage == stage:
         print("held", flush=True)
         threading.Event().wait()

@@ -1,13 +1,14 @@
 """Converted layers against float and uniformly quantized oracles."""
 import pytest
 import torch
+from test_bits import uniform_quantize
 from torch import nn
 
 from bsq_explore.bsq import requantize_
 from bsq_explore.layers import BitLayer, BitWeight, QuantWeight, bit_layers, convert_, weights_up_front
 from bsq_explore.models import not_shortcut, resnet20
+
 from conftest import Nested, clone
-from test_bits import uniform_quantize
 
 
 def test_converted_model_equals_uniformly_quantized_model_exactly(nested, images):

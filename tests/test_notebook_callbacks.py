@@ -5,12 +5,15 @@ import pandas as pd
 import pytest
 import torch
 
-from bsq_explore import analysis, bsq, data, notebook, paths, plots, runs
+from bsq_explore import analysis, data, export, notebook, paths, plots, runs
 from bsq_explore.bits import from_bits, levels, to_bits
+from bsq_explore.catalog import caption, list_runs, sweep_table
 from bsq_explore.config import preset
 from bsq_explore.data import load
-from bsq_explore.runs import FRAME_COLUMNS, Run, list_runs, load_run, sweep_table
+from bsq_explore.runs import Run, load_run
+from bsq_explore.store import FRAME_COLUMNS
 from bsq_explore.train import Event, evaluate, train
+
 from conftest import TINY
 
 NBITS = range(1, 9)  # the nbits slider of notebook 01
@@ -200,13 +203,13 @@ def test_alpha_heatmap_for_every_alpha(sweep_runs):
 
 def test_run_caption(sweep_runs):
     s = sweep_runs[0.3].info["summary"]
-    assert sweep_runs[0.3].caption == \
+    assert caption(sweep_runs[0.3]) == \
         f"alpha 0.3: {100 * s['test_acc']:.1f} % test accuracy, {s['avg_bits']:.2f} bits ({s['compression']:.1f}x)"
     empty = Run(None, dict(config=dict(alpha=2.0, bsq_epochs=1), status="finished",
                            summary=dict(test_acc=0.1, avg_bits=0.0, compression=math.inf)), *[pd.DataFrame()] * 3)
-    assert empty.caption == "alpha 2: 10.0 % test accuracy, collapsed: no weight left"
+    assert caption(empty) == "alpha 2: 10.0 % test accuracy, collapsed: no weight left"
     running = Run(None, dict(config=dict(alpha=0.1, bsq_epochs=1), status="running", summary={}), *[pd.DataFrame()] * 3)
-    assert running.caption == "alpha 0.1: running"
+    assert caption(running) == "alpha 0.1: running"
 
 
 def test_epoch_slider_heatmap_at_every_step():
@@ -221,10 +224,10 @@ def test_epoch_slider_heatmap_at_every_step():
 
 def test_load_model_export_and_size_table():
     run = load_run(paths.EXAMPLES / "digits-a0.3")
-    ds = run.load_data()
-    model = run.load_model(ds)
+    ds = data.load_for(run.config)
+    model = export.load_model(run, ds)
     assert evaluate(model, ds.test_x, ds.test_y) == pytest.approx(run.info["summary"]["test_acc"])
-    exported = bsq.export(model)
+    exported = export.export(model)
     shipped = torch.load(run.path / "model.pt", weights_only=True)
     for name, spec in shipped["layers"].items():
         assert torch.equal(exported["layers"][name]["q"], spec["q"])

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from bsq_explore import analysis, plots
-from bsq_explore.runs import list_runs, load_run, sweep_table
+from bsq_explore.catalog import list_runs, sweep_table
+from bsq_explore.runs import load_run
+
 from test_sweep import EXAMPLES
 
 

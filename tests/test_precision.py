@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from bsq_explore.bsq import bit_weights, requantize_
 from bsq_explore.config import BSQConfig, preset

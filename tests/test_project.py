@@ -3,10 +3,10 @@ import ast
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,8 @@ def test_pyproject_admits_the_local_torch_pair():
 
 def test_console_script_and_light_import():
     assert pyproject()["project"]["scripts"]["bsq-explore"] == "bsq_explore.cli:main"
-    code = "import sys, bsq_explore; print(sorted(m for m in ('torch','streamlit','plotly','ipywidgets','pandas') if m in sys.modules))"
+    heavy = "('torch', 'streamlit', 'plotly', 'ipywidgets', 'pandas')"
+    code = f"import sys, bsq_explore; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", "import bsq_explore must stay light"
 

@@ -4,10 +4,12 @@ import re
 import pytest
 
 import bsq_explore.train as train_module
+from bsq_explore.catalog import list_runs
 from bsq_explore.cli import main
 from bsq_explore.config import preset
-from bsq_explore.runs import list_runs, load_run
+from bsq_explore.runs import load_run
 from bsq_explore.train import Diverged, RunFailed, train
+
 from conftest import TINY, assert_prefix, last_line, options
 
 
@@ -71,11 +73,10 @@ def test_an_error_in_any_stage_lists_as_failed_with_its_reason_and_resume_finish
         tmp_path, tiny_run, monkeypatch, stage):
     real = train_module.run_epoch
 
-    def failing(model, opt, ds, config, generator, e, folder):  # after the stage's first epoch is on disk
-        done = real(model, opt, ds, config, generator, e, folder)
+    def failing(run, e):  # after the stage's first epoch is on disk
+        real(run, e)
         if e.stage == stage:
             raise OSError(f"disk gone in {stage}")
-        return done
 
     monkeypatch.setattr(train_module, "run_epoch", failing)
     with pytest.raises(RunFailed):

@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from streamlit.testing.v1 import AppTest
-
-from bsq_explore.cli import main
-from bsq_explore.runs import DamagedRun, list_runs, load_run
-from conftest import copy_run, one_line
 from test_app import MAIN
+
+from bsq_explore.catalog import caption, list_runs
+from bsq_explore.cli import main
+from bsq_explore.runs import DamagedRun, load_run
+
+from conftest import copy_run, one_line
 from test_sweep import EXAMPLES
 
 
@@ -236,7 +238,7 @@ def test_any_value_in_any_run_json_field_lists_as_finished_or_damaged_and_never_
         assert row.status == "damaged" and str(err) == row.reason
     else:
         assert row.status != "damaged"
-        run.caption, run.config, run.kind  # everything a page shows of a run
+        caption(run), run.config, run.kind  # everything a page shows of a run
     for command in (["show", "r"], ["export", "r", "--out", str(root / "q.pt")]):
         assert main([*command, "--runs", str(root)]) in (0, 2)
         err = capsys.readouterr().err

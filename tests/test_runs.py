@@ -4,9 +4,12 @@ import shutil
 
 import pytest
 
+from bsq_explore.catalog import list_runs
 from bsq_explore.config import preset
-from bsq_explore.runs import DamagedRun, check_name, list_runs, load_run, write_atomic
+from bsq_explore.runs import DamagedRun, load_run
+from bsq_explore.store import check_name, write_atomic
 from bsq_explore.train import train
+
 from conftest import TINY
 
 

@@ -3,13 +3,14 @@ import math
 
 import pytest
 import torch
+from test_bsq import two_layers
 from torch import nn
 
 from bsq_explore.bsq import freeze_, requantize_
 from bsq_explore.layers import BitWeight, QuantWeight, bit_layers, convert_, live_bits
 from bsq_explore.stats import BIT_COLUMNS, LAYER_COLUMNS, bit_sparsity, layer_precision, model_size
+
 from conftest import Nested
-from test_bsq import two_layers
 
 
 def one_linear():

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bsq_explore.runs import list_runs, load_run, sweep_table
-from bsq_explore.sweep import sweep
-from conftest import TINY
-
+from bsq_explore.catalog import list_runs, sweep_table
 from bsq_explore.paths import EXAMPLES
+from bsq_explore.runs import load_run
+from bsq_explore.sweep import sweep
 
+from conftest import TINY
 
 SMALL = {k: v for k, v in TINY.items() if k != "alpha"}
 ALPHAS, UNIFORM = [0.3, 0.0], [3]
@@ -91,7 +91,7 @@ def test_shipped_sweep_bits_fall_as_alpha_grows():
 
 def test_shipped_sweep_reaches_10x_within_2_points_of_float():
     table = shipped()
-    float_acc = table.query("kind == 'float'").test_acc.item()
+    float_acc = table.query("kind == 'float'").test_acc.item()  # noqa: F841 (read by the query below)
     good = table.query("kind == 'bsq' and compression >= 10 and test_acc >= @float_acc - 0.02")
     assert len(good) >= 1
 
@@ -173,14 +173,15 @@ def test_a_shipped_cifar10_bsq_run_exported_to_qonnx_scores_its_recorded_accurac
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
 
-    from bsq_explore.deploy import to_qonnx
+    from bsq_explore.data import load_for
+    from bsq_explore.export import load_model, to_qonnx
 
     table = sweep_table(list_runs(EXAMPLES), "cifar10").query("kind == 'bsq' and status == 'finished'")
     if table.empty:
         pytest.skip("no BSQ run of the cifar10 sweep has finished yet")
     run = load_run(EXAMPLES / table.sort_values("compression").name.iloc[len(table) // 2])
-    data = run.load_data()
-    model = run.load_model(data).eval()
+    data = load_for(run.config)
+    model = load_model(run, data).eval()
     x, y = data.test_x[:300], data.test_y[:300]
     proto = to_qonnx(model, tuple(data.shape), batch=len(x))
     logits = execute_onnx(ModelWrapper(proto), {"input": x.numpy()})[proto.graph.output[0].name]

@@ -3,12 +3,14 @@ import pandas as pd
 import pytest
 import torch
 
-from bsq_explore.bsq import load_quantized
 from bsq_explore.config import BSQConfig, preset
 from bsq_explore.data import load
-from bsq_explore.runs import FRAME_COLUMNS, load_run
+from bsq_explore.export import load_quantized
 from bsq_explore.models import build_model
-from bsq_explore.train import RunFailed, evaluate, plan, resume, stage_lr, train
+from bsq_explore.runs import load_run
+from bsq_explore.store import FRAME_COLUMNS
+from bsq_explore.train import RunFailed, evaluate, resume, train
+
 from conftest import TINY
 
 KEYS = {"metrics": ["stage", "epoch"], "bits": ["stage", "epoch", "layer", "bit"], "layers": ["stage", "epoch", "layer"]}
@@ -94,12 +96,19 @@ def test_resuming_with_another_config_says_which_fields_differ(tmp_path, tiny_ru
         resume(tiny_run, preset("digits-mlp", **dict(TINY, alpha=1.0, seed=2)))
 
 
-def test_plan_and_learning_rate_schedule():
+def test_epoch_count_and_step_learning_rate_schedule():
     config = preset("cifar10-resnet20")
-    steps = plan(config)
-    assert len(steps) == 200 + 351 + 300 and steps[-1][2] == 850
-    assert stage_lr(config, "bsq", 250) == pytest.approx(0.1) and stage_lr(config, "bsq", 251) == pytest.approx(0.01)
-    assert stage_lr(config, "finetune", 251) == pytest.approx(1e-4)
+    assert config.epoch_count() == 200 + 351 + 300  # BSQ's epoch 0 is logged too
+    bsq, finetune = config.schedule("bsq"), config.schedule("finetune")
+    assert bsq.lr_at(250) == pytest.approx(0.1) and bsq.lr_at(251) == pytest.approx(0.01)
+    assert finetune.lr_at(251) == pytest.approx(1e-4)
+
+
+def test_cosine_schedule_falls_from_the_stage_lr_along_a_half_cosine():
+    pretrain = preset("cifar10-resnet20", lr_schedule="cosine", pretrain_epochs=5).schedule("pretrain")
+    # epoch e of 5: lr 0.1 * (1 + cos(pi (e - 1) / 5)) / 2, by hand
+    assert [pretrain.lr_at(e) for e in range(1, 6)] == pytest.approx([0.1, 0.0904508, 0.0654508, 0.0345492, 0.0095492], abs=1e-7)
+    assert pretrain.lr_at(0) == pretrain.lr_at(1)  # an entry snapshot trains at none, logs the first
 
 
 def test_uniform_baseline_keeps_its_precision(tmp_path):

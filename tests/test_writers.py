@@ -10,11 +10,14 @@ import time
 import pandas as pd
 import pytest
 
+from bsq_explore.catalog import list_runs
 from bsq_explore.cli import main
 from bsq_explore.config import preset
-from bsq_explore.runs import list_runs, load_run, owning, process_alive, read_info
+from bsq_explore.jobs import owning, process_alive
+from bsq_explore.runs import load_run, read_info
 from bsq_explore.sweep import sweep
 from bsq_explore.train import resume, train
+
 from conftest import TINY, copy_run, one_line
 
 SWEEP = {k: v for k, v in TINY.items() if k != "alpha"}  # a sweep's runs: TINY at each alpha

@@ -1,7 +1,7 @@
 """Every run under the runs roots, with its status and summary; damaged runs with the reason."""
 import streamlit as st
 
-from bsq_explore import dashboard, runs
+from bsq_explore import catalog, dashboard
 
 st.title("Runs")
 st.caption("BSQ stores every weight as bit planes and a group Lasso kills whole planes: each run "
@@ -16,7 +16,7 @@ if len(damaged):
 dashboard.run_table(table)
 run = dashboard.pick_run("open a run")
 if run is not None:
-    text = runs.describe(run.summary)
+    text = catalog.describe(run.summary)
     cols = st.columns(4)
     cols[0].metric("status", run.info["status"])
     cols[1].metric("test accuracy", text["test_acc"])

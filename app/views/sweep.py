@@ -1,7 +1,7 @@
 """One alpha sweep: accuracy against compression, per-layer bits per alpha, and any run's heatmap."""
 import streamlit as st
 
-from bsq_explore import analysis, dashboard, plots, runs
+from bsq_explore import analysis, catalog, dashboard, plots, runs
 from bsq_explore.config import BSQConfig
 
 st.title("Sweep")
@@ -12,7 +12,7 @@ name = dashboard.pick_sweep(table)
 if name is None:
     st.info("No sweeps yet. Run one with `bsq-explore sweep --preset digits-mlp --alphas 0,0.1,0.2,0.3 --jobs 2`.")
     st.stop()
-sweep = runs.sweep_table(table, name)
+sweep = catalog.sweep_table(table, name)
 floats = table[(table.sweep == name) & (table.kind == "float") & (table.status == "finished")]
 if len(floats):
     c = BSQConfig.from_dict(runs.read_info(floats.path.iloc[0])["config"])
@@ -21,7 +21,7 @@ if len(floats):
                + (" (the paper's recipe is 200 + 350 + 300 epochs on a GPU)" if c.model == "resnet20" else "") + ".")
 colors = plots.alpha_colors(sweep.alpha.dropna())
 event = dashboard.chart(plots.pareto(sweep), on_select="rerun", selection_mode="points", key="pareto")
-bsq = runs.finished_bsq(sweep)
+bsq = catalog.finished_bsq(sweep)
 opened = [r for r in (dashboard.open_run(n) for n in bsq.name) if r is not None]
 dashboard.chart(plots.layer_precision_bars(analysis.sweep_layers(opened), colors))
 st.subheader("BSQ against uniform quantization")

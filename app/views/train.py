@@ -1,10 +1,10 @@
 """Start a run in the background and watch its bits die while it trains; stop it from here."""
 import streamlit as st
 
-from bsq_explore import dashboard, plots, runs, train
+from bsq_explore import dashboard, jobs, plots, runs
+from bsq_explore.catalog import describe, list_runs
 from bsq_explore.config import PRESETS, preset
 from bsq_explore.paths import EXAMPLES
-from bsq_explore.runs import describe, list_runs
 
 st.title("Train")
 root = dashboard.roots()[0]
@@ -31,7 +31,7 @@ st.text_input("run name", key="train_name", on_change=lambda: st.session_state.u
 
 
 @st.cache_resource
-def launched() -> list[train.Launch]:
+def launched() -> list[jobs.Launch]:
     """Every run this server started, across sessions: the limit counts them all."""
     return []
 
@@ -49,7 +49,7 @@ if st.button("start training", type="primary"):
                              f"{limit} may train at once (${dashboard.APP_RUNS}): stop one below, or wait")
         config = preset(st.session_state.train_preset, alpha=st.session_state.train_alpha,
                         bsq_epochs=int(st.session_state.train_epochs))
-        launched().append(train.launch(config, root, name))
+        launched().append(jobs.launch(config, root, name))
         st.session_state["watching"] = name
         st.success(f"started {name} in {root}; it keeps running if you close this page")
     except (ValueError, FileExistsError) as err:
@@ -58,7 +58,7 @@ if st.button("start training", type="primary"):
 
 def progress(run) -> None:
     """The run's stage, epoch, accuracy and bits, as a bar."""
-    total, done = len(train.plan(run.config)), len(run.metrics)
+    total, done = run.config.epoch_count(), len(run.metrics)
     text = f"{run.name}: {run.info['status']}"
     if done:
         last = run.metrics.iloc[-1]
@@ -85,7 +85,7 @@ def watch() -> None:
         if right.button("stop", key=f"stop_{name}", help="end the run now; its finished epochs stay, and "
                                                           "`bsq-explore train --resume` goes on"):
             try:
-                train.stop(run.path)
+                jobs.stop(run.path)
                 st.toast(f"stopping {name}")
             except ValueError as err:
                 st.error(str(err))

@@ -1,4 +1,4 @@
-"""QONNX export: a converted model as an ONNX graph with a Quant node at each layer's own bit width."""
+"""The trained model out of the kit: integer export and its loading, and QONNX graphs."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,61 @@ import torch
 from torch import nn
 
 from .config import MODELS
-from .layers import BitLayer
-from .models import PACT, BasicBlock, CifarResNet, QuantReLU6
+from .layers import BitLayer, QuantWeight, bit_layers, replace_module
+from .models import PACT, BasicBlock, CifarResNet, QuantReLU6, build_model
+
+__all__ = ["export", "load_quantized", "load_model", "to_qonnx", "quant_bits", "EXPORT_FORMAT", "QONNX_DOMAIN"]
+
+EXPORT_FORMAT = "bsq_explore.quantized/1"
+
+
+def _int_dtype(nbits: int) -> torch.dtype:
+    return torch.int8 if nbits <= 7 else torch.int16 if nbits <= 15 else torch.int32
+
+
+@torch.no_grad()
+def export(model: nn.Module) -> dict:
+    """The mixed-precision model as plain data (torch.load(weights_only=True) reads it back).
+
+    layers: {name: {kind, nbits, scale, lsb_offset, q}} with q the signed integer weight,
+    |q| <= 2^nbits - 1, stored in the smallest integer dtype that holds it; W = scale q / (2^n - 1).
+    state: every other tensor of the model (biases, batch norm, layers left in float).
+    """
+    layers, skip = {}, []
+    for name, m in bit_layers(model):
+        q, nbits = m.weight.integers(), m.weight.live_bits()
+        layers[name] = dict(kind=m.kind, nbits=nbits, scale=float(m.weight.scale) if nbits else 0.0,
+                            lsb_offset=m.weight.lsb_offset, q=q.to(_int_dtype(nbits)).cpu())
+        skip.append(name + ".weight.")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(tuple(skip))}
+    return dict(format=EXPORT_FORMAT, layers=layers, state=state)
+
+
+@torch.no_grad()
+def load_quantized(model: nn.Module, exported: dict) -> nn.Module:
+    """Load an export() into model (a float model of the same architecture, or a converted one).
+
+    The named layers become QuantWeight layers at their exported precision; the result computes
+    exactly what the exported model computed.
+    """
+    if exported.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"not a bsq_explore export (format {exported.get('format')!r})")
+    full = dict(exported["state"])
+    for name, spec in exported["layers"].items():
+        module = model.get_submodule(name)
+        like = next(module.parameters())  # device and dtype to build on
+        scale = torch.tensor(spec["scale"], dtype=like.dtype, device=like.device)  # 0 for a 0-bit layer
+        weight = QuantWeight.from_integers(spec["q"].to(like.device), scale, spec["nbits"], spec["lsb_offset"])
+        if isinstance(module, BitLayer):
+            module.weight = weight
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            replace_module(model, name, BitLayer(module, weight))
+        else:
+            raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a conv or linear layer")
+        full.update({f"{name}.weight.{k}": v for k, v in weight.state_dict().items()})
+    model.load_state_dict(full)
+    return model
+
 
 QONNX_DOMAIN = "qonnx.custom_op.general"  # where QONNX's Quant operator lives
 OPSET = 13
@@ -154,3 +207,11 @@ def quant_bits(graph) -> dict[str, int]:
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     return {node.output[0].removesuffix(".weight"): int(values[node.input[3]]) - 1
             for node in graph.node if node.op_type == "Quant" and node.output[0].endswith(".weight")}
+
+
+def load_model(run, data) -> nn.Module:
+    """The final quantized model of a finished run (a runs.Run): its model.pt loaded into its
+    architecture, built for data (the run's dataset)."""
+    model = build_model(run.config, data)
+    load_quantized(model, run.read_model())
+    return model

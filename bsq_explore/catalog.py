@@ -1,0 +1,137 @@
+"""Many runs at a glance: listings, sweep tables, the summary as text, and a loaded run's cache key."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .jobs import is_stale
+from .runs import DamagedRun, Run, check_frame, load_run, read_info, run_kind
+from .store import FRAME_COLUMNS, INFO, RUN_FILES, SUMMARY_KEYS, frame_file
+
+__all__ = ["list_runs", "sweep_table", "list_sweeps", "load_sweep", "finished_bsq", "describe", "caption", "stamp"]
+
+_LIST_COLUMNS = ["name", "status", "sweep", "kind", "alpha", "nbits", *SUMMARY_KEYS, "epochs", "reason", "path"]
+
+
+def _holds_a_run(entry: Path) -> bool:
+    """Whether an entry of a runs root is (or was meant to be) a run folder: a folder with any file
+    a run writes (one it cannot read, too), or a symlink that does not resolve. A folder of
+    something else (or a run's folder before its run.json) is not listed, not even as damaged."""
+    try:
+        if not entry.is_dir():
+            return entry.is_symlink() and not entry.exists()
+        return not set(RUN_FILES).isdisjoint(os.listdir(entry))
+    except OSError:
+        return True
+
+
+def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
+    """One row per run folder under the roots, damaged ones included with the reason; never raises.
+
+    status is running, finished, failed, stopped (by the user), damaged, or "running (stale)" for a run marked running
+    whose process on this host is gone (killed: it keeps its finished epochs and can be resumed).
+    """
+    rows = []
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        try:
+            entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+        except OSError:  # unreadable root: nothing to list
+            continue
+        for folder in (p for p in entries if _holds_a_run(p)):
+            row = dict(name=folder.name, path=str(folder), reason="")
+            try:
+                if not folder.is_dir():
+                    raise DamagedRun("a symlink that loops or points nowhere")
+                info = read_info(folder)
+                epochs = [check_frame(folder, kind, info) for kind in FRAME_COLUMNS][0]
+                config, summary = info["config"], info.get("summary") or {}
+                kind = run_kind(config)
+                row.update(status=info["status"], sweep=info.get("sweep"), kind=kind,
+                           alpha=config.get("alpha") if kind == "bsq" else None, nbits=config.get("nbits"),
+                           epochs=epochs,
+                           **{k: summary.get(k) for k in SUMMARY_KEYS})
+                if info["status"] == "failed":
+                    row["reason"] = info.get("error") or ""
+                elif info["status"] == "stopped":
+                    row["reason"] = "stopped before it finished; resume it to go on"
+                elif is_stale(info):
+                    row.update(status="running (stale)",
+                               reason=f"process {info['provenance']['pid']} is gone; resume it to go on")
+            except DamagedRun as err:
+                row.update(status="damaged", reason=str(err))
+            except OSError as err:  # say a folder without read permission
+                row.update(status="damaged", reason=f"cannot be read ({err.strerror or err})")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=_LIST_COLUMNS)
+
+
+def sweep_table(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
+    """The sweep's runs from a list_runs() frame, BSQ runs by alpha then baselines by bits."""
+    table = runs[runs.sweep == sweep].copy()
+    table["order"] = table.kind.map({"float": 0, "bsq": 1, "uniform": 2})
+    table = table.sort_values(["order", "alpha", "nbits"]).drop(columns="order")
+    return table[["name", "kind", "alpha", "nbits", "avg_bits", "compression", "bsq_acc", "test_acc",
+                  "status", "reason"]].reset_index(drop=True)
+
+
+def list_sweeps(root: str | os.PathLike) -> pd.DataFrame:
+    """The sweeps under root, one row each: its name, model, dataset, runs and float accuracy."""
+    table = list_runs(root)
+    rows = []
+    for name in sorted(table.sweep.dropna().unique()):
+        part = table[table.sweep == name]
+        base = part[(part.kind == "float") & (part.status != "damaged")]
+        config = read_info(Path(base.path.iloc[0]))["config"] if len(base) else {}
+        rows.append(dict(sweep=name, model=config.get("model"), dataset=config.get("dataset"), runs=len(part),
+                         float_acc=base.test_acc.iloc[0] if len(base) else None))
+    return pd.DataFrame(rows, columns=["sweep", "model", "dataset", "runs", "float_acc"])
+
+
+def load_sweep(root: str | os.PathLike, sweep: str) -> dict[float, Run]:
+    """The finished BSQ runs of a sweep under root, loaded, by alpha (ascending)."""
+    done = finished_bsq(sweep_table(list_runs(root), sweep)).sort_values("alpha")
+    return {float(a): load_run(Path(root) / name) for a, name in zip(done.alpha, done.name)}
+
+
+def finished_bsq(table: pd.DataFrame) -> pd.DataFrame:
+    """The finished BSQ runs of a list_runs() or sweep_table() frame."""
+    return table[(table.kind == "bsq") & (table.status == "finished")]
+
+
+def stamp(folder: Path) -> tuple:
+    """Changes whenever the run writes an epoch (run.json, then the frames): a cache key of a loaded run."""
+    return tuple(os.stat(p).st_mtime_ns if p.exists() else 0
+                 for p in (folder / INFO, folder / frame_file("metrics"), folder / frame_file("bits")))
+
+
+def describe(summary: dict) -> dict[str, str]:
+    """A summary as text: test_acc '96.7 %', avg_bits '2.75' ('0 (collapsed)' when no weight is
+    left), compression '11.6x'; '–' for what a run has not reported."""
+    def text(key, form):
+        value = summary.get(key)
+        return form(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+    return dict(test_acc=text("test_acc", lambda v: f"{100 * v:.1f} %"),
+                bsq_acc=text("bsq_acc", lambda v: f"{100 * v:.1f} %"),
+                avg_bits=text("avg_bits", lambda v: f"{v:.2f}" if v else "0 (collapsed)"),
+                compression=text("compression", lambda v: f"{v:.1f}x"))
+
+
+
+
+def caption(run: Run) -> str:
+    """'alpha 0.3: 96.7 % test accuracy, 2.75 bits (11.6x)' (a BSQ run; others say uniform
+    3-bit or float), 'collapsed: no weight left' when nothing is left, else the status."""
+    c = run.info["config"]
+    what = (f"alpha {c['alpha']:g}" if run.kind == "bsq" else
+            f"uniform {c['nbits']}-bit" if run.kind == "uniform" else "float")
+    if run.summary.get("avg_bits") is None:
+        return f"{what}: {run.info['status']}"
+    text = describe(run.summary)
+    size = "collapsed: no weight left" if run.summary["avg_bits"] == 0 else \
+        f"{text['avg_bits']} bits ({text['compression']})"
+    return f"{what}: {text['test_acc']} test accuracy, {size}"
