@@ -1,9 +1,9 @@
-"""bsq_explore: bit-level sparsity quantization you can watch."""
+"""bsq_explore: the version and the verbs a user starts with (preset, resume, load_run, convert_, ...), lazily."""
 __version__ = "0.1.0"
 
 # The verbs a user starts with, each imported on first use so that `import bsq_explore` stays light.
 # train and sweep are modules of the same name: from bsq_explore.train import train.
-_VERBS = {"preset": "config", "BSQConfig": "config", "resume": "train", "load_run": "runs", "list_runs": "runs",
+_VERBS = {"preset": "config", "BSQConfig": "config", "resume": "train", "load_run": "runs", "list_runs": "catalog",
           "convert_": "layers", "requantize_": "bsq", "bit_lasso": "bsq", "ProgressBar": "progress"}
 __all__ = sorted(_VERBS)
 

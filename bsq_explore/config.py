@@ -1,4 +1,4 @@
-"""BSQConfig, the frozen description of a run, and PRESETS, named configurations kept as data."""
+"""BSQConfig, the frozen description of a run, its per-stage Schedule, and PRESETS kept as data."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""Plotly figures shared by the notebooks and the app. plotly is imported when a figure is made.
+"""Plotly figures shared by the notebooks and the app, made for a projector (plotly loads lazily).
 
 Every figure is made for a projector: 16 px dark text on white, a title, axis titles with units,
 accuracy in %, and colour-blind-safe scales (Viridis for ordered values, Okabe-Ito for runs).

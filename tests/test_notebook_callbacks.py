@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bsq_explore import analysis, data, export, notebook, paths, plots, runs
+from bsq_explore import analysis, catalog, data, export, notebook, paths, plots
 from bsq_explore.bits import from_bits, levels, to_bits
 from bsq_explore.catalog import caption, list_runs, sweep_table
 from bsq_explore.config import preset
@@ -183,7 +183,7 @@ def test_live_heatmap_and_curves_follow_every_training_event(tmp_path):
 
 @pytest.fixture(scope="module")
 def sweep_runs():
-    return runs.load_sweep(paths.EXAMPLES, "digits")
+    return catalog.load_sweep(paths.EXAMPLES, "digits")
 
 
 def test_sweep_runs_are_the_finished_bsq_runs(sweep_runs):
@@ -275,7 +275,7 @@ def test_paper_comparison(tiny_run):
 
 
 def test_shipped_sweeps_lists_each_sweep_with_its_float_model():
-    listed = runs.list_sweeps(paths.EXAMPLES).set_index("sweep")
+    listed = catalog.list_sweeps(paths.EXAMPLES).set_index("sweep")
     float_run = load_run(paths.EXAMPLES / "digits-float")
     assert listed.loc["digits", "model"] == "mlp" and listed.loc["digits", "dataset"] == "digits"
     assert listed.loc["digits", "float_acc"] == float_run.info["summary"]["test_acc"]
