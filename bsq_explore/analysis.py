@@ -4,38 +4,14 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .bits import from_bits, levels, plane_values, to_bits
+from .axes import epoch_labels
+from .bits import levels
 from .catalog import finished_bsq
 from .runs import Run
 from .stats import FLOAT_BITS, size_of
 
-
-def epoch_labels(frame: pd.DataFrame) -> pd.Series:
-    """'bsq 12' style labels, one per row, from the stage and epoch columns."""
-    return frame.stage.astype(str) + " " + frame.epoch.astype(str)
-
-
-def aligned_steps(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Series], pd.DataFrame]:
-    """x positions that align the stages of several runs' frames (stage and epoch columns): each
-    stage starts at one position in every run and is as wide as its longest run, so BSQ epoch 1
-    lines up whether a run pretrained for 30 epochs or for none. Returns each frame's positions
-    (a Series per name, by row) and ticks (position, 'bsq 1' label) at every stage's first and last epoch."""
-    from .config import STAGES
-
-    spans = {}
-    for frame in frames.values():
-        for stage, rows in frame.groupby("stage"):
-            lo, hi = spans.get(stage, (rows.epoch.min(), rows.epoch.max()))
-            spans[stage] = (min(lo, rows.epoch.min()), max(hi, rows.epoch.max()))
-    start, offset = {}, 0
-    for s in STAGES:
-        if s in spans:
-            lo, hi = spans[s]
-            start[s] = offset - int(lo)
-            offset += int(hi - lo) + 1
-    positions = {name: frame.stage.map(start) + frame.epoch for name, frame in frames.items()}
-    ticks = sorted({(start[stage] + int(e), f"{stage} {int(e)}") for stage, span in spans.items() for e in span})
-    return positions, pd.DataFrame(ticks, columns=["position", "label"])
+__all__ = ["death_epochs", "final_layers", "sweep_layers", "VERDICT_COLUMNS", "verdict", "featured",
+           "reduce_precision", "export_size", "WhatIf", "layer_weights", "size_table", "paper_comparison"]
 
 
 def death_epochs(bits: pd.DataFrame) -> pd.DataFrame:
@@ -151,17 +127,6 @@ def export_size(exported: dict) -> dict:
     return dict(avg_bits=s.avg_bits, compression=s.compression, packed_bytes=s.packed_bytes)
 
 
-def reconstruction_errors(w: torch.Tensor, max_bits: int = 8) -> pd.DataFrame:
-    """How far the n-bit quantization of w is from w, for n = 1..max_bits."""
-    rows = []
-    for n in range(1, max_bits + 1):
-        pos, neg, scale = to_bits(w, n)
-        err = (from_bits(pos, neg, scale) - w).abs()
-        rows.append(dict(nbits=n, max_abs_error=err.max().item(), rmse=err.pow(2).mean().sqrt().item(),
-                         bound=scale.item() / levels(n) / 2))
-    return pd.DataFrame(rows)
-
-
 class WhatIf:
     """A finished run's quantized model, re-evaluated with fewer bits in chosen layers."""
 
@@ -184,12 +149,6 @@ class WhatIf:
         return dict(test_acc=evaluate(self.model, self.data.test_x, self.data.test_y), **export_size(exported))
 
 
-def logged_steps(frame: pd.DataFrame) -> tuple[list[int], list[str]]:
-    """The distinct steps of a frame in order, with their 'bsq 12' labels."""
-    steps = frame.drop_duplicates("step").sort_values("step")
-    return steps.step.astype(int).tolist(), epoch_labels(steps).tolist()
-
-
 def layer_weights(run: Run) -> dict[str, torch.Tensor]:
     """Every conv and linear weight of a run, in network order: the float weights of its float
     model when it has one, else its final model's quantized weights (scale q / (2^n - 1))."""
@@ -198,42 +157,6 @@ def layer_weights(run: Run) -> dict[str, torch.Tensor]:
         return {k.removesuffix(".weight"): v.float() for k, v in state.items() if k.endswith(".weight") and v.dim() > 1}
     return {name: spec["scale"] * spec["q"].float() / levels(spec["nbits"]) if spec["nbits"] else spec["q"].float() * 0
             for name, spec in run.read_model()["layers"].items()}
-
-
-def digit_table(w: torch.Tensor, nbits: int, count: int = 8) -> pd.DataFrame:
-    """The first count weights of w at nbits: the weight, its integer q, q's digits in the pos and the
-    neg planes (MSB first), the (nbits+1)-bit two's complement of q for contrast, and the weight
-    the planes give back (scale q / (2^n - 1))."""
-    flat = w.detach().float().reshape(-1)
-    pos, neg, scale = to_bits(flat, nbits)  # (nbits, N)
-    q = plane_values(pos, neg).round().long()
-    back = from_bits(pos, neg, scale)
-    rows = []
-    for i in range(min(count, len(flat))):
-        rows.append(dict(weight=float(flat[i]), q=int(q[i]),
-                         pos="".join(str(int(pos[b, i])) for b in range(nbits - 1, -1, -1)),
-                         neg="".join(str(int(neg[b, i])) for b in range(nbits - 1, -1, -1)),
-                         twos_complement=format(int(q[i]) % 2 ** (nbits + 1), f"0{nbits + 1}b"),
-                         quantized=float(back[i])))
-    return pd.DataFrame(rows)
-
-
-def plane_occupancy(w: torch.Tensor, nbits: int) -> pd.DataFrame:
-    """How many weights use each plane, MSB first: in BSQ's pos and neg planes (sign-magnitude: a
-    plane is used by a weight whose |q| has that digit) and in an (nbits+1)-bit two's complement
-    code, where every negative weight fills the top planes with ones. Bit nbits is that code's
-    sign bit; BSQ has no such plane (the sign is which plane holds the digits)."""
-    pos, neg, _ = to_bits(w.detach().float().reshape(-1), nbits)  # (nbits, N)
-    ints = plane_values(pos, neg).round().long()
-    twos = ints % 2 ** (nbits + 1)
-    n = max(len(ints), 1)
-    rows = [dict(bit=nbits, pos=float("nan"), neg=float("nan"), sign_magnitude=float("nan"),
-                 twos_complement=float(((twos >> nbits) & 1).sum()) / n)]
-    for b in range(nbits - 1, -1, -1):
-        rows.append(dict(bit=b, pos=float(pos[b].sum()) / n, neg=float(neg[b].sum()) / n,
-                         sign_magnitude=float((pos[b] + neg[b]).sum()) / n,
-                         twos_complement=float(((twos >> b) & 1).sum()) / n))
-    return pd.DataFrame(rows)
 
 
 def size_table(exported: dict) -> pd.DataFrame:
@@ -253,7 +176,7 @@ def size_table(exported: dict) -> pd.DataFrame:
 
 
 # Yang et al. (ICLR 2021), ResNet-20 on CIFAR-10 with 4-bit activations: the trade-off they report
-PAPER = dict(source="paper (Yang et al. 2021)", model="resnet20", act_bits=4, alpha=5e-3, avg_bits=FLOAT_BITS / 14,
+_PAPER = dict(source="paper (Yang et al. 2021)", model="resnet20", act_bits=4, alpha=5e-3, avg_bits=FLOAT_BITS / 14,
              compression=14.0, test_acc=0.92)
 
 
@@ -265,4 +188,4 @@ def paper_comparison(run: Run) -> pd.DataFrame:
     mine = dict(source=run.name, model=c["model"], act_bits=c["act_bits"], alpha=c["alpha"],
                 epochs=f"{c['pretrain_epochs']}+{c['bsq_epochs']}+{c['finetune_epochs']}",
                 avg_bits=s.get("avg_bits"), compression=s.get("compression"), test_acc=s.get("test_acc"))
-    return pd.DataFrame([dict(PAPER, epochs="float+350+300"), mine])[columns]
+    return pd.DataFrame([dict(_PAPER, epochs="float+350+300"), mine])[columns]

@@ -7,6 +7,9 @@ import torch
 
 from .config import MAX_BITS
 
+__all__ = ["levels", "check_nbits", "quantize", "integer_weight", "digits", "to_bits", "plane_values", "from_bits",
+           "plane_norms", "bit_table", "plane_rows"]
+
 
 def levels(nbits: int) -> int:
     """Largest magnitude an nbits-bit integer weight can take: 2**nbits - 1."""

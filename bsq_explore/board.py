@@ -8,8 +8,10 @@ import pandas as pd
 
 from .plots import REMOVED, bit_grid
 
+__all__ = ["CELL", "TensorBoard", "heatmap_image"]
+
 CELL = 16  # pixels a side per (layer, bit) cell of the heatmap image
-METRICS = ("train_loss", "reg_loss", "train_acc", "test_acc", "avg_bits", "compression", "lr")
+_METRICS = ("train_loss", "reg_loss", "train_acc", "test_acc", "avg_bits", "compression", "lr")
 
 
 class TensorBoard:
@@ -26,7 +28,7 @@ class TensorBoard:
         self.writer = SummaryWriter(str(logdir))
 
     def __call__(self, event) -> None:
-        for key in METRICS:
+        for key in _METRICS:
             value = event.metrics.get(key)
             if value is not None and np.isfinite(value):  # a snapshot epoch trains nothing: no loss
                 self.writer.add_scalar(f"metrics/{key}", value, event.step)

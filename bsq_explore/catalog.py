@@ -34,40 +34,41 @@ def list_runs(*roots: str | os.PathLike) -> pd.DataFrame:
     whose process on this host is gone (killed: it keeps its finished epochs and can be resumed).
     """
     rows = []
-    for root in roots:
-        root = Path(root)
+    for root in map(Path, roots):
         if not root.is_dir():
             continue
         try:
             entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
         except OSError:  # unreadable root: nothing to list
             continue
-        for folder in (p for p in entries if _holds_a_run(p)):
-            row = dict(name=folder.name, path=str(folder), reason="")
-            try:
-                if not folder.is_dir():
-                    raise DamagedRun("a symlink that loops or points nowhere")
-                info = read_info(folder)
-                epochs = [check_frame(folder, kind, info) for kind in FRAME_COLUMNS][0]
-                config, summary = info["config"], info.get("summary") or {}
-                kind = run_kind(config)
-                row.update(status=info["status"], sweep=info.get("sweep"), kind=kind,
-                           alpha=config.get("alpha") if kind == "bsq" else None, nbits=config.get("nbits"),
-                           epochs=epochs,
-                           **{k: summary.get(k) for k in SUMMARY_KEYS})
-                if info["status"] == "failed":
-                    row["reason"] = info.get("error") or ""
-                elif info["status"] == "stopped":
-                    row["reason"] = "stopped before it finished; resume it to go on"
-                elif is_stale(info):
-                    row.update(status="running (stale)",
-                               reason=f"process {info['provenance']['pid']} is gone; resume it to go on")
-            except DamagedRun as err:
-                row.update(status="damaged", reason=str(err))
-            except OSError as err:  # say a folder without read permission
-                row.update(status="damaged", reason=f"cannot be read ({err.strerror or err})")
-            rows.append(row)
+        rows += [_row(folder) for folder in entries if _holds_a_run(folder)]
     return pd.DataFrame(rows, columns=_LIST_COLUMNS)
+
+
+def _row(folder: Path) -> dict:
+    """A run folder's row of list_runs."""
+    row = dict(name=folder.name, path=str(folder), reason="")
+    try:
+        if not folder.is_dir():
+            raise DamagedRun("a symlink that loops or points nowhere")
+        info = read_info(folder)
+        epochs = [check_frame(folder, kind, info) for kind in FRAME_COLUMNS][0]
+        config, summary = info["config"], info.get("summary") or {}
+        kind = run_kind(config)
+        row.update(status=info["status"], sweep=info.get("sweep"), kind=kind,
+                   alpha=config.get("alpha") if kind == "bsq" else None, nbits=config.get("nbits"), epochs=epochs,
+                   **{k: summary.get(k) for k in SUMMARY_KEYS})
+        if info["status"] == "failed":
+            row["reason"] = info.get("error") or ""
+        elif info["status"] == "stopped":
+            row["reason"] = "stopped before it finished; resume it to go on"
+        elif is_stale(info):
+            row.update(status="running (stale)", reason=f"process {info['provenance']['pid']} is gone; resume it to go on")
+    except DamagedRun as err:
+        row.update(status="damaged", reason=str(err))
+    except OSError as err:  # say a folder without read permission
+        row.update(status="damaged", reason=f"cannot be read ({err.strerror or err})")
+    return row
 
 
 def sweep_table(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:

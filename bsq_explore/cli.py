@@ -9,6 +9,8 @@ import sys
 import typing
 from pathlib import Path
 
+__all__ = ["main", "build_parser"]
+
 EXPLICIT = {"alpha"}  # config fields with their own option in the usage line
 
 
@@ -65,7 +67,7 @@ def _overrides(args) -> dict:
 
 
 def build_parser() -> Parser:
-    from .config import DEFAULT_PRESET, UNIFORM_BITS
+    from .config import DEFAULT_PRESET
 
     parser = Parser(prog="bsq-explore", description="Bit-level sparsity quantization you can watch.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -85,39 +87,8 @@ def build_parser() -> Parser:
                        help="resume or overwrite a run marked running on another host (when its process is gone)")
     _add_config_options(train)
 
-    sweep = sub.add_parser("sweep", help="one float model, a BSQ run per alpha, uniform baselines")
-    sweep.add_argument("--preset", default=DEFAULT_PRESET)
-    sweep.add_argument("--alphas", required=True, help="comma-separated, e.g. 0,0.05,0.1")
-    sweep.add_argument("--jobs", type=int, default=1, help="runs side by side (local backend); each uses --threads CPU threads")
-    sweep.add_argument("--backend", choices=["local", "ray"], default="local",
-                       help="local processes, or one Ray task per run (pip install 'bsq_explore[ray]')")
-    sweep.add_argument("--address", help="Ray cluster address, e.g. ray://head:10001 or auto (ray backend)")
-    sweep.add_argument("--cpus-per-trial", type=int, default=1,
-                       help="CPUs each Ray task asks for (its threads come from --threads)")
-    sweep.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each Ray task asks for")
-    sweep.add_argument("--uniform", default=",".join(map(str, UNIFORM_BITS)),
-                       help="bits of the uniform baselines ('' for none)")
-    sweep.add_argument("--equal-compute", action="store_true",
-                       help="finetune the uniform baselines for the BSQ and finetune epochs together "
-                            "(as many steps as a BSQ run)")
-    sweep.add_argument("--runs")
-    sweep.add_argument("--name", help="sweep name (prefix of its runs)")
-    _add_config_options(sweep)
-
-    ls = sub.add_parser("ls", help="list runs with status and summary")
-    ls.add_argument("dirs", nargs="*", help="runs roots (default: runs root and data/examples)")
-
-    show = sub.add_parser("show", help="a run's summary and per-layer precision")
-    show.add_argument("run", help="run folder, or a run name under the runs root or data/examples")
-    show.add_argument("--runs")
-
-    export = sub.add_parser("export", help="write a run's quantized model (integer weights, bits, scales)")
-    export.add_argument("run")
-    export.add_argument("--out", required=True)
-    export.add_argument("--format", choices=["pt", "qonnx"], default="pt",
-                        help="pt: the kit's integer weights, bits and scales; qonnx: an ONNX graph with a QONNX "
-                             "Quant node at each layer's bit width (needs 'bsq_explore[qonnx]'; the kit's networks)")
-    export.add_argument("--runs")
+    _add_sweep_command(sub)
+    _add_reading_commands(sub)
     return parser
 
 
@@ -171,6 +142,47 @@ def _config(args):
     if args.resume and not args.preset and not extra:
         return None
     return preset(args.preset or DEFAULT_PRESET, **extra)
+
+
+def _add_sweep_command(sub) -> None:
+    from .config import DEFAULT_PRESET, UNIFORM_BITS
+
+    sweep = sub.add_parser("sweep", help="one float model, a BSQ run per alpha, uniform baselines")
+    sweep.add_argument("--preset", default=DEFAULT_PRESET)
+    sweep.add_argument("--alphas", required=True, help="comma-separated, e.g. 0,0.05,0.1")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs side by side (local backend); each uses --threads CPU threads")
+    sweep.add_argument("--backend", choices=["local", "ray"], default="local",
+                       help="local processes, or one Ray task per run (pip install 'bsq_explore[ray]')")
+    sweep.add_argument("--address", help="Ray cluster address, e.g. ray://head:10001 or auto (ray backend)")
+    sweep.add_argument("--cpus-per-trial", type=int, default=1,
+                       help="CPUs each Ray task asks for (its threads come from --threads)")
+    sweep.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each Ray task asks for")
+    sweep.add_argument("--uniform", default=",".join(map(str, UNIFORM_BITS)),
+                       help="bits of the uniform baselines ('' for none)")
+    sweep.add_argument("--equal-compute", action="store_true",
+                       help="finetune the uniform baselines for the BSQ and finetune epochs together "
+                            "(as many steps as a BSQ run)")
+    sweep.add_argument("--runs")
+    sweep.add_argument("--name", help="sweep name (prefix of its runs)")
+    _add_config_options(sweep)
+
+
+def _add_reading_commands(sub) -> None:
+    """ls, show and export: the commands that read runs."""
+    ls = sub.add_parser("ls", help="list runs with status and summary")
+    ls.add_argument("dirs", nargs="*", help="runs roots (default: runs root and data/examples)")
+
+    show = sub.add_parser("show", help="a run's summary and per-layer precision")
+    show.add_argument("run", help="run folder, or a run name under the runs root or data/examples")
+    show.add_argument("--runs")
+
+    export = sub.add_parser("export", help="write a run's quantized model (integer weights, bits, scales)")
+    export.add_argument("run")
+    export.add_argument("--out", required=True)
+    export.add_argument("--format", choices=["pt", "qonnx"], default="pt",
+                        help="pt: the kit's integer weights, bits and scales; qonnx: an ONNX graph with a QONNX "
+                             "Quant node at each layer's bit width (needs 'bsq_explore[qonnx]'; the kit's networks)")
+    export.add_argument("--runs")
 
 
 def cmd_train(args) -> int:

@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+__all__ = ["MAX_BITS", "BSQConfig", "STAGES", "Schedule", "MAX_THREADS", "DEVICES", "LR_SCHEDULES", "PRECISIONS",
+           "UNIFORM_BITS", "MODELS", "TORCHVISION", "DATASETS", "DEFAULT_PRESET", "preset"]
+
 MAX_BITS = 16  # float32 holds every integer below 2**24 exactly; 16 bits leaves ample margin
 
 

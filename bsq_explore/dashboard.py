@@ -14,6 +14,10 @@ from .paths import EXAMPLES, runs_root
 from .runs import DamagedRun, Run, load_run
 from .store import check_name
 
+__all__ = ["APP_RUNS", "max_app_runs", "VERDICT_COLUMNS", "RUN_COLUMNS", "run_table", "table_height", "pick_sweep",
+           "pick_alpha", "chart", "roots", "runs_table", "all_runs", "find", "open_run", "empty_state", "pick_run",
+           "pick_step", "url_radio", "url_toggle", "sidebar"]
+
 APP_RUNS = "BSQ_APP_RUNS"  # how many runs the Train page may have training at once
 
 

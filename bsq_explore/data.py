@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,10 @@ import torch
 
 from .paths import SHARED_CIFAR10, data_root
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+__all__ = ["Dataset", "load", "load_for", "SYSTEM_DATA", "IDX", "read_idx", "MAX_PIXELS", "augment", "batches",
+           "synthetic_image_folder", "cifar10_source"]
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Dataset:
 def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool = False, seed: int = 0) -> Dataset:
     """Load a dataset by name: digits (default, no download), mnist, fashion-mnist, cifar10, folder:PATH.
 
-    mnist and fashion-mnist are read from IDX files found by idx_folders (Debian's
+    mnist and fashion-mnist are read from IDX files found by _idx_folders (Debian's
     dataset-fashion-mnist among them); download=True fetches what is missing with torchvision.
     train_subset / test_subset > 0 keep that many images, the same share of every class, chosen
     with a fixed seed; every run on the same data then sees the same images.
@@ -91,7 +93,7 @@ SYSTEM_DATA = Path("/usr/share/datasets")  # Debian's dataset-fashion-mnist inst
 IDX = {"mnist": ("MNIST", [str(i) for i in range(10)]),
        "fashion-mnist": ("FashionMNIST", ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                                           "Sneaker", "Bag", "Ankle boot"])}
-IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
@@ -113,7 +115,7 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).view(shape)
 
 
-def idx_folders(name: str) -> list[Path]:
+def _idx_folders(name: str) -> list[Path]:
     """Where an IDX dataset may live: the data root (flat, or torchvision's <Class>/raw), then the system's."""
     root = data_root() / name
     return [root, root / IDX[name][0] / "raw", SYSTEM_DATA / name]
@@ -124,21 +126,21 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def _idx(name: str, download: bool, subsets, seed) -> Dataset:
-    """MNIST or Fashion-MNIST read from their IDX files, wherever idx_folders finds all four."""
+    """MNIST or Fashion-MNIST read from their IDX files, wherever _idx_folders finds all four."""
     def complete(folder):
-        return all(_find_idx(folder, stem) for pair in IDX_FILES.values() for stem in pair)
+        return all(_find_idx(folder, stem) for pair in _IDX_FILES.values() for stem in pair)
 
-    folder = next((f for f in idx_folders(name) if complete(f)), None)
+    folder = next((f for f in _idx_folders(name) if complete(f)), None)
     if folder is None and download:
         _fetch(name)
-        folder = next((f for f in idx_folders(name) if complete(f)), None)
+        folder = next((f for f in _idx_folders(name) if complete(f)), None)
     if folder is None:
-        places = ", ".join(map(str, idx_folders(name)))
+        places = ", ".join(map(str, _idx_folders(name)))
         hint = " or apt-get install dataset-fashion-mnist" if name == "fashion-mnist" else ""
         raise FileNotFoundError(f"{name} is not under {places}; pass --download to fetch it (needs internet){hint}")
 
     def split(part, count, split_seed):
-        images, labels = (read_idx(_find_idx(folder, stem)) for stem in IDX_FILES[part])
+        images, labels = (read_idx(_find_idx(folder, stem)) for stem in _IDX_FILES[part])
         keep = _keep(labels.long(), count, split_seed)
         return images[keep].unsqueeze(1).float() / 255, labels[keep].long()  # (N, 1, 28, 28)
 
@@ -188,30 +190,6 @@ def _folder(path: Path, subsets, seed) -> Dataset:
     """PATH/train/<class>/<image> and PATH/test/<class>/<image>; classes sorted by name. Every
     image's header is checked (readable, one size, not huge, the whole set fits in memory)
     before any image is decoded."""
-    import numpy as np
-    from PIL import Image
-
-    def opened(file: Path):
-        try:
-            return Image.open(file)
-        except (OSError, Image.DecompressionBombError, ValueError) as err:  # PIL: OSError for a corrupt file
-            raise ValueError(f"{file} is not a readable image ({type(err).__name__})") from None
-
-    def size(file: Path) -> tuple[int, int]:
-        with opened(file) as im:  # the header only
-            width, height = im.size
-        if width * height > MAX_PIXELS:
-            raise ValueError(f"{file} is {width}x{height} pixels: resize the images (at most {MAX_PIXELS:,} pixels)")
-        return height, width
-
-    def decode(file: Path) -> torch.Tensor:
-        with opened(file) as im:
-            try:
-                pixels = np.array(im.convert("RGB"))
-            except (OSError, ValueError) as err:  # a header that reads, then truncated data
-                raise ValueError(f"{file} is not a readable image ({type(err).__name__})") from None
-        return torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) uint8
-
     if not (path / "train").is_dir() or not (path / "test").is_dir():
         raise FileNotFoundError(f"{path} needs train/ and test/ subfolders of class folders")
     classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
@@ -220,22 +198,8 @@ def _folder(path: Path, subsets, seed) -> Dataset:
     extra = sorted({p.name for p in (path / "test").iterdir() if p.is_dir()} - set(classes))
     if extra:  # their images would be dropped without a word
         raise ValueError(f"{path / 'test'} has classes that {path / 'train'} lacks: {', '.join(extra[:5])}")
-
-    def listed(part: str, count: int, split_seed: int) -> tuple[list[Path], list[int], tuple[int, int]]:
-        files, labels = [], []
-        for label, cls in enumerate(classes):
-            found = sorted(f for f in (path / part / cls).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-            files += found
-            labels += [label] * len(found)
-        if not files:
-            raise FileNotFoundError(f"{path / part} holds no images")
-        keep = _keep(torch.tensor(labels), count, split_seed).tolist()
-        sizes = {size(files[i]) for i in keep}
-        if len(sizes) > 1:
-            raise ValueError(f"{path / part}: images differ in size (H x W {sorted(sizes)[:3]}); resize them first")
-        return [files[i] for i in keep], [labels[i] for i in keep], sizes.pop()
-
-    train, test = listed("train", subsets[0], seed), listed("test", subsets[1], seed + 1)
+    train = _listed(path / "train", classes, subsets[0], seed)
+    test = _listed(path / "test", classes, subsets[1], seed + 1)
     if train[2] != test[2]:
         raise ValueError(f"train images are {train[2][0]}x{train[2][1]} pixels but test images "
                          f"{test[2][0]}x{test[2][1]}: give both the same size")
@@ -246,9 +210,54 @@ def _folder(path: Path, subsets, seed) -> Dataset:
                          "free: use --train-subset and --test-subset")
 
     def tensors(files: list[Path], labels: list[int]):
-        return torch.stack([decode(f) for f in files]).float() / 255, torch.tensor(labels)
+        return torch.stack([_decode(f) for f in files]).float() / 255, torch.tensor(labels)
 
     return Dataset(f"folder:{path}", *tensors(*train[:2]), *tensors(*test[:2]), classes, augment=True)
+
+
+def _listed(split: Path, classes: list[str], count: int, seed: int) -> tuple[list[Path], list[int], tuple[int, int]]:
+    """The images of one split (count of them, spread over the classes; all when 0), their labels
+    and their one size (H, W), read from their headers."""
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        found = sorted(f for f in (split / cls).glob("*") if f.suffix.lower() in _IMAGE_SUFFIXES)
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise FileNotFoundError(f"{split} holds no images")
+    keep = _keep(torch.tensor(labels), count, seed).tolist()
+    sizes = {_image_size(files[i]) for i in keep}
+    if len(sizes) > 1:
+        raise ValueError(f"{split}: images differ in size (H x W {sorted(sizes)[:3]}); resize them first")
+    return [files[i] for i in keep], [labels[i] for i in keep], sizes.pop()
+
+
+def _opened(file: Path):
+    from PIL import Image
+
+    try:
+        return Image.open(file)
+    except (OSError, Image.DecompressionBombError, ValueError) as err:  # PIL: OSError for a corrupt file
+        raise ValueError(f"{file} is not a readable image ({type(err).__name__})") from None
+
+
+def _image_size(file: Path) -> tuple[int, int]:
+    with _opened(file) as im:  # the header only
+        width, height = im.size
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"{file} is {width}x{height} pixels: resize the images (at most {MAX_PIXELS:,} pixels)")
+    return height, width
+
+
+def _decode(file: Path) -> torch.Tensor:
+    import numpy as np
+
+    with _opened(file) as im:
+        try:
+            pixels = np.array(im.convert("RGB"))
+        except (OSError, ValueError) as err:  # a header that reads, then truncated data
+            raise ValueError(f"{file} is not a readable image ({type(err).__name__})") from None
+    return torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) uint8
 
 
 def _free_memory() -> int | None:
@@ -322,76 +331,3 @@ def cifar10_source(fallback: str | os.PathLike | None = None) -> tuple[str, str]
     root = synthetic_image_folder(fallback or Path(tempfile.mkdtemp(prefix="bsq-synthetic-cifar10-")))
     return f"folder:{root}", (f"{SHARED_CIFAR10} does not exist, so a tiny synthetic 10-class image folder "
                               f"({root}) stands in: the pipeline runs, but its numbers say nothing about CIFAR-10.")
-
-
-MAX_UPLOAD = 1_000_000  # elements of an uploaded tensor: plenty for a picture of bit planes
-
-
-def read_tensor(name: str, raw: bytes, max_elements: int = MAX_UPLOAD) -> torch.Tensor:
-    """A float tensor from an untrusted file's bytes (.npy, .pt or .csv, by name), or ValueError
-    with one line that says what is wrong. Nothing in the file runs (no pickles), and its size is
-    checked before it is read whole."""
-    import io
-
-    import numpy as np
-
-    suffix = Path(name).suffix.lower()
-    if suffix == ".npy":
-        try:
-            stream = io.BytesIO(raw)
-            major, _ = np.lib.format.read_magic(stream)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(stream)
-        except Exception:  # numpy raises several types for a file that is not .npy
-            raise ValueError(f"{name} is not a .npy array file") from None
-        _check_upload(name, dtype.kind, math.prod(shape), max_elements)
-        try:
-            array = np.load(io.BytesIO(raw), allow_pickle=False)
-        except Exception:
-            raise ValueError(f"{name} holds a truncated or unreadable array") from None
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-    elif suffix == ".pt":
-        if len(raw) > 16 * max_elements + 65536:  # 8-byte elements and the archive around them
-            raise ValueError(f"{name} is {len(raw) / 1e6:.0f} MB: upload at most {max_elements:,} elements")
-        try:
-            with warnings.catch_warnings():  # torch warns about foreign pickles it then refuses
-                warnings.simplefilter("ignore")
-                tensor = torch.load(io.BytesIO(raw), weights_only=True)
-        except Exception:  # a pickle of anything but tensors is refused, and never run
-            raise ValueError(f"{name} is not a tensor file that can be loaded safely "
-                             "(only tensors saved with torch.save are read)") from None
-        if not isinstance(tensor, torch.Tensor):
-            what = f"a {type(tensor).__name__}" + (f" of {len(tensor)} entries (a state_dict?)" if
-                                                   isinstance(tensor, dict) else "")
-            raise ValueError(f"{name} holds {what}, not one tensor: save the one tensor to look at")
-        kind = "c" if tensor.is_complex() else "b" if tensor.dtype == torch.bool else \
-            "f" if tensor.is_floating_point() else "i"
-        _check_upload(name, kind, tensor.numel(), max_elements)
-    elif suffix == ".csv":
-        if len(raw) > 32 * max_elements:
-            raise ValueError(f"{name} is {len(raw) / 1e6:.0f} MB: upload at most {max_elements:,} numbers")
-        try:
-            with warnings.catch_warnings():  # an empty file is reported below, as no numbers
-                warnings.simplefilter("ignore")
-                tensor = torch.from_numpy(np.loadtxt(io.StringIO(raw.decode()), delimiter=",", ndmin=2))
-        except (ValueError, UnicodeDecodeError):
-            raise ValueError(f"{name} is not a table of comma-separated numbers") from None
-        _check_upload(name, "f", tensor.numel(), max_elements)
-    else:
-        raise ValueError(f"{name}: upload a .npy, .pt or .csv file")
-    tensor = tensor.double()
-    if tensor.numel() == 0:
-        raise ValueError(f"{name} holds no numbers")
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"{name} holds NaN or infinite values: every weight must be a finite number")
-    return tensor.float()
-
-
-def _check_upload(name: str, kind: str, count: int, max_elements: int) -> None:
-    """numpy's dtype kind (b, i, u, f, c, O, ...) and the element count of an upload, checked."""
-    if kind == "c":
-        raise ValueError(f"{name} holds complex numbers: weights are real")
-    if kind not in "biuf":
-        raise ValueError(f"{name} holds {'Python objects' if kind == 'O' else 'non-numeric values'}, not numbers")
-    if count > max_elements:
-        raise ValueError(f"{name} holds {count:,} numbers: upload at most {max_elements:,}")

@@ -63,7 +63,7 @@ def load_quantized(model: nn.Module, exported: dict) -> nn.Module:
 
 
 QONNX_DOMAIN = "qonnx.custom_op.general"  # where QONNX's Quant operator lives
-OPSET = 13
+_OPSET = 13
 
 
 def to_qonnx(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
@@ -88,7 +88,7 @@ def to_qonnx(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
         helper.make_graph(graph.nodes, "bsq_explore",
                           [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, *input_shape])],
                           [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, classes])], graph.initializers),
-        producer_name="bsq_explore", opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(QONNX_DOMAIN, 1)])
+        producer_name="bsq_explore", opset_imports=[helper.make_opsetid("", _OPSET), helper.make_opsetid(QONNX_DOMAIN, 1)])
     return _with_shapes(proto)
 
 
@@ -128,6 +128,10 @@ class _Graph:
             out = self.module(path("bn2"), m.bn2, self.module(path("conv2"), m.conv2, out))
             added = self.node("Add", [out, self.module(path("downsample"), m.downsample, x)], path("add"))
             return self.module(path("act2"), m.act2, added)
+        return self._leaf(name, m, x)
+
+    def _leaf(self, name: str, m: nn.Module, x: str) -> str:
+        """Write a module with no modules inside (a layer, a norm, an activation, a pooling)."""
         out = f"{name}.out"
         if isinstance(m, nn.Identity):
             return x
@@ -145,19 +149,23 @@ class _Graph:
                        for k in ("weight", "bias", "running_mean", "running_var")]
             return self.node("BatchNormalization", [x, *tensors], out, epsilon=m.eps)
         if isinstance(m, (BitLayer, nn.Linear, nn.Conv2d)):
-            inputs = [x, self._weight(name, m)]
-            if m.bias is not None:
-                inputs.append(self.const(f"{name}.bias", m.bias.detach().cpu()))
-            if isinstance(m, nn.Linear) or getattr(m, "kind", "") == "linear":
-                return self.node("Gemm", inputs, out, transB=1)
-            args = m.op_args if isinstance(m, BitLayer) else dict(
-                stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups)
-            if isinstance(args["padding"], str):
-                raise ValueError(f"layer {name}: padding={args['padding']!r} is not exported; use numbers")
-            return self.node("Conv", inputs, out, strides=list(args["stride"]), pads=list(args["padding"]) * 2,
-                             dilations=list(args["dilation"]), group=args["groups"])
+            return self._layer(name, m, x)
         raise ValueError(f"QONNX export does not know {type(m).__name__} (layer {name or 'the model'}); it takes "
                          f"the kit's own networks ({', '.join(MODELS)})")
+
+    def _layer(self, name: str, m: nn.Module, x: str) -> str:
+        """Write a Gemm or Conv (a converted layer's weight through its Quant node)."""
+        inputs, out = [x, self._weight(name, m)], f"{name}.out"
+        if m.bias is not None:
+            inputs.append(self.const(f"{name}.bias", m.bias.detach().cpu()))
+        if isinstance(m, nn.Linear) or getattr(m, "kind", "") == "linear":
+            return self.node("Gemm", inputs, out, transB=1)
+        args = m.op_args if isinstance(m, BitLayer) else dict(
+            stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups)
+        if isinstance(args["padding"], str):
+            raise ValueError(f"layer {name}: padding={args['padding']!r} is not exported; use numbers")
+        return self.node("Conv", inputs, out, strides=list(args["stride"]), pads=list(args["padding"]) * 2,
+                         dilations=list(args["dilation"]), group=args["groups"])
 
     def _activation(self, name: str, m: nn.Module, x: str) -> str:
         """Clip to [0, top], then an unsigned k-bit Quant with scale top / (2^k - 1): the quantizer's

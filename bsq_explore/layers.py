@@ -11,6 +11,9 @@ from torch import nn
 
 from .bits import check_nbits, digits, from_bits, integer_weight, levels, plane_rows, plane_values, quantize
 
+__all__ = ["ScaledWeight", "BitWeight", "QuantWeight", "BitLayer", "weights_up_front", "live_bits", "bit_layers",
+           "replace_module", "convert_"]
+
 
 class ScaledWeight(nn.Module):
     """A quantized weight with a trainable scale s > 0, stored as the Parameter log_scale.

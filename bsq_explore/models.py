@@ -10,6 +10,10 @@ from torch import nn
 from .bits import MAX_BITS, levels, quantize
 from .config import TORCHVISION
 
+__all__ = ["QuantReLU6", "PACT", "activation", "mlp", "lenet5", "BasicBlock", "CifarResNet", "resnet20", "resnet32",
+           "resnet56", "not_shortcut", "build_model", "torchvision_classifiers", "check_model", "torchvision_model",
+           "convert_filter"]
+
 
 class QuantReLU6(nn.Module):
     """ReLU6, then a k-bit uniform quantizer on [0, batch max] with a straight-through gradient.

@@ -6,6 +6,8 @@ from typing import Callable
 
 from . import plots
 
+__all__ = ["quick", "live_heatmap", "live_curves"]
+
 
 def quick() -> bool:
     """True when BSQ_QUICK is set to anything but '', '0', 'false' or 'no': the notebooks then train

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+__all__ = ["REPO", "EXAMPLES", "RUNS", "DATASETS", "SHARED_CIFAR10", "runs_root", "data_root"]
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "data" / "examples"   # the shipped example runs, tracked in git
 RUNS = REPO / "data" / "runs"           # new runs unless told otherwise, ignored by git

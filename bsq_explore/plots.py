@@ -11,8 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .analysis import aligned_steps, epoch_labels
+from .axes import aligned_steps, epoch_labels
 from .catalog import caption
+
+__all__ = ["REMOVED", "STAGE_COLORS", "MAX_FRAMES", "FONT", "RUN_COLORS", "POS", "NEG", "MAX_CELL_TEXT",
+           "EPOCH_TITLE", "alpha_colors", "bit_grid", "bit_heatmap", "bit_heatmap_animation", "precision_timeline",
+           "metrics_curves", "pareto", "layer_precision_bars", "compare_metrics", "bit_planes_image", "error_curves",
+           "run_heatmap"]
 
 REMOVED = "#d9d9d9"      # the plot background shows through where a plane no longer exists
 STAGE_COLORS = {"pretrain": "rgba(120,120,120,0.10)", "bsq": "rgba(0,114,178,0.08)", "finetune": "rgba(0,158,115,0.10)"}
@@ -309,7 +314,7 @@ def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None =
 
 
 def compare_metrics(metrics: dict[str, pd.DataFrame]):
-    """Test accuracy (%) and average bits of several runs, stages aligned (analysis.aligned_steps:
+    """Test accuracy (%) and average bits of several runs, stages aligned (axes.aligned_steps:
     BSQ epoch 1 sits at the same x in every run, whatever its float pretraining), one colour per run."""
     from plotly.subplots import make_subplots
 
@@ -364,9 +369,9 @@ def bit_planes_image(w: torch.Tensor, nbits: int, max_side: int = 64, name: str 
 
 
 def error_curves(w: torch.Tensor, nbits: int, max_bits: int = 8):
-    """Reconstruction error of w against precision (analysis.reconstruction_errors) on a log scale,
+    """Reconstruction error of w against precision (lessons.reconstruction_errors) on a log scale,
     with the half-step bound scale / (2 (2^n - 1)) and the chosen nbits marked."""
-    from .analysis import reconstruction_errors
+    from .lessons import reconstruction_errors
 
     go = _go()
     errors = reconstruction_errors(w, max_bits)

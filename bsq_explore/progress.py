@@ -1,6 +1,8 @@
 """A progress bar over a run's epochs: the training callback the CLI and notebooks add."""
 from __future__ import annotations
 
+__all__ = ["ProgressBar"]
+
 
 class ProgressBar:
     """tqdm.auto (terminal or notebook) over a run's epochs, with its stage, accuracy and bits.

@@ -18,7 +18,7 @@ from .store import CHECKPOINT, FLOAT_MODEL, FRAME_COLUMNS, INFO, MODEL, SUMMARY_
 __all__ = ["DamagedRun", "Run", "load_run", "read_info", "read_checkpoint", "read_torch", "run_kind", "run_name",
            "check_frame"]
 
-STATUSES = ("running", "finished", "failed", "stopped")  # stopped: by the user, resumable
+_STATUSES = ("running", "finished", "failed", "stopped")  # stopped: by the user, resumable
 _MAX_BYTES = {INFO: 1 << 20, "frame": 1 << 30, "torch": 4 << 30}  # reads refuse bigger files (a /dev/zero link)
 _TEXT_COLUMNS = {"stage", "layer", "kind"}  # every other frame column is a number
 _KEY_COLUMNS = {"step", "epoch", "bit"}  # numbers that must be finite: rows are found by them
@@ -222,7 +222,7 @@ def read_info(folder: Path) -> dict:
         raise DamagedRun(f"run.json is not valid JSON ({str(err)[:120]})") from None
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict) or "status" not in info:
         raise DamagedRun("run.json lacks its config or status")
-    if info["status"] not in STATUSES:
+    if info["status"] not in _STATUSES:
         raise DamagedRun(f"run.json has an unknown status {str(info['status'])[:40]!r}")
     summary, provenance = info.get("summary") or {}, info.get("provenance") or {}
     if not isinstance(summary, dict) or not isinstance(provenance, dict):

@@ -12,6 +12,8 @@ from .bits import bit_table, levels, plane_norms, plane_values
 from .layers import bit_layers, live_bits
 from .store import BIT_COLUMNS, LAYER_COLUMNS
 
+__all__ = ["FLOAT_BITS", "ModelSize", "size_of", "bit_sparsity", "layer_precision", "model_size"]
+
 FLOAT_BITS = 32  # what a weight costs before quantization: the reference of every compression
 
 

@@ -21,7 +21,7 @@ from .config import BSQConfig
 
 __all__ = ["INFO", "CHECKPOINT", "FLOAT_MODEL", "MODEL", "RUN_FILES", "FRAME_COLUMNS", "BIT_COLUMNS",
            "LAYER_COLUMNS", "frame_file", "check_name", "prepare_root", "write_atomic", "write_frame",
-           "summarize", "RunFolder"]
+           "_summarize", "RunFolder"]
 
 INFO, CHECKPOINT, FLOAT_MODEL, MODEL = "run.json", "checkpoint.pt", "float.pt", "model.pt"
 BIT_COLUMNS = ["layer", "layer_index", "bit", "nbits", "density", "norm"]
@@ -113,7 +113,7 @@ def write_frame(path: Path, frame: pd.DataFrame) -> None:
 SUMMARY_KEYS = ("test_acc", "bsq_acc", "avg_bits", "compression")
 
 
-def summarize(metrics: pd.DataFrame) -> dict:
+def _summarize(metrics: pd.DataFrame) -> dict:
     """The summary of a finished run: the last epoch's test_acc, avg_bits and compression, and
     bsq_acc, the test accuracy at the end of BSQ (before finetuning); None where there is none."""
     def last(rows: pd.DataFrame, column: str) -> float | None:
@@ -232,7 +232,7 @@ class RunFolder:
 
     def finish(self) -> None:
         """Mark the run finished, with the summary of its metrics."""
-        self._end("finished", None, summarize(self.frames["metrics"]))
+        self._end("finished", None, _summarize(self.frames["metrics"]))
 
     def fail(self, reason: str) -> None:
         self._end("failed", reason, {})

@@ -20,6 +20,8 @@ from .runs import DamagedRun, read_info, run_name
 from .store import FLOAT_MODEL, check_name
 from .train import RunFailed, resume, train
 
+__all__ = ["plan_sweep", "run_ray", "sweep"]
+
 
 def plan_sweep(config: BSQConfig, alphas, uniform_bits, pretrained: Path, equal_compute: bool = False) -> list[BSQConfig]:
     """The config of every run after the float one; all start from its weights. A uniform baseline
@@ -48,7 +50,7 @@ def _state(path: Path, sweep: str) -> str:
     return "finished" if info["status"] == "finished" else "resumable"
 
 
-class Task(NamedTuple):
+class _Task(NamedTuple):
     """One run of a sweep, as a worker process or Ray task receives it."""
     config: BSQConfig
     root: str
@@ -58,7 +60,7 @@ class Task(NamedTuple):
     progress: bool = False
 
 
-def _run_one(task: Task) -> str | None:
+def _run_one(task: _Task) -> str | None:
     """Worker: train (or resume) one run; returns None, or the one-line reason it failed. The run
     sets its own thread count from its config, so how it was scheduled never changes its frames."""
     path = Path(task.root) / task.name
@@ -100,7 +102,7 @@ def _interrupt(signum, frame):
     os._exit(0)  # an idle or exiting worker holds nothing to save: end now, not in the middle of atexit
 
 
-def _work(task: Task) -> str | None:
+def _work(task: _Task) -> str | None:
     """_run_one in a pool worker; a SIGTERM stops the run and ends the worker (no next task, no traceback)."""
     global _busy
     _busy = True
@@ -112,7 +114,16 @@ def _work(task: Task) -> str | None:
         _busy = False
 
 
-def run_local(tasks: list, jobs: int = 1) -> list[str | None]:
+def _check_names(configs: list[BSQConfig], sweep: str) -> None:
+    """Every run of the sweep gets a valid name of its own."""
+    names = [check_name(run_name(c, sweep)) for c in configs]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(f"two runs of the sweep would share the name {clash[0]}: give each alpha and bit width once "
+                         "(alphas equal to 6 significant digits share a name)")
+
+
+def _run_local(tasks: list, jobs: int = 1) -> list[str | None]:
     """Each task in a process of this machine, jobs at a time (in this process when jobs is 1)."""
     if jobs == 1 or len(tasks) == 1:
         return [_run_one(t) for t in tasks]
@@ -160,24 +171,20 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
     float_name = run_name(float_config, name)
     # every config and run name must be valid, and each run its own, before the float model spends its time
     later = plan_sweep(config, alphas, uniform_bits, root / float_name / FLOAT_MODEL, equal_compute)
-    names = [check_name(run_name(c, name)) for c in [float_config, *later]]
-    clash = sorted({n for n in names if names.count(n) > 1})
-    if clash:
-        raise ValueError(f"two runs of the sweep would share the name {clash[0]}: give each alpha and bit width once "
-                         "(alphas equal to 6 significant digits share a name)")
-    execute = ((lambda tasks: run_local(tasks, jobs)) if backend == "local" else
+    _check_names([float_config, *later], name)
+    execute = ((lambda tasks: _run_local(tasks, jobs)) if backend == "local" else
                (lambda tasks: run_ray(tasks, address, cpus_per_trial, gpus_per_trial)))
 
     state = _state(root / float_name, name)
     if state.startswith("skipped"):
         raise FileExistsError(f"the shared float model's folder is in the way: {state}")
     if state != "finished":
-        error, = execute([Task(float_config, str(root), float_name, name, state == "resumable",
+        error, = execute([_Task(float_config, str(root), float_name, name, state == "resumable",
                                progress and backend == "local")])
         if error:
             raise RuntimeError(f"the shared float model failed, so no alpha can start: {error}")
     states = {run_name(c, name): (c, _state(root / run_name(c, name), name)) for c in later}
-    tasks = [Task(c, str(root), run, name, state == "resumable") for run, (c, state) in states.items()
+    tasks = [_Task(c, str(root), run, name, state == "resumable") for run, (c, state) in states.items()
              if state in ("new", "resumable")]
     errors = [state for _, state in states.values() if state.startswith("skipped")]
     errors += execute(tasks) if tasks else []

@@ -302,7 +302,7 @@ def resume(path: str | os.PathLike, config: BSQConfig | None = None,
         saved = BSQConfig.from_dict(ckpt["config"])
         _check_same(path, config, saved)
         device = resolve_device(saved.device)
-        with cpu_threads(saved.threads):
+        with _cpu_threads(saved.threads):
             ds, model, generator = _setup(saved, device)
             run = load_run(path)
             folder = RunFolder.reopen(path, run.info, run.frames(), ckpt["done"])
@@ -321,7 +321,7 @@ def _start(path: Path, config: BSQConfig, sweep: str | None, callbacks) -> Path:
     device = resolve_device(config.device)
     check_model(config.model)  # these two are refused before the data loads
     pretrained = _read_pretrained(config.pretrained) if config.pretrained else None
-    with cpu_threads(config.threads):  # before the data: even its normalization sums floats
+    with _cpu_threads(config.threads):  # before the data: even its normalization sums floats
         ds, model, generator = _setup(config, device)
         if pretrained is not None:
             try:
@@ -366,7 +366,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 @contextmanager
-def cpu_threads(n: int):
+def _cpu_threads(n: int):
     """Run the body with n intra-op threads, then restore the caller's count (a notebook keeps its own)."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from bsq_explore import data
 from bsq_explore.data import MAX_PIXELS, augment, batches, load, read_idx
+from bsq_explore.uploads import read_tensor
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -198,10 +199,10 @@ def test_read_tensor_round_trips_good_uploads():
     import numpy as np
 
     w = torch.arange(12, dtype=torch.float32).reshape(3, 4) - 5.5
-    assert torch.equal(data.read_tensor("w.npy", _npy(w.numpy())), w)
-    assert torch.equal(data.read_tensor("w.pt", _pt(w)), w)
-    assert torch.equal(data.read_tensor("w.csv", b"1,2,3\n-4,5.5,6\n"), torch.tensor([[1, 2, 3], [-4, 5.5, 6]]))
-    assert torch.equal(data.read_tensor("i.NPY", _npy(np.array([1, -2], dtype=np.int8))), torch.tensor([1.0, -2.0]))
+    assert torch.equal(read_tensor("w.npy", _npy(w.numpy())), w)
+    assert torch.equal(read_tensor("w.pt", _pt(w)), w)
+    assert torch.equal(read_tensor("w.csv", b"1,2,3\n-4,5.5,6\n"), torch.tensor([[1, 2, 3], [-4, 5.5, 6]]))
+    assert torch.equal(read_tensor("i.NPY", _npy(np.array([1, -2], dtype=np.int8))), torch.tensor([1.0, -2.0]))
 
 
 def test_read_tensor_refuses_bad_uploads_in_one_line(tmp_path):
@@ -229,7 +230,7 @@ def test_read_tensor_refuses_bad_uploads_in_one_line(tmp_path):
     }
     for name, (raw, says) in cases.items():
         with pytest.raises(ValueError) as err:
-            data.read_tensor(name, raw, max_elements=1000)
+            read_tensor(name, raw, max_elements=1000)
         assert says in str(err.value) and "\n" not in str(err.value) and "weights_only" not in str(err.value), name
     assert not (tmp_path / "ran").exists(), "no pickled code ran"
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bsq_explore import analysis, catalog, data, export, notebook, paths, plots
+from bsq_explore import analysis, axes, catalog, data, export, lessons, notebook, paths, plots
 from bsq_explore.bits import from_bits, levels, to_bits
 from bsq_explore.catalog import caption, list_runs, sweep_table
 from bsq_explore.config import preset
@@ -92,7 +92,7 @@ def test_planes_figure_for_every_layer_and_nbits(weights):
 
 def test_error_figure_shrinks_with_bits_and_marks_the_slider(weights):
     w = weights["fc2"]
-    errors = analysis.reconstruction_errors(w, 8)
+    errors = lessons.reconstruction_errors(w, 8)
     assert errors.rmse.is_monotonic_decreasing and errors.max_abs_error.is_monotonic_decreasing
     assert (errors.max_abs_error <= errors.bound * (1 + 1e-5)).all()  # rounding is off by half a step at most
     for nbits in NBITS:
@@ -106,7 +106,7 @@ def test_error_figure_shrinks_with_bits_and_marks_the_slider(weights):
 
 
 def test_digit_table_by_hand():
-    table = analysis.digit_table(torch.tensor([[3.0, -1.0], [0.0, 2.0]]), 2)
+    table = lessons.digit_table(torch.tensor([[3.0, -1.0], [0.0, 2.0]]), 2)
     assert table.q.tolist() == [3, -1, 0, 2]
     assert table.pos.tolist() == ["11", "00", "00", "10"] and table.neg.tolist() == ["00", "01", "00", "00"]
     assert table.twos_complement.tolist() == ["011", "111", "000", "010"]
@@ -116,7 +116,7 @@ def test_digit_table_by_hand():
 def test_digit_table_digits_rebuild_q_at_every_nbits(weights):
     w = weights["fc1"]
     for nbits in NBITS:
-        table = analysis.digit_table(w, nbits, count=20)
+        table = lessons.digit_table(w, nbits, count=20)
         scale = w.abs().max().item()
         for row in table.itertuples():
             assert int(row.pos, 2) - int(row.neg, 2) == row.q and abs(row.q) <= levels(nbits)
@@ -127,7 +127,7 @@ def test_digit_table_digits_rebuild_q_at_every_nbits(weights):
 
 
 def test_plane_occupancy_by_hand():
-    table = analysis.plane_occupancy(torch.tensor([3.0, -1.0, 0.0, 2.0]), 2)  # q = 3, -1, 0, 2
+    table = lessons.plane_occupancy(torch.tensor([3.0, -1.0, 0.0, 2.0]), 2)  # q = 3, -1, 0, 2
     assert table.bit.tolist() == [2, 1, 0]
     assert table.pos.tolist()[1:] == [0.5, 0.25] and table.neg.tolist()[1:] == [0.0, 0.25]
     assert table.sign_magnitude.tolist()[1:] == [0.5, 0.5] and math.isnan(table.sign_magnitude[0])
@@ -138,7 +138,7 @@ def test_plane_occupancy_of_a_real_weight(weights):
     w = weights["fc1"]
     negative = (w < 0).float().mean().item()
     for nbits in NBITS:
-        table = analysis.plane_occupancy(w, nbits)
+        table = lessons.plane_occupancy(w, nbits)
         pos, neg, _ = to_bits(w, nbits)
         planes = table.iloc[1:]
         assert planes.bit.tolist() == list(range(nbits - 1, -1, -1))
@@ -214,7 +214,7 @@ def test_run_caption(sweep_runs):
 
 def test_epoch_slider_heatmap_at_every_step():
     run = load_run(paths.EXAMPLES / "digits-a0.3")
-    steps, labels = analysis.logged_steps(run.bits)
+    steps, labels = axes.logged_steps(run.bits)
     for step, label in zip(steps, labels):  # notebook 04's epoch slider calls plots.bit_heatmap(bits, step, value)
         for value in ("density", "norm"):
             fig = plots.bit_heatmap(run.bits, step, value)

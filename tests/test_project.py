@@ -67,7 +67,7 @@ def test_readme_shows_the_two_commands_and_every_module_as_its_docstring_says():
 
 
 def test_the_app_caps_uploads_just_above_the_largest_tensor_the_playground_reads():
-    from bsq_explore.data import MAX_UPLOAD
+    from bsq_explore.uploads import MAX_UPLOAD
 
     limit = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"] * 2**20
     largest = 16 * MAX_UPLOAD + 65536  # a .pt of MAX_UPLOAD float64 elements, as read_tensor allows
@@ -85,3 +85,40 @@ def test_every_torch_load_in_the_package_and_app_uses_weights_only():
                 calls.append((f"{path.relative_to(ROOT)}:{node.lineno}", safe))
     assert len(calls) >= 2, "run files (runs.read_torch, the one reader of checkpoints, float and export) and uploads"
     assert [where for where, safe in calls if not safe] == []
+
+
+def _modules():
+    return sorted((ROOT / "bsq_explore").glob("*.py"))
+
+
+def test_every_module_declares_its_api_in_all():
+    import importlib
+
+    for path in _modules():
+        if path.name == "__init__.py":
+            continue
+        module = importlib.import_module(f"bsq_explore.{path.stem}")
+        assert isinstance(getattr(module, "__all__", None), list), f"{path.name} has no __all__"
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert not missing, f"{path.name}: __all__ names {missing}, which it lacks"
+
+
+def test_no_function_in_the_package_is_longer_than_40_lines_beside_its_docstring():
+    long = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = node.body[0].end_lineno - node.body[0].lineno + 1 if ast.get_docstring(node) else 0
+                lines = node.end_lineno - node.lineno + 1 - doc
+                if lines > 40:
+                    long.append(f"{path.name}:{node.name} ({lines} lines)")
+    assert long == []
+
+
+def test_the_storage_modules_and_ls_do_not_import_torch():
+    code = "import sys, bsq_explore.store, bsq_explore.runs, bsq_explore.catalog, bsq_explore.jobs; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    ls = subprocess.run([sys.executable, "-X", "importtime", "-m", "bsq_explore.cli", "ls", str(ROOT / "data" / "examples")],
+                        capture_output=True, text=True)
+    assert ls.returncode == 0 and "| torch" not in ls.stderr, "bsq-explore ls imports torch"

@@ -1,7 +1,7 @@
 """The bit heatmap of one run: which planes are alive at each epoch, and when each one died."""
 import streamlit as st
 
-from bsq_explore import analysis, dashboard, plots
+from bsq_explore import analysis, axes, dashboard, plots
 
 st.title("Bit heatmap")
 run = dashboard.pick_run()
@@ -17,7 +17,7 @@ def heatmap() -> None:  # a slider move or toggle redraws this chart only, not t
     value = dashboard.url_radio("colour", ["density", "norm"],
                                 help="density: share of weights with this bit set; norm: the plane's group norm "
                                      "(what the penalty shrinks) over its layer's largest")
-    steps, labels = analysis.logged_steps(run.bits)
+    steps, labels = axes.logged_steps(run.bits)
     step = dashboard.pick_step(steps, labels)
     if dashboard.url_toggle("animate every epoch", key="animate"):
         dashboard.chart(plots.bit_heatmap_animation(run.bits, step, value))

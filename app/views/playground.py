@@ -2,7 +2,7 @@
 import streamlit as st
 import torch
 
-from bsq_explore import analysis, dashboard, data, plots
+from bsq_explore import dashboard, lessons, plots, uploads
 
 st.title("Playground")
 st.caption("Each weight is scale × (Σ 2^b (pos_b − neg_b)) / (2^n − 1): its sign decides whether its digits "
@@ -14,19 +14,19 @@ if source == "random":
     seed = c[2].number_input("seed", 0, 10_000, 0)
     w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(int(seed)))
 else:
-    upload = st.file_uploader(f"a tensor of real numbers, at most {data.MAX_UPLOAD:,} of them",
+    upload = st.file_uploader(f"a tensor of real numbers, at most {uploads.MAX_UPLOAD:,} of them",
                               type=["npy", "pt", "csv"])
     if upload is None:
         st.stop()
     try:
-        w = data.read_tensor(upload.name, upload.getvalue())
+        w = uploads.read_tensor(upload.name, upload.getvalue())
     except ValueError as err:
         st.error(str(err))
         st.stop()
 nbits = st.slider("nbits", 1, 8, 4)
 dashboard.chart(plots.bit_planes_image(w, nbits))
 dashboard.chart(plots.error_curves(w, nbits))
-st.dataframe(analysis.reconstruction_errors(w, 8), hide_index=True, height=dashboard.table_height(8), column_config={
+st.dataframe(lessons.reconstruction_errors(w, 8), hide_index=True, height=dashboard.table_height(8), column_config={
     "nbits": st.column_config.NumberColumn("bits"),
     "max_abs_error": st.column_config.NumberColumn("largest error", format="%.2e"),
     "rmse": st.column_config.NumberColumn("RMS error", format="%.2e"),
