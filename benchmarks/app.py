@@ -15,10 +15,11 @@ from pipeline import resnet_history
 
 from bsq_explore.analysis import WhatIf
 from bsq_explore.config import preset
+from bsq_explore.paths import REPO
 from bsq_explore.runs import load_run
 from bsq_explore.store import RunFolder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def timed(fn, repeat=5):

@@ -17,12 +17,13 @@ from bsq_explore import data
 from bsq_explore.config import preset
 from bsq_explore.layers import convert_
 from bsq_explore.models import not_shortcut, resnet20
+from bsq_explore.paths import REPO
 from bsq_explore.stats import bit_sparsity, layer_precision, model_size
 from bsq_explore.store import FRAME_COLUMNS, RunFolder
 from bsq_explore.sweep import sweep
 from bsq_explore.train import optimizer, train, train_step
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def wall(fn):

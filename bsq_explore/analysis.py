@@ -1,6 +1,8 @@
 """Questions asked of runs, answered as frames: when planes died, final precisions, what-if models."""
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 import torch
 
@@ -10,7 +12,7 @@ from .catalog import finished_bsq
 from .runs import Run
 from .stats import FLOAT_BITS, size_of
 
-__all__ = ["death_epochs", "final_layers", "sweep_layers", "VERDICT_COLUMNS", "verdict", "featured",
+__all__ = ["death_epochs", "sweep_layers", "VERDICT_COLUMNS", "verdict", "featured",
            "reduce_precision", "export_size", "WhatIf", "layer_weights", "size_table", "paper_comparison"]
 
 
@@ -33,15 +35,9 @@ def death_epochs(bits: pd.DataFrame) -> pd.DataFrame:
             .reset_index(drop=True))
 
 
-def final_layers(run: Run) -> pd.DataFrame:
-    """The layers frame at the run's last logged epoch."""
-    layers = run.layers
-    return layers[layers.step == layers.step.max()].reset_index(drop=True) if len(layers) else layers
-
-
 def sweep_layers(runs: list[Run]) -> pd.DataFrame:
     """Final per-layer bits of BSQ runs, with their alpha: the input of plots.layer_precision_bars."""
-    frames = [final_layers(r).assign(alpha=r.info["config"]["alpha"], run=r.name) for r in runs]
+    frames = [r.final_layers().assign(alpha=r.info["config"]["alpha"], run=r.name) for r in runs]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["alpha", "layer", "nbits"])
 
@@ -147,6 +143,18 @@ class WhatIf:
         exported = reduce_precision(self.exported, nbits or {})
         load_quantized(self.model, exported)
         return dict(test_acc=evaluate(self.model, self.data.test_x, self.data.test_y), **export_size(exported))
+
+    @functools.cached_property
+    def trained(self) -> dict:
+        """evaluate() of the model as trained, computed once."""
+        return self.evaluate()
+
+    def change(self, nbits: dict[str, int]) -> dict:
+        """evaluate(nbits), with acc_change and bits_change: how far test_acc and avg_bits moved from
+        the model as trained."""
+        now = self.evaluate(nbits)
+        return dict(now, acc_change=now["test_acc"] - self.trained["test_acc"],
+                    bits_change=now["avg_bits"] - self.trained["avg_bits"])
 
 
 def layer_weights(run: Run) -> dict[str, torch.Tensor]:

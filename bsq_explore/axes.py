@@ -5,7 +5,7 @@ import pandas as pd
 
 from .config import STAGES
 
-__all__ = ["epoch_labels", "logged_steps", "aligned_steps"]
+__all__ = ["epoch_labels", "logged_steps", "last_step", "aligned_steps"]
 
 
 def epoch_labels(frame: pd.DataFrame) -> pd.Series:
@@ -17,6 +17,12 @@ def logged_steps(frame: pd.DataFrame) -> tuple[list[int], list[str]]:
     """The distinct steps of a frame in order, with their 'bsq 12' labels."""
     steps = frame.drop_duplicates("step").sort_values("step")
     return steps.step.astype(int).tolist(), epoch_labels(steps).tolist()
+
+
+def last_step(frame: pd.DataFrame, stage: str | None = None) -> int:
+    """The frame's last step, or the last step of its rows of stage when it has any."""
+    rows = frame[frame.stage == stage] if stage is not None else frame
+    return int((rows if len(rows) else frame).step.max())
 
 
 def aligned_steps(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Series], pd.DataFrame]:

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import BSQConfig
 from .jobs import is_stale
 from .runs import DamagedRun, Run, check_frame, load_run, read_info, run_kind
 from .store import FRAME_COLUMNS, INFO, RUN_FILES, SUMMARY_KEYS, frame_file
 
-__all__ = ["list_runs", "sweep_table", "list_sweeps", "load_sweep", "finished_bsq", "describe", "caption", "stamp"]
+__all__ = ["list_runs", "sweep_table", "list_sweeps", "load_sweep", "finished_bsq", "describe", "caption", "stamp",
+           "sweep_config", "schedule_text"]
 
 _LIST_COLUMNS = ["name", "status", "sweep", "kind", "alpha", "nbits", *SUMMARY_KEYS, "epochs", "reason", "path"]
 
@@ -122,6 +124,25 @@ def describe(summary: dict) -> dict[str, str]:
                 compression=text("compression", lambda v: f"{v:.1f}x"))
 
 
+
+
+def sweep_config(table: pd.DataFrame, sweep: str) -> BSQConfig | None:
+    """The schedule of a sweep from a list_runs() frame: a BSQ run's config (an uniform baseline's
+    when it has none yet) with its float run's pretraining epochs; None before any such run."""
+    part = table[(table.sweep == sweep) & (table.status != "damaged")]
+    floats, others = part[part.kind == "float"], part[part.kind != "float"].sort_values("kind")
+    if floats.empty or others.empty:
+        return None
+    config = BSQConfig.from_dict(read_info(Path(others.path.iloc[0]))["config"])
+    pretrained = BSQConfig.from_dict(read_info(Path(floats.path.iloc[0]))["config"])
+    return config.replace(pretrain_epochs=pretrained.pretrain_epochs, pretrain_lr=pretrained.pretrain_lr,
+                          pretrain_milestones=pretrained.pretrain_milestones, pretrained="")
+
+
+def schedule_text(config: BSQConfig) -> str:
+    """'resnet20 on cifar10, all training images, 80 float + 11 BSQ + 6 finetune epochs'."""
+    return (f"{config.model} on {config.dataset}, {config.train_subset or 'all'} training images, "
+            f"{config.pretrain_epochs} float + {config.bsq_epochs} BSQ + {config.finetune_epochs} finetune epochs")
 
 
 def caption(run: Run) -> str:

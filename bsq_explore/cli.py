@@ -259,9 +259,7 @@ def cmd_show(args) -> int:
         if run.summary.get(key) is not None:
             print(f"{key:<11} {text}")
     if not run.layers.empty:
-        last = run.layers[run.layers.step == run.layers.step.max()]
-        last = last[last.stage == last.stage.iloc[-1]]
-        print(last[["layer", "kind", "numel", "nbits", "lsb_offset", "scale"]].to_string(index=False))
+        print(run.final_layers()[["layer", "kind", "numel", "nbits", "lsb_offset", "scale"]].to_string(index=False))
     return 0
 
 

@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["MAX_BITS", "BSQConfig", "STAGES", "Schedule", "MAX_THREADS", "DEVICES", "LR_SCHEDULES", "PRECISIONS",
-           "UNIFORM_BITS", "MODELS", "TORCHVISION", "DATASETS", "DEFAULT_PRESET", "preset"]
+__all__ = ["MAX_BITS", "BSQConfig", "STAGES", "ACT_BITS_RULE", "act_bits_ok", "Schedule", "MAX_THREADS", "DEVICES",
+           "LR_SCHEDULES", "PRECISIONS", "UNIFORM_BITS", "MODELS", "TORCHVISION", "DATASETS", "PRESETS", "DEFAULT_PRESET",
+           "preset"]
 
 MAX_BITS = 16  # float32 holds every integer below 2**24 exactly; 16 bits leaves ample margin
 
@@ -77,7 +78,7 @@ class BSQConfig:
             (self.pretrain_epochs + self.bsq_epochs + self.finetune_epochs > 0, "a run needs at least one epoch"),
             (1 <= self.threads <= MAX_THREADS, f"threads must be 1..{MAX_THREADS}"),
             (min(self.train_subset, self.test_subset) >= 0, "subsets must be >= 0"),
-            (self.act_bits == 0 or 1 <= self.act_bits <= MAX_BITS, f"act_bits must be 0 or 1..{MAX_BITS}"),
+            (act_bits_ok(self.act_bits), ACT_BITS_RULE),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.device in DEVICES or self.device.startswith("cuda:"), f"device must be {', '.join(DEVICES)} or cuda:N"),
@@ -117,6 +118,11 @@ class BSQConfig:
 
 
 STAGES = ("pretrain", "bsq", "finetune")  # a run's stages, in order
+ACT_BITS_RULE = f"act_bits must be 0 (float activations) or 1..{MAX_BITS}"
+
+
+def act_bits_ok(act_bits) -> bool:
+    return act_bits == 0 or 1 <= act_bits <= MAX_BITS
 
 
 class Schedule(NamedTuple):

@@ -14,7 +14,7 @@ from .paths import EXAMPLES, runs_root
 from .runs import DamagedRun, Run, load_run
 from .store import check_name
 
-__all__ = ["APP_RUNS", "max_app_runs", "VERDICT_COLUMNS", "RUN_COLUMNS", "run_table", "table_height", "pick_sweep",
+__all__ = ["APP_RUNS", "max_app_runs", "VERDICT_COLUMN_CONFIG", "RUN_COLUMNS", "run_table", "table_height", "pick_sweep",
            "pick_alpha", "chart", "roots", "runs_table", "all_runs", "find", "open_run", "empty_state", "pick_run",
            "pick_step", "url_radio", "url_toggle", "sidebar"]
 
@@ -30,7 +30,7 @@ def max_app_runs() -> int:
 
 
 _PERCENT = dict(format="percent")
-VERDICT_COLUMNS = {  # analysis.verdict's columns as the Sweep page shows them
+VERDICT_COLUMN_CONFIG = {  # analysis.verdict's columns as the Sweep page shows them
     "bits": st.column_config.NumberColumn("bits", help="the uniform baseline's bits"),
     "acc": st.column_config.NumberColumn("accuracy", help="the baseline's final test accuracy", **_PERCENT),
     "best_bsq": st.column_config.TextColumn("best BSQ run", help="most accurate BSQ run at no more bits"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .config import DATASETS
 from .paths import SHARED_CIFAR10, data_root
 
 __all__ = ["Dataset", "load", "load_for", "SYSTEM_DATA", "IDX", "read_idx", "MAX_PIXELS", "augment", "batches",
@@ -55,7 +56,7 @@ def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool 
     elif name == "cifar10":
         ds = _cifar10(download, subsets, seed)
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: digits, mnist, fashion-mnist, cifar10, folder:PATH")
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, folder:PATH")
     return _normalized(ds)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bits import levels
 from .config import MODELS
 from .layers import BitLayer, QuantWeight, bit_layers, replace_module
 from .models import PACT, BasicBlock, CifarResNet, QuantReLU6, build_model
@@ -180,7 +181,7 @@ class _Graph:
                                  "unknown; retrain it to export")
         clipped = self.node("Clip", [x, self.const(f"{name}.min", 0.0), self.const(f"{name}.max", clip)],
                             f"{name}.clipped")
-        return self.node("Quant", [clipped, self.const(f"{name}.scale", top / (2 ** m.bits - 1)),
+        return self.node("Quant", [clipped, self.const(f"{name}.scale", top / levels(m.bits)),
                                    self.const(f"{name}.zeropt", 0.0), self.const(f"{name}.bits", m.bits)],
                          f"{name}.out", domain=QONNX_DOMAIN, signed=0, narrow=0, rounding_mode="ROUND")
 
@@ -191,7 +192,7 @@ class _Graph:
         nbits, q = m.weight.live_bits(), m.weight.integers().detach().cpu().double()
         if nbits == 0:
             return self.const(f"{name}.weight", torch.zeros(q.shape))
-        step = float(m.weight.scale.detach()) / (2 ** nbits - 1)
+        step = float(m.weight.scale.detach()) / levels(nbits)
         inputs = [self.const(f"{name}.weight_float", q * step), self.const(f"{name}.weight_scale", step),
                   self.const(f"{name}.weight_zeropt", 0.0), self.const(f"{name}.weight_bits", nbits + 1)]
         return self.node("Quant", inputs, f"{name}.weight", domain=QONNX_DOMAIN, signed=1, narrow=1,

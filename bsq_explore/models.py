@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bits import MAX_BITS, levels, quantize
-from .config import TORCHVISION
+from .bits import levels, quantize
+from .config import ACT_BITS_RULE, TORCHVISION, act_bits_ok
 
 __all__ = ["QuantReLU6", "PACT", "activation", "mlp", "lenet5", "BasicBlock", "CifarResNet", "resnet20", "resnet32",
            "resnet56", "not_shortcut", "build_model", "torchvision_classifiers", "check_model", "torchvision_model",
@@ -82,8 +82,8 @@ def activation(act_bits: int) -> nn.Module:
     """0: float ReLU; 4 bits or more: ReLU6 + batch-max quantizer (paper); 1-3 bits: PACT clipping."""
     if act_bits == 0:
         return nn.ReLU()
-    if not 1 <= act_bits <= MAX_BITS:
-        raise ValueError(f"act_bits must be 0 (float) or 1..{MAX_BITS}, got {act_bits!r}")
+    if not act_bits_ok(act_bits):
+        raise ValueError(f"{ACT_BITS_RULE}, got {act_bits!r}")
     return QuantReLU6(act_bits) if act_bits >= 4 else PACT(act_bits)
 
 

@@ -74,6 +74,14 @@ class Run:
         """float.pt, the float model's state_dict after pretraining, or None when the run has none."""
         return read_torch(self.path / FLOAT_MODEL, "") if (self.path / FLOAT_MODEL).exists() else None
 
+    def final_layers(self) -> pd.DataFrame:
+        """The layers frame at the run's last logged epoch (empty while it is float)."""
+        layers = self.layers
+        if layers.empty:
+            return layers
+        last = layers.iloc[-1]
+        return layers[(layers.stage == last.stage) & (layers.epoch == last.epoch)].reset_index(drop=True)
+
     def frames(self) -> dict[str, pd.DataFrame]:
         return {kind: getattr(self, kind) for kind in FRAME_COLUMNS}
 

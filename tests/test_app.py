@@ -143,6 +143,15 @@ def test_sweep_page_alpha_picker_opens_that_heatmap(app):
     assert charts(at)[2] != heat and at.query_params["sweep"] == "digits" and at.query_params["alpha"] == "0.1"
 
 
+def test_sweep_page_states_the_schedule_of_its_bsq_runs_not_of_its_float_run(app):
+    at = app("sweep", sweep="digits")
+    config = load_run(EXAMPLES / "digits-a0.3").config  # the shipped digits sweep: 30 + 40 + 20 epochs
+    schedule = f"{config.pretrain_epochs} float + {config.bsq_epochs} BSQ + {config.finetune_epochs} finetune epochs"
+    assert any(schedule in t.value for t in at.text), [t.value for t in at.text]
+    at = app("sweep", sweep="fashion")
+    assert any("20 float + 12 BSQ + 4 finetune epochs" in t.value for t in at.text)
+
+
 def test_sweep_page_opens_the_alpha_in_the_url(app):
     at = app("sweep", sweep="digits", alpha="0.25")
     assert at.selectbox[1].value == "digits-a0.25"

@@ -232,7 +232,7 @@ def test_load_model_export_and_size_table():
     for name, spec in shipped["layers"].items():
         assert torch.equal(exported["layers"][name]["q"], spec["q"])
     table = analysis.size_table(exported)
-    final = analysis.final_layers(run).set_index("layer")
+    final = run.final_layers().set_index("layer")
     layers = table[table.layer != "total"].set_index("layer")
     assert layers.nbits.tolist() == final.nbits.tolist() and layers.numel.tolist() == final.numel.tolist()
     assert (layers.packed_bytes == layers.numel * layers.nbits / 8).all()

@@ -149,7 +149,7 @@ def test_layer_precision_bars_one_group_per_alpha():
     fig = plots.layer_precision_bars(analysis.sweep_layers(runs))
     assert [t.name for t in fig.data] == ["α=0", "α=0.3"] and fig.layout.barmode == "group"
     assert list(fig.data[0].y) == [8, 8, 8]
-    assert list(fig.data[1].y) == analysis.final_layers(runs[1]).nbits.tolist()
+    assert list(fig.data[1].y) == runs[1].final_layers().nbits.tolist()
 
 
 def test_bit_planes_image_shows_signed_digits():

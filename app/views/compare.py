@@ -1,7 +1,7 @@
 """Two runs side by side: heatmaps at the same point of training, and their curves on shared axes."""
 import streamlit as st
 
-from bsq_explore import analysis, dashboard, plots
+from bsq_explore import axes, dashboard, plots
 
 st.title("Compare")
 left, right = st.columns(2)
@@ -18,12 +18,11 @@ for col, run in zip(st.columns(2), (a, b)):
         if run.bits.empty:
             st.info(f"{run.name} has no bit frames: it is a float run or has not reached BSQ training yet.")
             continue
-        bsq = run.bits[run.bits.stage == "bsq"]
-        step = int((bsq if which == "end of BSQ" and len(bsq) else run.bits).step.max())
+        step = axes.last_step(run.bits, "bsq" if which == "end of BSQ" else None)
         fig = plots.bit_heatmap(run.bits, step)
         fig.update_layout(title_text=f"{run.name}: {fig.layout.title.text}")
         dashboard.chart(fig, key=f"heat_{run.name}")
-        final = analysis.final_layers(run)[["layer", "numel", "nbits"]]
+        final = run.final_layers()[["layer", "numel", "nbits"]]
         st.dataframe(final, hide_index=True, height=dashboard.table_height(len(final)), column_config={
             "numel": st.column_config.NumberColumn("weights"), "nbits": st.column_config.NumberColumn("final bits")})
 st.caption("Curves are aligned by stage: BSQ epoch 1 sits at the same place for both runs, whatever their float "

@@ -1,8 +1,8 @@
 """One alpha sweep: accuracy against compression, per-layer bits per alpha, and any run's heatmap."""
 import streamlit as st
 
-from bsq_explore import analysis, catalog, dashboard, plots, runs
-from bsq_explore.config import BSQConfig
+from bsq_explore import analysis, catalog, dashboard, plots
+from bsq_explore.config import preset
 
 st.title("Sweep")
 st.caption("A sweep trains one float model, then one BSQ run per alpha (the penalty's strength) from it, and "
@@ -13,12 +13,12 @@ if name is None:
     st.info("No sweeps yet. Run one with `bsq-explore sweep --preset digits-mlp --alphas 0,0.1,0.2,0.3 --jobs 2`.")
     st.stop()
 sweep = catalog.sweep_table(table, name)
-floats = table[(table.sweep == name) & (table.kind == "float") & (table.status == "finished")]
-if len(floats):
-    c = BSQConfig.from_dict(runs.read_info(floats.path.iloc[0])["config"])
-    st.caption(f"Schedule of this sweep: {c.model} on {c.dataset}, {c.train_subset or 'all'} training images, "
-               f"{c.pretrain_epochs} float + {c.bsq_epochs} BSQ + {c.finetune_epochs} finetune epochs"
-               + (" (the paper's recipe is 200 + 350 + 300 epochs on a GPU)" if c.model == "resnet20" else "") + ".")
+schedule = catalog.sweep_config(table, name)
+if schedule is not None:
+    paper = preset("cifar10-resnet20")
+    st.text(f"Schedule of this sweep: {catalog.schedule_text(schedule)}"
+            + (f" (the paper's recipe: {catalog.schedule_text(paper)}, on a GPU)" if schedule.model == paper.model else "")
+            + ".")
 colors = plots.alpha_colors(sweep.alpha.dropna())
 event = dashboard.chart(plots.pareto(sweep), on_select="rerun", selection_mode="points", key="pareto")
 bsq = catalog.finished_bsq(sweep)
@@ -29,7 +29,7 @@ st.caption("For each uniform k-bit baseline: the most accurate BSQ run of at mos
            "accuracy minus the baseline's, in points), and the smallest BSQ run within half a point of the "
            "baseline (size ratio above 1: BSQ is smaller). Final test accuracies.")
 verdict = analysis.verdict(sweep)
-st.dataframe(verdict, hide_index=True, height=dashboard.table_height(len(verdict)), column_config=dashboard.VERDICT_COLUMNS)
+st.dataframe(verdict, hide_index=True, height=dashboard.table_height(len(verdict)), column_config=dashboard.VERDICT_COLUMN_CONFIG)
 st.subheader("Every run of the sweep")
 dashboard.run_table(sweep)
 if bsq.empty:

@@ -33,7 +33,6 @@ except DamagedRun as err:
 
 @st.fragment
 def sliders_and_metrics() -> None:  # a slider move re-runs only this, not the page
-    base = model.evaluate()
     chosen = {}
     cols = st.columns(min(4, len(model.bits)))
     for i, (layer, bits) in enumerate(model.bits.items()):
@@ -43,12 +42,10 @@ def sliders_and_metrics() -> None:  # a slider move re-runs only this, not the p
             else:
                 st.markdown(f"**{layer}**  \n0 bits: training emptied it")
                 chosen[layer] = 0
-    now = model.evaluate(chosen)
+    now = model.change(chosen)
     m = st.columns(3)
-    m[0].metric("test accuracy", f"{100 * now['test_acc']:.1f} %",
-                f"{100 * (now['test_acc'] - base['test_acc']):+.1f} points")
-    m[1].metric("average bits", f"{now['avg_bits']:.2f}", f"{now['avg_bits'] - base['avg_bits']:+.2f}",
-                delta_color="inverse")
+    m[0].metric("test accuracy", f"{100 * now['test_acc']:.1f} %", f"{100 * now['acc_change']:+.1f} points")
+    m[1].metric("average bits", f"{now['avg_bits']:.2f}", f"{now['bits_change']:+.2f}", delta_color="inverse")
     size = f"{now['compression']:.1f}x vs float32" if now["avg_bits"] else "no weight left"
     m[2].metric("packed weights", f"{now['packed_bytes'] / 1024:.1f} KiB", size, delta_color="off")
 
