@@ -79,9 +79,19 @@ def requantize_(model: nn.Module, max_bits: int = 8) -> pd.DataFrame:
     planes are dropped, then all-zero least significant ones (raising lsb_offset), keeping n >= 1.
     The scale is rescaled at every step so s q / (2^n - 1) is unchanged: the effective weight
     moves by at most half a grid step from the unclamped s x / (2^n - 1), unless clipped.
-    New Parameters replace the old: rebuild the optimizer afterwards.
-    Returns one row per layer: layer, nbits_before, nbits_after, grown, dropped_msb,
-    dropped_lsb, clipped (weights clipped at max_bits), lsb_offset.
+    New Parameters replace the old: rebuild the optimizer afterwards (train.requantize_and_rebuild_).
+
+    Args:
+        model: a model convert_ made; its layers still stored as bit planes are re-quantized.
+        max_bits: a layer whose integers overflow grows one bit up to this, then clips.
+
+    Returns:
+        One row per layer: layer, nbits_before, nbits_after, grown, dropped_msb, dropped_lsb,
+        clipped (weights clipped at max_bits), lsb_offset.
+
+    Example:
+        >>> table = requantize_(model, max_bits=8)  # every few BSQ epochs
+        >>> table.query("nbits_after < nbits_before")  # the layers that lost planes
     """
     rows = []
     for name, w in bit_weights(model):

@@ -23,9 +23,18 @@ def _int_dtype(nbits: int) -> torch.dtype:
 def export(model: nn.Module) -> dict:
     """The mixed-precision model as plain data (torch.load(weights_only=True) reads it back).
 
-    layers: {name: {kind, nbits, scale, lsb_offset, q}} with q the signed integer weight,
-    |q| <= 2^nbits - 1, stored in the smallest integer dtype that holds it; W = scale q / (2^n - 1).
-    state: every other tensor of the model (biases, batch norm, layers left in float).
+    Args:
+        model: a converted model, in BSQ (bit planes) or finetuning (frozen precision).
+
+    Returns:
+        dict(format, layers, state). layers: {name: {kind, nbits, scale, lsb_offset, q}} with q the
+        signed integer weight, |q| <= 2^nbits - 1, stored in the smallest integer dtype that holds
+        it; W = scale q / (2^n - 1). state: every other tensor of the model (biases, batch norm,
+        layers left in float). load_quantized puts it back into a model.
+
+    Example:
+        >>> torch.save(export(model), "model.pt")
+        >>> load_quantized(resnet20(act_bits=4), torch.load("model.pt", weights_only=True))
     """
     layers, skip = {}, []
     for name, m in bit_layers(model):
@@ -76,6 +85,18 @@ def to_qonnx(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
     Quant(W, scale s / (2^n - 1), zero point 0, bit width n + 1, signed, narrow range): the n + 1-bit
     signed integers without -2^n are exactly the range of q, so the graph computes W. A layer BSQ
     emptied (0 bits) is a weight of zeros; a layer left in float is a plain Gemm or Conv.
+
+    Args:
+        model: the network, in eval mode or not (it is sized in eval mode and its mode restored).
+        input_shape: one input's shape, (3, 32, 32) for CIFAR-10.
+        batch: the graph's fixed batch size.
+
+    Returns:
+        The onnx.ModelProto; its SerializeToString() is the .onnx file.
+
+    Example:
+        >>> proto = to_qonnx(load_model(run, data).eval(), (3, 32, 32))
+        >>> open("resnet20.onnx", "wb").write(proto.SerializeToString())
     """
     from onnx import TensorProto, helper
 

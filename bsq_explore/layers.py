@@ -244,8 +244,20 @@ def convert_(model: nn.Module, nbits: int = 8,
              filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
     """Swap every nn.Conv2d and nn.Linear (at any depth) for its bit-plane twin, in place.
 
-    Each weight becomes nbits planes holding exactly its uniform symmetric nbits-bit
-    quantization. filter_fn(module, name) -> True selects the layers to convert (torchao style).
+    Each weight becomes nbits planes holding exactly its uniform symmetric nbits-bit quantization.
+
+    Args:
+        model: any nn.Module holding conv or linear layers (not a bare layer: wrap it in nn.Sequential).
+        nbits: the precision every converted layer starts at, 1..MAX_BITS.
+        filter_fn: filter_fn(module, name) -> True for the layers to convert (torchao style); all when None.
+
+    Returns:
+        model, converted.
+
+    Example:
+        >>> model = convert_(resnet20(act_bits=4), nbits=8, filter_fn=not_shortcut)
+        >>> stats.layer_precision(model).nbits.unique()
+        array([8])
     """
     check_nbits(nbits)
     targets = [(name, m) for name, m in model.named_modules()

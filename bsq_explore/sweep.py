@@ -150,12 +150,27 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
           **overrides) -> pd.DataFrame:
     """Train the float model once, then every alpha and every uniform baseline from it.
 
-    A baseline finetunes for the config's finetune epochs, or with equal_compute for its BSQ and
-    finetune epochs together, as many steps as a BSQ run takes.
-    backend 'local' runs jobs processes on this machine; 'ray' makes every run a Ray task
-    asking for cpus_per_trial CPUs and gpus_per_trial GPUs on the cluster at address. Runs are
-    tagged with the sweep name; finished runs are kept, failed or killed ones resume from their
-    checkpoint, so calling sweep again completes a sweep. Returns the sweep table.
+    Runs are tagged with the sweep name; finished runs are kept, failed or killed ones resume from
+    their checkpoint, so calling sweep again completes a sweep (and adds any new alpha).
+
+    Args:
+        preset_name: the config of every run (config.PRESETS), with **overrides of its fields.
+        alphas: one BSQ run each.
+        jobs: runs side by side (local backend), each with the config's threads.
+        runs: the runs root (default $BSQ_RUNS, else data/runs of this checkout).
+        name: the sweep's name, the prefix of its runs (default: preset and time).
+        uniform_bits: a uniform baseline per bit width.
+        progress: a progress bar for the float model.
+        backend: 'local' (processes here) or 'ray' (a Ray task per run, on the cluster at address,
+            each asking for cpus_per_trial CPUs and gpus_per_trial GPUs).
+        equal_compute: baselines finetune for the BSQ and finetune epochs together, as many steps as
+            a BSQ run takes; else for the finetune epochs only.
+
+    Returns:
+        The sweep table (catalog.sweep_table); its attrs["errors"] lists the runs that failed.
+
+    Example:
+        >>> sweep("digits-mlp", [0, 0.1, 0.3], jobs=2, name="digits")
     """
     if jobs < 1 or cpus_per_trial < 1 or gpus_per_trial < 0:
         raise ValueError("jobs and cpus_per_trial must be >= 1, gpus_per_trial >= 0")
