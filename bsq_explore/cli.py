@@ -264,8 +264,9 @@ def cmd_show(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .analysis import size_table
     from .runs import load_run
-    from .stats import FLOAT_BITS, size_of
+    from .stats import size_of
     from .store import MODEL, write_atomic
 
     run = load_run(find_run(args.run, args.runs))
@@ -288,13 +289,13 @@ def cmd_export(args) -> int:
         content = (run.path / MODEL).read_bytes()
     out = Path(args.out)
     write_atomic(out, content)
-    for name, spec in exported["layers"].items():
-        size = size_of([spec["q"].numel()], [spec["nbits"]])
-        print(f"  {name}: {spec['nbits']} bits x {size.numel} weights = {size.packed_bytes:.0f} bytes packed")
-    total = size_of([s["q"].numel() for s in exported["layers"].values()],
-                    [s["nbits"] for s in exported["layers"].values()])
+    table = size_table(exported)
+    for row in table.iloc[:-1].itertuples():
+        print(f"  {row.layer}: {row.nbits:.0f} bits x {row.numel} weights = {row.packed_bytes:.0f} bytes packed")
+    total, layers = table.iloc[-1], table.iloc[:-1]
+    compression = size_of(layers.numel, layers.nbits.astype(int)).compression
     print(f"{out}: {len(content)} bytes on disk ({args.format}); weights {total.packed_bytes:.0f} bytes packed against "
-          f"{total.numel * FLOAT_BITS // 8} as float32 ({total.compression:.1f}x)")
+          f"{total.float32_bytes} as float32 ({compression:.1f}x)")
     return 0
 
 

@@ -10,7 +10,7 @@ import streamlit as st
 
 from .analysis import featured
 from .catalog import finished_bsq, list_runs, stamp
-from .paths import EXAMPLES, runs_root
+from .paths import EXAMPLES, check_not_examples, runs_root
 from .runs import DamagedRun, Run, load_run
 from .store import check_name
 
@@ -113,6 +113,21 @@ def pick_alpha(rows: pd.DataFrame, clicked: list) -> str:
 def chart(fig, **kwargs):
     """st.plotly_chart with the figure's own projector styling (plots.FONT), not streamlit's theme."""
     return st.plotly_chart(fig, theme=None, **kwargs)
+
+
+def write_root() -> Path:
+    """Where the Train page writes: the server's runs root ($BSQ_RUNS, else data/runs), never the
+    sidebar's or the URL's (a visitor must not choose where the server writes), never the examples."""
+    root = runs_root()
+    check_not_examples(root, f"the runs root {root}")
+    return root
+
+
+@st.cache_resource
+def launched() -> list:
+    """The jobs.Launch of every run this server started: the Train page shows the error of one
+    that ended before its folder existed. (The run limit counts processes, not this list.)"""
+    return []
 
 
 def roots() -> list[Path]:

@@ -17,7 +17,8 @@ from .config import BSQConfig
 from .runs import DamagedRun, read_info
 from .store import FILE_MODE, check_name
 
-__all__ = ["process_alive", "is_stale", "check_idle", "owning", "stop", "Launch", "launch"]
+__all__ = ["process_alive", "is_stale", "check_idle", "owning", "lock_holders", "writer", "writers", "stop", "start",
+           "Launch", "launch"]
 
 
 def process_alive(info: dict) -> bool | None:
@@ -39,16 +40,6 @@ def process_alive(info: dict) -> bool | None:
         return False
     except psutil.AccessDenied:  # it exists, owned by someone else
         return True
-
-
-def _process_command(info: dict) -> str:
-    """The command line of the run's process ('' when it cannot be read), to tell a bsq-explore run."""
-    import psutil
-
-    try:
-        return " ".join(psutil.Process(info["provenance"]["pid"]).cmdline())
-    except (psutil.Error, KeyError, TypeError, ValueError):
-        return ""
 
 
 def is_stale(info: dict) -> bool:
@@ -106,19 +97,95 @@ def owning(path: Path):
         os.close(fd)  # releases the lock
 
 
+def lock_holders() -> dict[tuple[int, int], int]:
+    """(device, inode) of every file locked with flock on this host -> the pid holding it, from
+    the kernel's own table (Linux /proc/locks); {} where there is none."""
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return {}
+    held = {}
+    for line in table.splitlines():
+        parts = line.split()  # "1: FLOCK  ADVISORY  WRITE 2443 fe:00:5415828 0 EOF"; waiters have "->"
+        if len(parts) >= 6 and parts[1] == "FLOCK":
+            major, minor, inode = parts[5].split(":")
+            held[(os.makedev(int(major, 16), int(minor, 16)), int(inode))] = int(parts[4])
+    return held
+
+
+def writer(path: Path) -> int | None:
+    """The pid of the process holding the lock of the run at path (its one writer), or None."""
+    try:
+        lock = os.stat(_lock_file(path))
+    except OSError:
+        return None
+    return lock_holders().get((lock.st_dev, lock.st_ino))
+
+
+def writers(root: Path) -> dict[str, int]:
+    """run name -> writer pid of every run under root that a process holds now (training, or
+    loading its data before its folder exists)."""
+    held, found = lock_holders(), {}
+    for lock in Path(root).glob(".*.lock"):
+        try:
+            info = lock.stat()
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) in held:
+            found[lock.name[1:-len(".lock")]] = held[(info.st_dev, info.st_ino)]
+    return found
+
+
+def _is_train(command: list[str]) -> bool:
+    """Whether a command line is `bsq-explore train` (the console script or python -m bsq_explore.cli)."""
+    cli = next((i for i, arg in enumerate(command) if arg == "bsq_explore.cli" or Path(arg).name == "bsq-explore"), None)
+    return cli is not None and "train" in command[cli + 1:cli + 2]
+
+
 def stop(path: str | os.PathLike) -> None:
     """Ask the process training the run at path to stop: it marks the run stopped and keeps every
-    finished epoch (resume() goes on). Only a bsq-explore process of this host is signalled, so a
-    run.json cannot point the signal at anything else."""
+    finished epoch (resume() goes on). Only the run's provable writer is signalled: the process
+    that holds its lock (by the kernel's lock table), started when run.json says, running
+    `bsq-explore train`; a crafted run.json cannot point the signal at anything else."""
+    import psutil
+
     path = Path(path)
     info = read_info(path)
     pid = (info.get("provenance") or {}).get("pid")
     if info["status"] != "running" or not process_alive(info):
         raise ValueError(f"run {path.name} is not running on this host")
-    command = _process_command(info)
-    if "bsq_explore" not in command and "bsq-explore" not in command:
-        raise ValueError(f"process {pid} of run {path.name} is not a bsq-explore run; not stopping it")
+    if writer(path) != pid:
+        raise ValueError(f"process {pid} does not hold run {path.name}'s lock; not stopping it")
+    try:
+        command = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        command = []
+    if not _is_train(command):
+        raise ValueError(f"process {pid} of run {path.name} is not a bsq-explore train; not stopping it")
     os.kill(pid, signal.SIGTERM)
+
+
+def start(config: BSQConfig, root: Path, name: str, limit: int) -> Launch:
+    """launch(), unless limit runs train already: the live `bsq-explore train` children of this
+    process and the holders of run locks under root, both read from the system's process and lock
+    tables (nothing a client can clear)."""
+    import psutil
+
+    children = {c.pid for c in psutil.Process().children() if _alive_train(c)}
+    busy = set(writers(root).values()) | children
+    if len(busy) >= limit:
+        raise ValueError(f"{len(busy)} run(s) are training now, and at most {limit} may train at once "
+                         "($BSQ_APP_RUNS): stop one below, or wait")
+    return launch(config, root, name)
+
+
+def _alive_train(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE and _is_train(process.cmdline())
+    except psutil.Error:
+        return False
 
 
 @dataclass

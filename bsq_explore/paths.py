@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["REPO", "EXAMPLES", "RUNS", "DATASETS", "SHARED_CIFAR10", "runs_root", "data_root"]
+__all__ = ["REPO", "EXAMPLES", "RUNS", "DATASETS", "SHARED_CIFAR10", "runs_root", "check_not_examples", "data_root"]
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "data" / "examples"   # the shipped example runs, tracked in git
@@ -23,9 +23,15 @@ def runs_root(path: str | os.PathLike | None = None) -> Path:
     if not os.environ.get("BSQ_RUNS"):
         return RUNS
     root = Path(os.environ["BSQ_RUNS"])
-    if root.resolve() == EXAMPLES.resolve():
-        raise ValueError(f"BSQ_RUNS={root} holds the shipped examples; point it at another folder")
+    check_not_examples(root, f"BSQ_RUNS={root}")
     return root
+
+
+def check_not_examples(root: Path, what: str) -> None:
+    """Refuse a runs root in or inside the shipped examples, which only `make examples` writes."""
+    if root.resolve().is_relative_to(EXAMPLES.resolve()):
+        raise ValueError(f"{what} is inside the shipped examples ({EXAMPLES}), which the kit writes only with "
+                         "`make examples`; point it at another folder")
 
 
 def data_root() -> Path:

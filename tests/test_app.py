@@ -1,6 +1,7 @@
 """Every app page through streamlit's AppTest: no exception, and the main widget changes the view."""
 import logging
 import shutil
+import sys
 import time
 
 import pandas as pd
@@ -322,19 +323,27 @@ def test_the_app_opens_the_hardest_sweeps_most_compressed_run_near_its_float_mod
 
 @pytest.fixture
 def stub_launch(monkeypatch):
-    """jobs.launch replaced by a process that sleeps as long as the test: nothing trains."""
+    """jobs.launch replaced by a process that sleeps as long as the test, with the command line of
+    `python -m bsq_explore.cli train` (what the run limit counts): nothing trains."""
     import subprocess
     import tempfile
 
+    import psutil
     import streamlit as st
 
     from bsq_explore import jobs
 
     st.cache_resource.clear()  # the page's server-wide list of launched runs starts empty
+    for child in psutil.Process().children():  # runs an earlier test started count against the limit
+        if "bsq_explore.cli" in child.cmdline():
+            child.kill()
+            child.wait()
     started = []
 
     def launch(config, runs, name):
-        process = subprocess.Popen(["sleep", "60"])
+        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "bsq_explore.cli",
+                                    "train", "--name", name])
+        process.root = runs
         started.append(process)
         return jobs.Launch(name, process, tempfile.TemporaryFile())
     monkeypatch.setattr(jobs, "launch", launch)
@@ -345,23 +354,33 @@ def stub_launch(monkeypatch):
 
 
 def test_train_page_starts_at_most_the_configured_number_of_runs_at_once(app, stub_launch, monkeypatch):
+    import streamlit as st
+
     monkeypatch.setenv("BSQ_APP_RUNS", "2")
     at = app("train")
-    for i in range(4):  # four quick clicks
+    for i in range(4):  # four quick clicks, each after a cache clear (any visitor can send clear_cache)
+        st.cache_resource.clear()
+        st.cache_data.clear()
         next(t for t in at.text_input if t.label == "run name").set_value(f"r{i}").run()
         at.button[0].click().run()
-    assert len(stub_launch) == 2
-    assert "2 run(s) started here are still training (r0, r1)" in at.error[0].value and "BSQ_APP_RUNS" in at.error[0].value
+    assert len(stub_launch) == 2, ([e.value for e in at.error], [s.value for s in at.success])
+    assert "2 run(s) are training now" in at.error[0].value and "BSQ_APP_RUNS" in at.error[0].value
     stub_launch[0].kill()
     stub_launch[0].wait()
     at.button[0].click().run()
     assert len(stub_launch) == 3, "a slot frees when a run ends"
 
 
-def test_train_page_never_writes_into_the_shipped_examples(app, stub_launch):
-    at = app("train", root=str(EXAMPLES))
-    at.button[0].click().run()
-    assert not stub_launch and "shipped examples" in at.error[0].value
+def test_train_page_writes_only_under_the_servers_runs_root_whatever_the_url_says(app, stub_launch, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("BSQ_APP_RUNS", "5")
+    (tmp_path / "elsewhere").mkdir()
+    for i, root in enumerate((EXAMPLES, EXAMPLES / "digits-a0.3", tmp_path / "elsewhere")):
+        at = app("train", root=str(root))
+        next(t for t in at.text_input if t.label == "run name").set_value(f"r{i}").run()
+        at.button[0].click().run()
+        assert not at.error, [e.value for e in at.error]
+    assert [p.root for p in stub_launch] == [tmp_path] * 3  # $BSQ_RUNS of the server (the app fixture's)
 
 
 def test_train_page_shows_why_a_run_did_not_start(app, tmp_path, monkeypatch):

@@ -175,16 +175,22 @@ def test_sigterm_during_float_pretraining_stops_the_run_and_resume_finishes_it(t
     assert run.info["status"] == "finished" and run.metrics.stage.tolist().count("pretrain") == 30
 
 
-def test_stop_refuses_a_process_that_is_no_bsq_run(tmp_path, tiny_run):
+@pytest.mark.parametrize("command", [["sleep", "30"],  # any process
+                                     # a process whose command line names the kit (the app server, say)
+                                     [sys.executable, "-c", "import time; time.sleep(30)", "bsq_explore", "-m",
+                                      "bsq_explore.cli", "train", "--name", "forged"]], ids=["other", "kit-named"])
+def test_stop_signals_only_the_process_holding_the_runs_lock(tmp_path, tiny_run, command):
     folder = copy_run(tiny_run, tmp_path, "forged")
-    other = subprocess.Popen(["sleep", "30"])
+    other = subprocess.Popen(command)
     try:
         set_info(folder, status="running", pid=other.pid, host=socket.gethostname(), started=started(other.pid))
-        with pytest.raises(ValueError, match="is not a bsq-explore run"):
+        (tmp_path / ".forged.lock").write_text(f"process {other.pid} on host {socket.gethostname()}")
+        with pytest.raises(ValueError, match="does not hold run forged's lock"):
             jobs.stop(folder)
         assert other.poll() is None, "the other process lives"
     finally:
         other.kill()
+        other.wait()
 
 
 # ---- damaged checkpoints ------------------------------------------------------------------------

@@ -80,3 +80,13 @@ def test_bad_run_names_are_refused_before_anything_is_written(tmp_path, name):
     with pytest.raises(ValueError, match="bad run name"):
         train(preset("digits-mlp", **TINY), runs=tmp_path / "root", name=name)
     assert not (tmp_path / "root").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_runs_root_in_or_inside_the_shipped_examples_is_refused(monkeypatch):
+    from bsq_explore.paths import EXAMPLES, runs_root
+
+    for root in (EXAMPLES, EXAMPLES / "digits-a0.3", EXAMPLES / "new-folder"):
+        monkeypatch.setenv("BSQ_RUNS", str(root))
+        with pytest.raises(ValueError, match="inside the shipped examples"):
+            runs_root()
+    assert runs_root(EXAMPLES) == EXAMPLES  # an explicit --runs may: make examples writes them

@@ -4,10 +4,8 @@ import streamlit as st
 from bsq_explore import dashboard, jobs, plots, runs
 from bsq_explore.catalog import describe, list_runs
 from bsq_explore.config import PRESETS, preset
-from bsq_explore.paths import EXAMPLES
 
 st.title("Train")
-root = dashboard.roots()[0]
 
 
 def default_name() -> str:
@@ -30,26 +28,13 @@ if "train_name" not in st.session_state:
 st.text_input("run name", key="train_name", on_change=lambda: st.session_state.update(train_name_typed=True))
 
 
-@st.cache_resource
-def launched() -> list[jobs.Launch]:
-    """Every run this server started, across sessions: the limit counts them all."""
-    return []
-
-
 if st.button("start training", type="primary"):
     name = st.session_state.train_name
-    busy = [run.name for run in launched() if run.process.poll() is None]
     try:
-        limit = dashboard.max_app_runs()
-        if root.resolve() == EXAMPLES.resolve():
-            raise ValueError("the runs root is the shipped examples, which the app never writes into: "
-                             "type another runs root in the sidebar")
-        if len(busy) >= limit:
-            raise ValueError(f"{len(busy)} run(s) started here are still training ({', '.join(busy)}), and at most "
-                             f"{limit} may train at once (${dashboard.APP_RUNS}): stop one below, or wait")
+        root = dashboard.write_root()
         config = preset(st.session_state.train_preset, alpha=st.session_state.train_alpha,
                         bsq_epochs=int(st.session_state.train_epochs))
-        launched().append(jobs.launch(config, root, name))
+        dashboard.launched().append(jobs.start(config, root, name, dashboard.max_app_runs()))
         st.session_state["watching"] = name
         st.success(f"started {name} in {root}; it keeps running if you close this page")
     except (ValueError, FileExistsError) as err:
@@ -71,7 +56,7 @@ def progress(run) -> None:
 def watch() -> None:
     """Every run in progress under the runs root (read from disk, so a reload keeps it), each with
     a stop button, then the run started here: its curves and bit heatmap as it trains."""
-    table = list_runs(root)
+    table = list_runs(dashboard.write_root())
     live = table[table.status == "running"]
     if len(live):
         st.subheader("Runs in progress")
@@ -93,7 +78,7 @@ def watch() -> None:
     if not name:
         return
     run = dashboard.open_run(name) if dashboard.find(name) else None
-    failed = next((launch.error() for launch in reversed(launched()) if launch.name == name), None)
+    failed = next((launch.error() for launch in reversed(dashboard.launched()) if launch.name == name), None)
     if run is None and failed:
         st.error(f"{name} did not start: {failed}")
         return
@@ -118,4 +103,6 @@ def watch() -> None:
 
 
 watch()
-st.caption(f"Runs started here are written to the runs root in the sidebar: {root}")
+st.caption("Runs started here are written to the server's runs root ($BSQ_RUNS, else data/runs), whatever the "
+           "sidebar shows:")
+st.code(str(dashboard.write_root()), language=None)
