@@ -263,6 +263,18 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _output(out: Path) -> Path:
+    """--out of export: a new path or a regular file, never a link, a device or a file of a run folder."""
+    from .store import INFO
+
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise UsageError(f"--out {out} is not a regular file: give a new path or a file to replace")
+    folder = next((d for d in [out.resolve().parent, *out.resolve().parent.parents] if (d / INFO).is_file()), None)
+    if folder is not None:
+        raise UsageError(f"--out {out} is inside the run folder {folder}: write the export elsewhere")
+    return out
+
+
 def cmd_export(args) -> int:
     from .analysis import size_table
     from .runs import load_run
@@ -270,6 +282,7 @@ def cmd_export(args) -> int:
     from .store import MODEL, write_atomic
 
     run = load_run(find_run(args.run, args.runs))
+    out = _output(Path(args.out))
     if run.info["status"] != "finished":
         raise UsageError(f"run {run.name} is {run.info['status']}: only a finished run can be exported")
     if run.kind == "float":
@@ -287,7 +300,6 @@ def cmd_export(args) -> int:
         content = to_qonnx(load_model(run, data).eval(), tuple(data.shape)).SerializeToString()
     else:
         content = (run.path / MODEL).read_bytes()
-    out = Path(args.out)
     write_atomic(out, content)
     table = size_table(exported)
     for row in table.iloc[:-1].itertuples():

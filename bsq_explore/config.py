@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 __all__ = ["MAX_BITS", "BSQConfig", "STAGES", "ACT_BITS_RULE", "act_bits_ok", "Schedule", "MAX_THREADS", "DEVICES",
            "LR_SCHEDULES", "PRECISIONS", "UNIFORM_BITS", "MODELS", "TORCHVISION", "DATASETS", "PRESETS", "DEFAULT_PRESET",
-           "preset"]
+           "preset", "differences"]
 
 MAX_BITS = 16  # float32 holds every integer below 2**24 exactly; 16 bits leaves ample margin
 
@@ -202,6 +202,12 @@ PRESETS: dict[str, dict] = {
                                    requant_every=2, finetune_epochs=2, train_subset=2000, test_subset=500),
 }
 DEFAULT_PRESET = "digits-mlp"
+
+
+def differences(mine: BSQConfig, given: BSQConfig) -> list[str]:
+    """The fields where given differs from mine, as 'alpha (0.3 in the run, 0.5 given)'."""
+    own = mine.to_dict()
+    return [f"{k} ({own[k]!r} in the run, {v!r} given)" for k, v in given.to_dict().items() if own[k] != v]
 
 
 def preset(name: str, **overrides) -> BSQConfig:

@@ -305,9 +305,12 @@ def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None =
     fig = go.Figure()
     order = layers.drop_duplicates("layer").sort_values("layer_index").layer.tolist() if len(layers) else []
     colors = colors or alpha_colors(layers.alpha)
-    for alpha, rows in layers.groupby("alpha"):
-        rows = rows.set_index("layer").reindex(order)
-        fig.add_trace(go.Bar(x=order, y=rows.nbits, name=f"α={alpha:g}", marker_color=colors[float(alpha)],
+    runs = layers.get("run", layers.alpha.astype(str))  # two runs of one alpha (a copied folder) are two bars
+    shared = runs.groupby(layers.alpha).nunique()
+    for (alpha, run), rows in layers.groupby([layers.alpha, runs]):
+        rows = rows.drop_duplicates("layer").set_index("layer").reindex(order)
+        name = f"α={alpha:g}" + (f" ({run})" if shared[alpha] > 1 else "")
+        fig.add_trace(go.Bar(x=order, y=rows.nbits, name=name, marker_color=colors[float(alpha)],
                              text=rows.nbits, textposition="outside", textfont_size=14))
     return _style(fig, "final precision per layer", 460, barmode="group", legend_title_text="alpha",
                   xaxis=dict(title="layer (network order)", type="category"), yaxis_title="bits per weight")

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from .catalog import list_runs, sweep_table
-from .config import UNIFORM_BITS, BSQConfig, preset
+from .config import UNIFORM_BITS, BSQConfig, differences, preset
 from .paths import runs_root
 from .progress import ProgressBar
 from .runs import DamagedRun, read_info, run_name
@@ -114,6 +114,20 @@ def _work(task: _Task) -> str | None:
         _busy = False
 
 
+def _check_same_configs(root: Path, sweep: str, configs: list[BSQConfig]) -> None:
+    """A sweep run again under its name must plan the runs it has: one table, one schedule."""
+    for config in configs:
+        path = root / run_name(config, sweep)
+        try:
+            info = read_info(path)
+        except (DamagedRun, OSError):  # absent, or damaged: _state says what happens to it
+            continue
+        saved = BSQConfig.from_dict(info["config"])
+        if info.get("sweep") == sweep and saved != config:
+            raise ValueError(f"sweep {sweep} already has {path.name} with another config: "
+                             f"{', '.join(differences(saved, config))}; give this sweep another --name")
+
+
 def _check_names(configs: list[BSQConfig], sweep: str) -> None:
     """Every run of the sweep gets a valid name of its own."""
     names = [check_name(run_name(c, sweep)) for c in configs]
@@ -187,6 +201,7 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
     # every config and run name must be valid, and each run its own, before the float model spends its time
     later = plan_sweep(config, alphas, uniform_bits, root / float_name / FLOAT_MODEL, equal_compute)
     _check_names([float_config, *later], name)
+    _check_same_configs(root, name, [float_config, *later])
     execute = ((lambda tasks: _run_local(tasks, jobs)) if backend == "local" else
                (lambda tasks: run_ray(tasks, address, cpus_per_trial, gpus_per_trial)))
 

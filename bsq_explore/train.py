@@ -18,7 +18,7 @@ from torch import nn
 
 from . import data
 from .bsq import bit_lasso, bit_weights, clamp_bits_, freeze_, requantize_
-from .config import TORCHVISION, BSQConfig
+from .config import TORCHVISION, BSQConfig, differences
 from .export import export
 from .jobs import check_idle, owning
 from .layers import convert_, weights_up_front
@@ -293,8 +293,10 @@ def resume(path: str | os.PathLike, config: BSQConfig | None = None,
         raise FileNotFoundError(f"no run folder {path}")
     with owning(path):
         check_idle(path, force)
+        info = read_info(path)
+        if info["status"] == "finished":  # never restarted: its checkpoint may be pruned, its model is the result
+            raise ValueError(f"run {path.name} has finished: there is nothing to resume (--overwrite trains it anew)")
         if not (path / CHECKPOINT).exists():
-            info = read_info(path)
             saved = BSQConfig.from_dict(info["config"])
             _check_same(path, config, saved)
             return _start(path, saved, info.get("sweep"), callbacks)
@@ -311,9 +313,7 @@ def resume(path: str | os.PathLike, config: BSQConfig | None = None,
 
 def _check_same(path: Path, given: BSQConfig | None, saved: BSQConfig) -> None:
     if given is not None and given != saved:
-        own = saved.to_dict()
-        changed = [f"{k} ({own[k]!r} in the run, {v!r} given)" for k, v in given.to_dict().items() if own[k] != v]
-        raise ValueError(f"cannot resume {path} with another config: {', '.join(changed)}")
+        raise ValueError(f"cannot resume {path} with another config: {', '.join(differences(saved, given))}")
 
 
 def _start(path: Path, config: BSQConfig, sweep: str | None, callbacks) -> Path:

@@ -404,3 +404,9 @@ GARBAGE = {"run": "../" * 50, "other": "x" * 5000, "sweep": "²", "alpha": "-nan
                                   "playground"])
 def test_every_page_takes_any_query_parameters_without_an_exception(app, page):
     app(page, **GARBAGE)  # app() asserts no exception
+
+
+def test_sweep_page_takes_two_runs_of_one_alpha(app, tmp_path):
+    shutil.copytree(EXAMPLES / "digits-a0.3", tmp_path / "digits-a0.3-copy")  # a copied run folder
+    at = app("sweep", sweep="digits")
+    assert len(charts(at)) == 3

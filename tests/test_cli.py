@@ -254,3 +254,16 @@ def test_help_answers_without_importing_torch():
             "assert main(['train', '--help']) == 0 and 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and "--alpha" in result.stdout, result.stderr
+
+
+def test_export_refuses_an_output_inside_a_run_folder_or_one_that_is_not_a_regular_file(tmp_path, tiny_run, capsys):
+    folder = copy_run(tiny_run, tmp_path, "r")
+    model = (folder / "model.pt").read_bytes()
+    (tmp_path / "link.pt").symlink_to(tmp_path / "target.pt")
+    for out, why in [(folder / "model.pt", "inside the run folder"), (folder / "sub" / "x.pt", "inside the run folder"),
+                     (tmp_path / "link.pt", "not a regular file"), ("/dev/null", "not a regular file"),
+                     (tmp_path, "not a regular file")]:
+        assert main(["export", str(folder), "--out", str(out)]) == 2, out
+        assert why in one_line(capsys.readouterr().err)
+    assert (folder / "model.pt").read_bytes() == model and (tmp_path / "link.pt").is_symlink()
+    assert main(["export", str(folder), "--out", str(tmp_path / "new.pt")]) == 0

@@ -267,3 +267,12 @@ def test_a_signal_in_any_stage_keeps_the_run_and_resume_matches_an_uninterrupted
     assert run.info["status"] == "finished" and run.info["summary"] == ref.info["summary"]
     for kind in ("metrics", "bits", "layers"):
         pd.testing.assert_frame_equal(comparable(getattr(run, kind)), comparable(getattr(ref, kind)))
+
+
+def test_resume_refuses_a_finished_run_and_keeps_it_whole(tmp_path, tiny_run, capsys):
+    folder = copy_run(tiny_run, tmp_path, "done")
+    (folder / "checkpoint.pt").unlink()  # as make examples leaves a shipped run
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert main(["train", "--resume", "--name", "done", "--runs", str(tmp_path)]) == 2
+    assert "has finished: there is nothing to resume" in one_line(capsys.readouterr().err)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -204,3 +204,13 @@ def test_ray_backend_writes_the_same_runs_as_the_local_one(local_sweep, tmp_path
     assert remote.drop(columns="reason").equals(local[local.name.isin(remote.name)].reset_index(drop=True)
                                                 .drop(columns="reason"))
     assert_same_runs(root, tmp_path, remote.name)
+
+
+def test_a_sweep_run_again_under_its_name_with_another_config_is_refused(local_sweep):
+    root, table = local_sweep
+    before = {p: p.stat().st_mtime_ns for p in root.glob("*/run.json")}
+    with pytest.raises(ValueError, match=r"sweep sw already has sw-float with another config: seed \(0 in the run, 1 given\)"):
+        small_sweep(root, seed=1)
+    with pytest.raises(ValueError, match=r"bsq_epochs \(4 in the run, 5 given\)"):
+        sweep("digits-mlp", [0.3], runs=root, name="sw", uniform_bits=[], **{**SMALL, "bsq_epochs": 5})
+    assert {p: p.stat().st_mtime_ns for p in root.glob("*/run.json")} == before, "nothing ran"
