@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["MAX_BITS", "BSQConfig", "STAGES", "ACT_BITS_RULE", "act_bits_ok", "Schedule", "MAX_THREADS", "DEVICES",
-           "LR_SCHEDULES", "PRECISIONS", "UNIFORM_BITS", "MODELS", "TORCHVISION", "DATASETS", "PRESETS", "DEFAULT_PRESET",
-           "preset", "differences"]
+__all__ = ["MAX_BITS", "BSQConfig", "STAGES", "ACT_BITS_RULE", "act_bits_ok", "Schedule", "MAX_THREADS",
+           "MAX_EPOCHS", "MAX_BATCH", "MAX_IMAGES", "DEVICES", "LR_SCHEDULES", "PRECISIONS", "UNIFORM_BITS",
+           "MODELS", "TORCHVISION", "DATASETS", "PRESETS", "DEFAULT_PRESET", "preset", "differences"]
 
 MAX_BITS = 16  # float32 holds every integer below 2**24 exactly; 16 bits leaves ample margin
 
@@ -64,30 +64,7 @@ class BSQConfig:
                 raise ValueError(f"{f.name} must be {_TYPE_NAMES[type(f.default)]}, got {value!r:.40}")
             if isinstance(value, float) and not math.isfinite(value):  # nan slips through the checks below
                 raise ValueError(f"{f.name} must be a finite number, got {value}")
-        checks = [
-            (1 <= self.nbits <= MAX_BITS, f"nbits must be 1..{MAX_BITS}"),
-            (self.nbits <= self.max_bits <= MAX_BITS, f"max_bits must be nbits..{MAX_BITS}"),
-            (self.alpha >= 0, "alpha must be >= 0"),
-            (self.requant_every >= 1, "requant_every must be >= 1"),
-            (min(self.pretrain_epochs, self.bsq_epochs, self.finetune_epochs) >= 0, "epochs must be >= 0"),
-            (min(self.pretrain_lr, self.bsq_lr, self.finetune_lr) > 0, "learning rates must be > 0"),
-            (self.lr_gamma > 0, "lr_gamma must be > 0"),
-            (self.momentum >= 0 and self.weight_decay >= 0, "momentum and weight_decay must be >= 0"),
-            (-2**63 <= self.seed < 2**64, "seed must fit in 64 bits"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.pretrain_epochs + self.bsq_epochs + self.finetune_epochs > 0, "a run needs at least one epoch"),
-            (1 <= self.threads <= MAX_THREADS, f"threads must be 1..{MAX_THREADS}"),
-            (min(self.train_subset, self.test_subset) >= 0, "subsets must be >= 0"),
-            (act_bits_ok(self.act_bits), ACT_BITS_RULE),
-            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-            (self.device in DEVICES or self.device.startswith("cuda:"), f"device must be {', '.join(DEVICES)} or cuda:N"),
-            (self.model in MODELS or self.model.startswith(TORCHVISION),
-             f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}, {TORCHVISION}NAME"),
-            (self.dataset in DATASETS or self.dataset.startswith("folder:"),
-             f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}, folder:PATH"),
-        ]
-        for ok, message in checks:
+        for ok, message in _rules(self):
             if not ok:
                 raise ValueError(message)
 
@@ -147,6 +124,37 @@ class Schedule(NamedTuple):
         return self.lr * self.gamma ** sum(epoch > m for m in self.milestones)
 
 
+def _rules(c: BSQConfig) -> list[tuple[bool, str]]:
+    """Every rule a config keeps, with the line that says it when broken."""
+    epochs = (c.pretrain_epochs, c.bsq_epochs, c.finetune_epochs)
+    milestones = (*c.pretrain_milestones, *c.bsq_milestones, *c.finetune_milestones)
+    return [
+        (1 <= c.nbits <= MAX_BITS, f"nbits must be 1..{MAX_BITS}"),
+        (c.nbits <= c.max_bits <= MAX_BITS, f"max_bits must be nbits..{MAX_BITS}"),
+        (c.alpha >= 0, "alpha must be >= 0"),
+        (1 <= c.requant_every <= MAX_EPOCHS, f"requant_every must be 1..{MAX_EPOCHS:,}"),
+        (all(0 <= e <= MAX_EPOCHS for e in epochs), f"epochs must be 0..{MAX_EPOCHS:,} a stage"),
+        (all(1 <= m <= MAX_EPOCHS for m in milestones), f"milestones must be epochs 1..{MAX_EPOCHS:,}"),
+        (min(c.pretrain_lr, c.bsq_lr, c.finetune_lr) > 0, "learning rates must be > 0"),
+        (c.lr_gamma > 0, "lr_gamma must be > 0"),
+        (c.momentum >= 0 and c.weight_decay >= 0, "momentum and weight_decay must be >= 0"),
+        (0 <= c.seed < 2**63, "seed must be 0..2**63 - 1"),  # torch.manual_seed folds others onto these
+        (1 <= c.batch_size <= MAX_BATCH, f"batch_size must be 1..{MAX_BATCH:,}"),
+        (sum(epochs) > 0, "a run needs at least one epoch"),
+        (1 <= c.threads <= MAX_THREADS, f"threads must be 1..{MAX_THREADS}"),
+        (0 <= min(c.train_subset, c.test_subset) and max(c.train_subset, c.test_subset) <= MAX_IMAGES,
+         f"subsets must be 0..{MAX_IMAGES:,} images"),
+        (act_bits_ok(c.act_bits), ACT_BITS_RULE),
+        (c.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
+        (c.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+        (c.device in DEVICES or c.device.startswith("cuda:"), f"device must be {', '.join(DEVICES)} or cuda:N"),
+        (c.model in MODELS or c.model.startswith(TORCHVISION),
+         f"unknown model {c.model!r}; choose one of: {', '.join(MODELS)}, {TORCHVISION}NAME"),
+        (c.dataset in DATASETS or c.dataset.startswith("folder:"),
+         f"unknown dataset {c.dataset!r}; choose one of: {', '.join(DATASETS)}, folder:PATH"),
+    ]
+
+
 def _has_type(value, default) -> bool:
     """Whether value has the type of the field whose default is given: ints are not bools, a float
     field takes an int, milestones are a tuple of ints."""
@@ -162,6 +170,9 @@ def _has_type(value, default) -> bool:
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
                tuple: "a list of integers"}
 MAX_THREADS = 256
+MAX_EPOCHS = 10_000     # a stage's epochs (the paper's longest stage has 350)
+MAX_BATCH = 65_536
+MAX_IMAGES = 10**9      # a subset's size
 DEVICES = ("cpu", "cuda", "auto")  # and cuda:N
 LR_SCHEDULES = ("step", "cosine")
 PRECISIONS = ("fp32", "bf16")

@@ -52,6 +52,14 @@ def run_cli(*args):
     (["train", "--pretrained", "/nonexistent.pt"], "--pretrained /nonexistent.pt does not exist"),
     (["show", "no-such-run"], "no run 'no-such-run'"),
     (["frobnicate"], "invalid choice"),
+    (["train", "--bsq-epochs", "1000000000"], "epochs must be 0..10,000 a stage"),
+    (["sweep", "--alphas", "0.1", "--finetune-epochs", "10001"], "epochs must be 0..10,000 a stage"),
+    (["train", "--requant-every", "99999999"], "requant_every must be 1..10,000"),
+    (["train", "--bsq-milestones", "-5"], "milestones must be epochs 1..10,000"),
+    (["train", "--batch-size", "1000000000"], "batch_size must be 1..65,536"),
+    (["train", "--train-subset", "99999999999"], "subsets must be 0..1,000,000,000 images"),
+    (["train", "--seed", "-1"], "seed must be 0..2**63 - 1"),
+    (["train", "--seed", str(2**64 - 1)], "seed must be 0..2**63 - 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, says):
     assert main([*args, *(["--runs", str(tmp_path)] if args[0] in ("train", "sweep", "show") else [])]) == 2

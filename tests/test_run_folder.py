@@ -255,7 +255,8 @@ def test_resume_of_any_run_json_finishes_the_run_or_refuses_in_one_line(tiny_run
     code = main(["train", "--resume", "--name", "r", "--runs", str(root)])
     err = capsys.readouterr().err
     assert code in (0, 2) and "Traceback" not in err, err
-    if code == 0:  # its checkpoint holds the config: a finished run is finished again, from its last epoch
+    if code == 0:  # its checkpoint holds the config: a run marked unfinished is finished from its last epoch
         assert load_run(folder).info["status"] == "finished"
-    else:
-        assert err.strip().splitlines()[-1].startswith("bsq-explore: error:") and damaged or "running" in err
+    else:  # a finished run is never restarted
+        assert err.strip().splitlines()[-1].startswith("bsq-explore: error:") and damaged or "running" in err \
+            or "has finished: there is nothing to resume" in err

@@ -3,7 +3,7 @@ import streamlit as st
 
 from bsq_explore import dashboard, jobs, plots, runs
 from bsq_explore.catalog import describe, list_runs
-from bsq_explore.config import PRESETS, preset
+from bsq_explore.config import MAX_EPOCHS, PRESETS, preset
 
 st.title("Train")
 
@@ -22,7 +22,7 @@ c = st.columns(3)
 c[0].selectbox("preset", list(PRESETS), key="train_preset", on_change=follow)
 c[1].number_input("alpha", min_value=0.0, value=0.3, step=0.05, format="%.3f", key="train_alpha", on_change=follow,
                   help="the strength of the bit penalty: larger kills more bit planes")
-c[2].number_input("BSQ epochs", min_value=1, value=40, step=5, key="train_epochs")
+c[2].number_input("BSQ epochs", min_value=1, max_value=MAX_EPOCHS, value=40, step=5, key="train_epochs")
 if "train_name" not in st.session_state:
     st.session_state.train_name = default_name()
 st.text_input("run name", key="train_name", on_change=lambda: st.session_state.update(train_name_typed=True))
