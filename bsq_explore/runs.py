@@ -20,6 +20,8 @@ __all__ = ["DamagedRun", "Run", "load_run", "read_info", "read_checkpoint", "rea
 
 _STATUSES = ("running", "finished", "failed", "stopped")  # stopped: by the user, resumable
 _MAX_BYTES = {INFO: 1 << 20, "frame": 1 << 30, "torch": 4 << 30}  # reads refuse bigger files (a /dev/zero link)
+# a frame's rows at most: 10,000 epochs of a 20-layer, 8-bit run's bits frame (1.6 million), with room
+_MAX_ROWS, _MAX_ROW_GROUPS = 4_000_000, 64
 _TEXT_COLUMNS = {"stage", "layer", "kind"}  # every other frame column is a number
 _KEY_COLUMNS = {"step", "epoch", "bit"}  # numbers that must be finite: rows are found by them
 
@@ -169,7 +171,10 @@ def _read_frame(folder: Path, kind: str, info: dict) -> pd.DataFrame:
         return pd.DataFrame(columns=FRAME_COLUMNS[kind])
     data = _read_regular(path, _MAX_BYTES["frame"])  # one read of one file: given a path, pyarrow takes
     try:                                             # its size and opens it apart, and a rename tears that
+        _check_footer(path.name, _footer(io.BytesIO(data)))  # before decoding: a few KB can hold millions of rows
         frame = pd.read_parquet(io.BytesIO(data))
+    except DamagedRun:
+        raise
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise _unreadable(path, err) from None
     numeric = pd.api.types.is_numeric_dtype
@@ -180,6 +185,19 @@ def _read_frame(folder: Path, kind: str, info: dict) -> pd.DataFrame:
         raise _bad_keys(path.name, keys)
     _check_rows(path.name, len(frame), info)
     return frame
+
+
+def _footer(file):
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(file)
+
+
+def _check_footer(name: str, meta) -> None:
+    """Refuse a frame that would decode to more rows or row groups than any run writes."""
+    if meta.num_rows > _MAX_ROWS or meta.num_row_groups > _MAX_ROW_GROUPS:
+        raise DamagedRun(f"{name} holds {meta.num_rows:,} rows in {meta.num_row_groups:,} row groups, more than a run "
+                         f"writes ({_MAX_ROWS:,} rows, {_MAX_ROW_GROUPS} groups)")
 
 
 def _keys(kind: str) -> list[str]:
@@ -198,17 +216,17 @@ def _check_rows(name: str, rows: int, info: dict) -> None:
 def check_frame(folder: Path, kind: str, info: dict) -> int:
     """Validate a frame from its footer alone (cheap, for listings); returns its row count."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = _frame_path(folder, kind, info)
     if path is None:
         return 0
     with _open_regular(path, _MAX_BYTES["frame"]) as file:  # one open, as in _read_frame
         try:
-            meta = pq.read_metadata(file)
+            meta = _footer(file)
             schema = meta.schema.to_arrow_schema()
         except Exception as err:
             raise _unreadable(path, err) from None
+    _check_footer(path.name, meta)  # 50,000 row groups take seconds to walk below
     _check_columns(path.name, kind, {f.name: pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
                                      for f in schema})
     keys = _keys(kind)

@@ -13,7 +13,7 @@ from bsq_explore.cli import main
 from bsq_explore.runs import DamagedRun, load_run
 from bsq_explore.store import write_atomic, write_frame
 
-from conftest import TINY, assert_prefix, last_line, one_line, options
+from conftest import TINY, assert_prefix, copy_run, last_line, one_line, options
 
 # ---- no torn reads ---------------------------------------------------------------------------------
 
@@ -144,3 +144,24 @@ def test_a_disk_that_fills_mid_run_keeps_the_earlier_epochs(tmp_path, tiny_run, 
         assert run.info["status"] == "failed" and "No space left on device" in run.info["error"]
     else:  # run.json could not take the failure either: it stays running, stale once this process ends
         assert run.info["status"] == "running" and run.info["provenance"]["pid"] == os.getpid()
+
+
+def test_a_frame_that_decodes_to_millions_of_rows_is_damaged_before_it_is_decoded(tmp_path, tiny_run):
+    """A decompression bomb: a few hundred KB of zstd that would decode to 5 million rows (about 2 GB)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bsq_explore.catalog import list_runs
+
+    folder = copy_run(tiny_run, tmp_path, "bomb")
+    metrics = load_run(folder).metrics
+    row = metrics.iloc[[0]]
+    table = pa.Table.from_pandas(row.loc[row.index.repeat(1_000_000)].reset_index(drop=True), preserve_index=False)
+    with pq.ParquetWriter(folder / "metrics.parquet", table.schema, compression="zstd") as writer:
+        for _ in range(5):
+            writer.write_table(table, row_group_size=1_000_000)
+    assert (folder / "metrics.parquet").stat().st_size < 2_000_000
+    with pytest.raises(DamagedRun, match="5,000,000 rows in 5 row groups, more than a run writes"):
+        load_run(folder)
+    row = list_runs(tmp_path).iloc[0]
+    assert row.status == "damaged" and "more than a run writes" in row.reason
