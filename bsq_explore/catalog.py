@@ -9,7 +9,7 @@ import pandas as pd
 from .config import BSQConfig
 from .jobs import is_stale
 from .runs import DamagedRun, Run, check_frame, load_run, read_info, run_kind
-from .store import FRAME_COLUMNS, INFO, RUN_FILES, SUMMARY_KEYS, frame_file
+from .store import FRAME_COLUMNS, INFO, RUN_FILES, SUMMARY_KEYS, check_name, frame_file
 
 __all__ = ["list_runs", "sweep_table", "list_sweeps", "load_sweep", "finished_bsq", "describe", "caption", "stamp",
            "sweep_config", "schedule_text"]
@@ -51,6 +51,10 @@ def _row(folder: Path) -> dict:
     """A run folder's row of list_runs."""
     row = dict(name=folder.name, path=str(folder), reason="")
     try:
+        try:  # only run names reach the app's pages and figures
+            check_name(folder.name)
+        except ValueError:
+            raise DamagedRun("its name is not a run name (letters, digits and . _ + = - only)") from None
         if not folder.is_dir():
             raise DamagedRun("a symlink that loops or points nowhere")
         info = read_info(folder)

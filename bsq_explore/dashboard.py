@@ -14,7 +14,7 @@ from .paths import EXAMPLES, check_not_examples, runs_root
 from .runs import DamagedRun, Run, load_run
 from .store import check_name
 
-__all__ = ["APP_RUNS", "max_app_runs", "VERDICT_COLUMN_CONFIG", "RUN_COLUMNS", "run_table", "table_height", "pick_sweep",
+__all__ = ["APP_RUNS", "max_app_runs", "VERDICT_COLUMN_CONFIG", "RUN_COLUMNS", "run_table", "table_height", "plain", "pick_sweep",
            "pick_alpha", "chart", "roots", "runs_table", "all_runs", "find", "open_run", "empty_state", "pick_run",
            "pick_step", "url_radio", "url_toggle", "sidebar"]
 
@@ -110,6 +110,12 @@ def pick_alpha(rows: pd.DataFrame, clicked: list) -> str:
     return name
 
 
+def plain(text) -> str:
+    """text (from a URL, a run folder, an error) to show in a markdown element as itself: every ASCII
+    punctuation mark escaped, so no link, image, code, emphasis or formula can form; one line."""
+    return re.sub(r"[!-/:-@\[-`{-~]", lambda m: "\\" + m.group(), " ".join(str(text).splitlines()))
+
+
 def chart(fig, **kwargs):
     """st.plotly_chart with the figure's own projector styling (plots.FONT), not streamlit's theme."""
     return st.plotly_chart(fig, theme=None, **kwargs)
@@ -166,12 +172,12 @@ def open_run(name: str) -> Run | None:
     """Load a run by name; a damaged one shows its reason and gives None."""
     path = find(name)
     if path is None:
-        st.error(f"No run named {name!r} in {', '.join(map(str, roots()))}.")
+        st.error(plain(f"No run named {name!r} in {', '.join(map(str, roots()))}."))
         return None
     try:
         return _load(str(path), stamp(path))
     except DamagedRun as err:
-        st.error(f"Run {name} is damaged: {err}")
+        st.error(plain(f"Run {name} is damaged: {err}"))
         return None
 
 
@@ -197,7 +203,7 @@ def pick_run(label: str = "run", key: str = "run", finished_only: bool = False, 
     others = table[table.name != avoid]
     first = featured(others) if len(others) else names[0]
     if asked and asked not in names:
-        st.warning(f"No run named {asked!r} in {', '.join(map(str, roots()))}; showing {first} instead.")
+        st.warning(plain(f"No run named {asked!r} in {', '.join(map(str, roots()))}; showing {first} instead."))
     start = names.index(wanted) if wanted in names else names.index(first)
     name = st.selectbox(label, names, index=start, key=f"pick_{key}")
     st.session_state[f"last_{key}"] = name
@@ -245,4 +251,4 @@ def sidebar() -> None:
         return
     st.query_params["root"] = root
     if not Path(root).is_dir():
-        st.sidebar.error(f"{root} is not a folder: showing the shipped examples only.")
+        st.sidebar.error(plain(f"{root} is not a folder: showing the shipped examples only."))

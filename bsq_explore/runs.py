@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import BSQConfig
+from .config import STAGES, BSQConfig
 from .store import CHECKPOINT, FLOAT_MODEL, FRAME_COLUMNS, INFO, MODEL, SUMMARY_KEYS, frame_file
 
 __all__ = ["DamagedRun", "Run", "load_run", "read_info", "read_checkpoint", "read_torch", "run_kind", "run_name",
@@ -23,6 +24,7 @@ _MAX_BYTES = {INFO: 1 << 20, "frame": 1 << 30, "torch": 4 << 30}  # reads refuse
 # a frame's rows at most: 10,000 epochs of a 20-layer, 8-bit run's bits frame (1.6 million), with room
 _MAX_ROWS, _MAX_ROW_GROUPS = 4_000_000, 64
 _TEXT_COLUMNS = {"stage", "layer", "kind"}  # every other frame column is a number
+_LAYER = re.compile(r"[A-Za-z0-9_.]{1,200}")  # a module's path in its model: conv1, layer1.0.conv2, features.3
 _KEY_COLUMNS = {"step", "epoch", "bit"}  # numbers that must be finite: rows are found by them
 
 
@@ -183,8 +185,19 @@ def _read_frame(folder: Path, kind: str, info: dict) -> pd.DataFrame:
     keys = _keys(kind)
     if not np.isfinite(frame[keys].to_numpy(float)).all():
         raise _bad_keys(path.name, keys)
+    _check_text(path.name, frame)
     _check_rows(path.name, len(frame), info)
     return frame
+
+
+def _check_text(name: str, frame: pd.DataFrame) -> None:
+    """The text a frame holds is what the engine writes: a stage, a layer kind, a module path (the
+    app and the figures show it, so it must not be markup)."""
+    allowed = {"stage": lambda v: v in STAGES, "kind": lambda v: v in ("conv", "linear"),
+               "layer": lambda v: isinstance(v, str) and _LAYER.fullmatch(v) is not None}
+    for column, ok in allowed.items():
+        if column in frame and not all(map(ok, frame[column].unique())):
+            raise DamagedRun(f"{name} has a {column} that no run writes")
 
 
 def _footer(file):

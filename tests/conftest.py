@@ -1,4 +1,5 @@
 import copy
+import re
 import shutil
 
 import pandas as pd
@@ -102,3 +103,8 @@ LONGEST_FIRST = ["test_browser.py", "test_notebooks.py", "test_kill_and_resume.p
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+
+
+def shown(markdown: str) -> str:
+    """The text a markdown message shows: dashboard.plain escapes every punctuation mark."""
+    return re.sub(r"\\(.)", r"\1", markdown)

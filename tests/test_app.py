@@ -13,6 +13,7 @@ from bsq_explore.analysis import featured
 from bsq_explore.catalog import list_runs
 from bsq_explore.runs import load_run
 
+from conftest import shown
 from test_sweep import EXAMPLES
 
 
@@ -69,7 +70,7 @@ def test_runs_page_lists_every_run_and_the_damaged_reason(app):
     at = app("runs")
     listed = at.dataframe[0].value
     assert {"tiny", "broken", "digits-a0.3", "digits-float"} <= set(listed.name)
-    assert "run.json is not valid JSON" in at.warning[0].value
+    assert "run.json is not valid JSON" in shown(at.warning[0].value)
     before = [m.value for m in at.metric]
     at.selectbox[0].set_value("digits-a1").run()
     assert [m.value for m in at.metric] != before and at.query_params["run"] == "digits-a1"
@@ -108,7 +109,7 @@ def test_url_cannot_reach_outside_the_roots(app):
 
 def test_an_unknown_run_in_the_url_says_so(app):
     at = app("heatmap", run="no-such-run")
-    assert "No run named 'no-such-run'" in at.warning[0].value and at.selectbox[0].value in at.warning[0].value
+    assert "No run named 'no-such-run'" in shown(at.warning[0].value) and at.selectbox[0].value in shown(at.warning[0].value)
 
 
 def test_a_runs_root_that_is_no_folder_is_an_error_and_one_that_is_goes_in_the_url(app, tmp_path):
@@ -209,7 +210,7 @@ def test_what_if_shows_emptied_layers_and_an_empty_model_without_inf(app):
 
 def test_what_if_says_a_float_run_has_nothing_to_drop(app):
     at = app("whatif", run="digits-float")
-    assert "float model" in at.info[0].value and "not finished" not in at.info[0].value
+    assert "float model" in shown(at.info[0].value) and "not finished" not in shown(at.info[0].value)
 
 
 def test_playground_nbits_slider_changes_the_planes(app):
@@ -227,7 +228,7 @@ def test_train_page_starts_a_background_run_and_watches_it(app, tmp_path):
     name = next(t for t in at.text_input if t.label == "run name")
     name.set_value("from-app")
     at.button[0].click().run()
-    assert not at.exception and "started from-app" in at.success[0].value
+    assert not at.exception and "started from-app" in shown(at.success[0].value)
     for _ in range(120):  # the process trains in the background; the page only reads its folder
         if (tmp_path / "from-app" / "model.pt").exists():
             break
@@ -235,7 +236,8 @@ def test_train_page_starts_a_background_run_and_watches_it(app, tmp_path):
     time.sleep(1)
     at.run()
     assert "finished" in at.get("progress")[0].proto.text and "test accuracy" in at.get("progress")[0].proto.text
-    assert any("from-app finished:" in s.value and " %" in s.value for s in at.success), [s.value for s in at.success]
+    assert any("from-app finished:" in shown(s.value) and " %" in shown(s.value) for s in at.success), \
+        [s.value for s in at.success]
     assert any(link.proto.query_string == "run=from-app" for link in at.get("page_link"))
 
 
@@ -250,8 +252,8 @@ def test_train_page_name_follows_alpha_until_typed_and_the_typed_name_is_used(ap
     at.number_input[1].set_value(1).run()
     assert name().value == "my-custom-run"
     at.button[0].click().run()
-    assert "started my-custom-run" in at.success[0].value and (tmp_path / "my-custom-run").exists() or \
-        any("my-custom-run" in s.value for s in at.success)
+    assert "started my-custom-run" in shown(at.success[0].value) and (tmp_path / "my-custom-run").exists() or \
+        any("my-custom-run" in shown(s.value) for s in at.success)
 
 
 def test_train_page_stops_a_run_and_keeps_its_epochs(app, tmp_path):
@@ -305,7 +307,7 @@ def test_an_empty_runs_root_says_how_to_make_a_first_run(tmp_path, monkeypatch):
     for page in ("runs", "heatmap", "whatif"):
         at = AppTest.from_file(MAIN, default_timeout=60)
         at.switch_page(f"views/{page}.py").run()
-        assert not at.exception and "bsq-explore train" in at.info[0].value
+        assert not at.exception and "bsq-explore train" in shown(at.info[0].value)
 
 
 def test_the_app_opens_the_hardest_sweeps_most_compressed_run_near_its_float_model():
@@ -364,7 +366,7 @@ def test_train_page_starts_at_most_the_configured_number_of_runs_at_once(app, st
         next(t for t in at.text_input if t.label == "run name").set_value(f"r{i}").run()
         at.button[0].click().run()
     assert len(stub_launch) == 2, ([e.value for e in at.error], [s.value for s in at.success])
-    assert "2 run(s) are training now" in at.error[0].value and "BSQ_APP_RUNS" in at.error[0].value
+    assert "2 run(s) are training now" in shown(at.error[0].value) and "BSQ_APP_RUNS" in shown(at.error[0].value)
     stub_launch[0].kill()
     stub_launch[0].wait()
     at.button[0].click().run()
@@ -393,7 +395,7 @@ def test_train_page_shows_why_a_run_did_not_start(app, tmp_path, monkeypatch):
         if at.error:
             break
         time.sleep(0.5)
-    assert "did not start" in at.error[0].value and "mnist is not under" in at.error[0].value
+    assert "did not start" in shown(at.error[0].value) and "mnist is not under" in shown(at.error[0].value)
 
 
 GARBAGE = {"run": "../" * 50, "other": "x" * 5000, "sweep": "²", "alpha": "-nan", "epoch": "--5", "colour": "\x00",
@@ -410,3 +412,51 @@ def test_sweep_page_takes_two_runs_of_one_alpha(app, tmp_path):
     shutil.copytree(EXAMPLES / "digits-a0.3", tmp_path / "digits-a0.3-copy")  # a copied run folder
     at = app("sweep", sweep="digits")
     assert len(charts(at)) == 3
+
+
+INJECTION = "x ![p](http://127.0.0.1:9999/a.png) [re-login](http://127.0.0.1:9999/phish) www.evil.example $x$"
+
+
+def rendered(markdown: str) -> str:
+    """The HTML a CommonMark renderer with GFM autolinks makes of a message (streamlit's markdown is
+    CommonMark with GFM): the oracle of what a visitor would see."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"linkify": True}).enable(["linkify"]).render(markdown)
+
+
+def messages(at) -> list[str]:
+    return [m.value for kind in ("error", "warning", "info", "success", "caption", "markdown") for m in at.get(kind)]
+
+
+@pytest.mark.parametrize("page, params", [
+    ("heatmap", dict(run=INJECTION)), ("runs", dict(root=INJECTION)), ("sweep", dict(sweep=INJECTION)),
+    ("compare", dict(run="digits-a0.3", other=INJECTION))])
+def test_text_from_the_url_is_shown_as_text_never_as_a_link_or_an_image(app, page, params):
+    at = app(page, **params)
+    shown_texts = messages(at) + [e.value for e in at.sidebar.error]
+    assert any("127.0.0.1:9999" in shown(m) for m in shown_texts) or page == "sweep", "the text is shown"
+    for message in shown_texts:
+        html = rendered(message)
+        assert "<a " not in html and "<img" not in html, message
+
+
+def test_text_from_a_run_folder_is_shown_as_text(app, tmp_path):
+    import json
+
+    shutil.copytree(tmp_path / "tiny", tmp_path / "evil")
+    info = json.loads((tmp_path / "evil" / "run.json").read_text())
+    info["config"]["model"] = INJECTION  # an unknown model: the run is damaged, and its reason quotes the model
+    (tmp_path / "evil" / "run.json").write_text(json.dumps(info))
+    bad = tmp_path / "tiny-html"
+    shutil.copytree(tmp_path / "tiny", bad)
+    layers = pd.read_parquet(bad / "layers.parquet")
+    layers["layer"] = '<a href="http://127.0.0.1:9999/phish">fc1</a>'
+    layers.to_parquet(bad / "layers.parquet")
+    at = app("runs")
+    assert any("evil" in shown(m) for m in messages(at))
+    for message in messages(at):
+        html = rendered(message)
+        assert "<a " not in html and "<img" not in html, message
+    at = app("precision", run="tiny-html")  # a layer name that is markup: the run is damaged, nothing drawn
+    assert not charts(at) and "has a layer that no run writes" in shown(at.error[0].value)

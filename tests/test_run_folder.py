@@ -19,7 +19,7 @@ from bsq_explore.catalog import caption, list_runs
 from bsq_explore.cli import main
 from bsq_explore.runs import DamagedRun, load_run
 
-from conftest import copy_run, one_line
+from conftest import copy_run, one_line, shown
 from test_sweep import EXAMPLES
 
 
@@ -173,7 +173,7 @@ def test_a_page_asked_for_a_damaged_run_says_so_and_does_not_open_it(damaged_roo
         with within(60):
             at.switch_page("views/heatmap.py").run()  # every page picks its run through one function
         assert not at.exception and at.selectbox[0].value != folder_of(damage)
-        assert any(folder_of(damage) in w.value for w in at.warning)
+        assert any(folder_of(damage) in shown(w.value) for w in at.warning)
 
 
 def test_whatif_shows_a_truncated_model_as_damaged(tiny_run, tmp_path, monkeypatch):
@@ -183,7 +183,7 @@ def test_whatif_shows_a_truncated_model_as_damaged(tiny_run, tmp_path, monkeypat
     at = AppTest.from_file(MAIN, default_timeout=60)
     at.query_params["run"] = "r"
     at.switch_page("views/whatif.py").run()
-    assert not at.exception and "model.pt is unreadable" in at.error[0].value
+    assert not at.exception and "model.pt is unreadable" in shown(at.error[0].value)
 
 
 @pytest.mark.parametrize("epoch", ["--5", "²", "9" * 5000, "1e3", " 20"])

@@ -16,7 +16,7 @@ which = dashboard.url_radio("epoch", ["final", "end of BSQ"],
 for col, run in zip(st.columns(2), (a, b)):
     with col:
         if run.bits.empty:
-            st.info(f"{run.name} has no bit frames: it is a float run or has not reached BSQ training yet.")
+            st.info(dashboard.plain(f"{run.name} has no bit frames: it is a float run or has not reached BSQ training yet."))
             continue
         step = axes.last_step(run.bits, "bsq" if which == "end of BSQ" else None)
         fig = plots.bit_heatmap(run.bits, step)

@@ -8,7 +8,7 @@ run = dashboard.pick_run()
 if run is None:
     st.stop()
 if run.bits.empty:
-    st.info(f"{run.name} has no bit frames: it is a float run or has not reached BSQ training yet.")
+    st.info(dashboard.plain(f"{run.name} has no bit frames: it is a float run or has not reached BSQ training yet."))
     st.stop()
 
 

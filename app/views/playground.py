@@ -21,7 +21,7 @@ else:
     try:
         w = uploads.read_tensor(upload.name, upload.getvalue())
     except ValueError as err:
-        st.error(str(err))
+        st.error(dashboard.plain(err))
         st.stop()
 nbits = st.slider("nbits", 1, 8, 4)
 dashboard.chart(plots.bit_planes_image(w, nbits))

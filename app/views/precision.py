@@ -8,7 +8,7 @@ run = dashboard.pick_run()
 if run is None:
     st.stop()
 if run.layers.empty:
-    st.info(f"{run.name} has no layer frames: it is a float run or has not reached BSQ training yet.")
+    st.info(dashboard.plain(f"{run.name} has no layer frames: it is a float run or has not reached BSQ training yet."))
 else:
     dashboard.chart(plots.precision_timeline(run.layers))
     dashboard.chart(plots.layer_precision_bars(analysis.sweep_layers([run])))

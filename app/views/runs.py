@@ -12,7 +12,8 @@ if table.empty:
     st.stop()
 damaged = table[table.status == "damaged"]
 if len(damaged):
-    st.warning(f"{len(damaged)} damaged run(s): " + "; ".join(f"{n}: {r}" for n, r in zip(damaged.name, damaged.reason)))
+    st.warning(dashboard.plain(f"{len(damaged)} damaged run(s): "
+                               + "; ".join(f"{n}: {r}" for n, r in zip(damaged.name, damaged.reason))))
 dashboard.run_table(table)
 run = dashboard.pick_run("open a run")
 if run is not None:

@@ -36,9 +36,9 @@ if st.button("start training", type="primary"):
                         bsq_epochs=int(st.session_state.train_epochs))
         dashboard.launched().append(jobs.start(config, root, name, dashboard.max_app_runs()))
         st.session_state["watching"] = name
-        st.success(f"started {name} in {root}; it keeps running if you close this page")
+        st.success(dashboard.plain(f"started {name} in {root}; it keeps running if you close this page"))
     except (ValueError, FileExistsError) as err:
-        st.error(str(err))
+        st.error(dashboard.plain(err))
 
 
 def progress(run) -> None:
@@ -71,29 +71,29 @@ def watch() -> None:
                                                           "`bsq-explore train --resume` goes on"):
             try:
                 jobs.stop(run.path)
-                st.toast(f"stopping {name}")
+                st.toast(dashboard.plain(f"stopping {name}"))
             except ValueError as err:
-                st.error(str(err))
+                st.error(dashboard.plain(err))
     name = st.session_state.get("watching")
     if not name:
         return
     run = dashboard.open_run(name) if dashboard.find(name) else None
     failed = next((launch.error() for launch in reversed(dashboard.launched()) if launch.name == name), None)
     if run is None and failed:
-        st.error(f"{name} did not start: {failed}")
+        st.error(dashboard.plain(f"{name} did not start: {failed}"))
         return
     if run is None:
-        st.info(f"waiting for {name} to write its first epoch…")
+        st.info(dashboard.plain(f"waiting for {name} to write its first epoch…"))
         return
     st.subheader(name)
     if run.info["status"] != "running":
         progress(run)
     if run.info.get("error"):
-        st.error(run.info["error"])
+        st.error(dashboard.plain(run.info["error"]))
     if run.info["status"] == "finished":
         text = describe(run.summary)
-        st.success(f"{name} finished: {text['test_acc']} test accuracy, {text['avg_bits']} bits per weight "
-                   f"({text['compression']})")
+        st.success(dashboard.plain(f"{name} finished: {text['test_acc']} test accuracy, {text['avg_bits']} bits per "
+                                   f"weight ({text['compression']})"))
         st.page_link("views/heatmap.py", label=f"Open {name} in the bit heatmap", icon=":material/grid_on:",
                      query_params={"run": name})
     if len(run.metrics):

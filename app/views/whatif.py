@@ -12,7 +12,8 @@ run = dashboard.pick_run(finished_only=True)
 if run is None:
     st.stop()
 if run.kind == "float":
-    st.info(f"{run.name} is a float model: it has no quantized layers to take bits from. Pick a BSQ or uniform run.")
+    st.info(dashboard.plain(f"{run.name} is a float model: it has no quantized layers to take bits from. "
+                            "Pick a BSQ or uniform run."))
     st.stop()
 
 
@@ -24,10 +25,10 @@ def what_if(path: str, stamp: tuple) -> analysis.WhatIf:
 try:
     model = what_if(str(run.path), dashboard.stamp(run.path))
 except FileNotFoundError as err:
-    st.info(str(err))
+    st.info(dashboard.plain(err))
     st.stop()
 except DamagedRun as err:
-    st.error(f"Run {run.name} is damaged: {err}")
+    st.error(dashboard.plain(f"Run {run.name} is damaged: {err}"))
     st.stop()
 
 
@@ -40,7 +41,7 @@ def sliders_and_metrics() -> None:  # a slider move re-runs only this, not the p
             if bits:
                 chosen[layer] = st.slider(layer, 0, bits, bits, key=f"bits_{run.name}_{layer}")
             else:
-                st.markdown(f"**{layer}**  \n0 bits: training emptied it")
+                st.markdown(f"**{dashboard.plain(layer)}**  \n0 bits: training emptied it")
                 chosen[layer] = 0
     now = model.change(chosen)
     m = st.columns(3)
