@@ -6,6 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
+# this machine only; to serve a class: make app ADDRESS=0.0.0.0 BSQ_APP_RUNS=0 (README)
+ADDRESS ?= 127.0.0.1
 
 .PHONY: install app test lab bench examples clean
 
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 app: $(STAMP)
-	$(BIN)/streamlit run app/main.py --server.headless true --server.port $(PORT)
+	$(BIN)/streamlit run app/main.py --server.headless true --server.port $(PORT) --server.address $(ADDRESS)
 
 # ruff first (pyproject's [tool.ruff]); then -n auto: one worker per core; loadfile keeps a file's shared
 # fixtures (a trained run, a sweep) on one worker

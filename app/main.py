@@ -16,4 +16,6 @@ pages = [
     st.Page("views/train.py", title="Train", icon=":material/play_arrow:"),
     st.Page("views/playground.py", title="Playground", icon=":material/science:"),
 ]
+if dashboard.max_app_runs() == 0:  # served read-only: no page starts or stops a process
+    pages = [p for p in pages if p.title != "Train"]
 st.navigation(pages, position="top").run()  # the pages along the top: charts get the full width

@@ -22,10 +22,11 @@ APP_RUNS = "BSQ_APP_RUNS"  # how many runs the Train page may have training at o
 
 
 def max_app_runs() -> int:
-    """$BSQ_APP_RUNS, default 2 (one per core of a small machine): more runs side by side only slow each other."""
+    """$BSQ_APP_RUNS, default 2 (one per core of a small machine): more runs side by side only slow each
+    other; 0 serves the app read-only, without its Train page."""
     text = os.environ.get(APP_RUNS, "2")
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise ValueError(f"${APP_RUNS} must be a whole number >= 1, not {text!r}")
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"${APP_RUNS} must be a whole number >= 0, not {text!r}")
     return int(text)
 
 

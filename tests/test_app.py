@@ -460,3 +460,14 @@ def test_text_from_a_run_folder_is_shown_as_text(app, tmp_path):
         assert "<a " not in html and "<img" not in html, message
     at = app("precision", run="tiny-html")  # a layer name that is markup: the run is damaged, nothing drawn
     assert not charts(at) and "has a layer that no run writes" in shown(at.error[0].value)
+
+
+def test_served_read_only_the_app_has_no_train_page(app, monkeypatch):
+    monkeypatch.setenv("BSQ_APP_RUNS", "0")
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.switch_page("views/train.py").run()
+    assert "Could not find page: `views/train.py`" in at.exception[0].value and not at.button
+    monkeypatch.setenv("BSQ_APP_RUNS", "1")
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.switch_page("views/train.py").run()
+    assert not at.exception and at.title[0].value == "Train"

@@ -122,3 +122,9 @@ def test_the_storage_modules_and_ls_do_not_import_torch():
     ls = subprocess.run([sys.executable, "-X", "importtime", "-m", "bsq_explore.cli", "ls", str(ROOT / "data" / "examples")],
                         capture_output=True, text=True)
     assert ls.returncode == 0 and "| torch" not in ls.stderr, "bsq-explore ls imports torch"
+
+
+def test_make_app_listens_on_this_machine_only_unless_told():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^ADDRESS \?= 127\.0\.0\.1$", makefile, re.M)
+    assert re.search(r"streamlit run app/main.py .*--server\.address \$\(ADDRESS\)", makefile)
