@@ -115,10 +115,29 @@ def _numbers(text: str, kind=float) -> list:
         raise UsageError(f"expected comma-separated {'integers' if kind is int else 'numbers'}, got {text!r}") from None
 
 
+_MAX_CONFIG = 1 << 20  # a config is a few hundred bytes; a run.json a few KB
+
+
+def _read_small(path: Path) -> str:
+    """A regular file's text, at most _MAX_CONFIG + 1 characters read: /dev/zero or a pipe must not
+    fill memory or hang."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a pipe with no writer would block a plain open
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        return file.read(_MAX_CONFIG + 1).decode()
+
+
 def _read_config(source: str) -> dict:
     """The config fields of a JSON file (or of stdin for '-'): a config, or a run.json holding one."""
     try:
-        values = json.loads(sys.stdin.read() if source == "-" else Path(source).read_text())
+        text = sys.stdin.read(_MAX_CONFIG + 1) if source == "-" else _read_small(Path(source))
+        if len(text) > _MAX_CONFIG:
+            raise ValueError(f"more than {_MAX_CONFIG:,} characters")
+        values = json.loads(text)
     except (OSError, ValueError) as err:
         raise UsageError(f"cannot read --config {source}: {err}") from None
     values = values.get("config", values) if isinstance(values, dict) else values
@@ -219,9 +238,9 @@ def cmd_sweep(args) -> int:
                   uniform_bits=_numbers(args.uniform, int), backend=args.backend, address=args.address,
                   cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                   equal_compute=args.equal_compute, **_overrides(args))
-    print(table.to_string(index=False))
+    print(printable(table.to_string(index=False)))
     for error in table.attrs.get("errors", []):
-        print(f"failed: {error}", file=sys.stderr)
+        print(printable(f"failed: {error}"), file=sys.stderr)
     return 1 if table.attrs.get("errors") else 0
 
 
@@ -234,11 +253,11 @@ def cmd_ls(args) -> int:
     roots = args.dirs or [runs_root(), EXAMPLES]
     table = list_runs(*roots)
     if table.empty:
-        print(f"no runs under {', '.join(map(str, roots))}; start one with: bsq-explore train")
+        print(printable(f"no runs under {', '.join(map(str, roots))}; start one with: bsq-explore train"))
         return 0
     cols = ["name", "status", "kind", "alpha", "test_acc", "avg_bits", "compression", "epochs", "reason"]
     numbers = {c: pd.to_numeric(table[c], errors="coerce") for c in cols[3:-1]}  # None in an object column
-    print(table[cols].assign(**numbers).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+    print(printable(table[cols].assign(**numbers).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")))
     return 0
 
 
@@ -249,17 +268,18 @@ def cmd_show(args) -> int:
 
     run = load_run(find_run(args.run, args.runs))
     info = run.info
-    print(f"run        {run.path}")
+    print(printable(f"run        {run.path}"))
     stale = " (stale: its process is gone; train --resume goes on)" if is_stale(info) else ""
-    print(f"status     {info['status']}{stale}" + (f" ({info['error']})" if info.get("error") else ""))
+    print(printable(f"status     {info['status']}{stale}" + (f" ({info['error']})" if info.get("error") else "")))
     c = run.config
-    print(f"config     {c.model} on {c.dataset}, alpha {c.alpha:g}, {c.nbits}-bit start, "
-          f"epochs {c.pretrain_epochs}+{c.bsq_epochs}+{c.finetune_epochs}")
+    print(printable(f"config     {c.model} on {c.dataset}, alpha {c.alpha:g}, {c.nbits}-bit start, "
+                    f"epochs {c.pretrain_epochs}+{c.bsq_epochs}+{c.finetune_epochs}"))
     for key, text in describe(run.summary).items():
         if run.summary.get(key) is not None:
-            print(f"{key:<11} {text}")
+            print(printable(f"{key:<11} {text}"))
     if not run.layers.empty:
-        print(run.final_layers()[["layer", "kind", "numel", "nbits", "lsb_offset", "scale"]].to_string(index=False))
+        layers = run.final_layers()[["layer", "kind", "numel", "nbits", "lsb_offset", "scale"]]
+        print(printable(layers.to_string(index=False)))
     return 0
 
 
@@ -340,6 +360,11 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("bsq-explore: stopped (a run keeps its finished epochs: train --resume goes on)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bsq-explore ls | head`: the reader left; nothing to report
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else the flush at exit complains
+        return 0
     except Exception as err:
         return _report(err)
 
@@ -351,13 +376,19 @@ def _report(err: Exception) -> int:
     from .train import RunFailed
 
     if isinstance(err, RunFailed):
-        print(f"bsq-explore: {err}".splitlines()[0], file=sys.stderr)
+        print(printable(f"bsq-explore: {err}".splitlines()[0]), file=sys.stderr)
         return 1
     if isinstance(err, (UsageError, ValueError, TypeError, OSError, DamagedRun)):
-        print(f"bsq-explore: error: {err}".splitlines()[0], file=sys.stderr)
+        print(printable(f"bsq-explore: error: {err}".splitlines()[0]), file=sys.stderr)
         return 2
-    print(f"bsq-explore: failed: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
+    print(printable(f"bsq-explore: failed: {type(err).__name__}: {err}".splitlines()[0]), file=sys.stderr)
     return 1
+
+
+def printable(text: str) -> str:
+    """text with every control character (an ANSI escape from a run.json or a folder name) shown as
+    a \\x.. escape, so a run folder cannot drive the terminal."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from .config import UNIFORM_BITS, BSQConfig, differences, preset
 from .paths import runs_root
 from .progress import ProgressBar
 from .runs import DamagedRun, read_info, run_name
-from .store import FLOAT_MODEL, check_name
+from .store import FLOAT_MODEL, check_name, prepare_root
 from .train import RunFailed, resume, train
 
 __all__ = ["plan_sweep", "run_ray", "sweep"]
@@ -195,7 +195,7 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
         raise ValueError("give one or more alphas >= 0")
     config = preset(preset_name, **overrides)
     name = check_name(name or f"{preset_name}-sweep-{datetime.now():%Y%m%d-%H%M%S}")
-    root = runs_root(runs)
+    root = prepare_root(runs_root(runs))  # an unwritable root is bad input, refused before any run
     float_config = config.replace(bsq_epochs=0, finetune_epochs=0)
     float_name = run_name(float_config, name)
     # every config and run name must be valid, and each run its own, before the float model spends its time

@@ -330,6 +330,7 @@ def _start(path: Path, config: BSQConfig, sweep: str | None, callbacks) -> Path:
                 raise ValueError(f"--pretrained {config.pretrained} is not a float {config.model} for this dataset "
                                  f"({str(err).splitlines()[0][:100]}, ...)") from None
         _check_fits(model, ds, config)
+        _check_converts(model, config)
         folder = RunFolder.create(path, config, device, sweep)  # then at once into _run, which marks how it ends
         return _run(RunState(config, model, ds, generator, folder, list(callbacks)))
 
@@ -398,6 +399,14 @@ def _check_fits(model: nn.Module, ds, config: BSQConfig) -> None:
                          f"({str(err).splitlines()[0][:100]})") from None
     finally:
         model.train()
+
+
+def _check_converts(model: nn.Module, config: BSQConfig) -> None:
+    """A run that quantizes must leave convert_ a layer to quantize."""
+    keep = convert_filter(config)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and (keep is None or keep(m, n))]
+    if (config.bsq_epochs or config.finetune_epochs) and not layers:
+        raise ValueError(f"--float-layers {config.float_layers!r} leaves no layer of {config.model} to quantize")
 
 
 def _read_pretrained(path: str) -> dict:

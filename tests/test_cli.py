@@ -1,7 +1,9 @@
 """The bsq-explore command: outputs on a real run, one-line errors with exit code 2 on bad input."""
 import argparse
 import dataclasses
+import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ import bsq_explore.paths as paths
 import bsq_explore.sweep as sweep_module
 import bsq_explore.train as train_module
 from bsq_explore.cli import main
+from bsq_explore.paths import EXAMPLES
 from bsq_explore.store import check_name
 
 from conftest import copy_run, one_line
@@ -275,3 +278,39 @@ def test_export_refuses_an_output_inside_a_run_folder_or_one_that_is_not_a_regul
         assert why in one_line(capsys.readouterr().err)
     assert (folder / "model.pt").read_bytes() == model and (tmp_path / "link.pt").is_symlink()
     assert main(["export", str(folder), "--out", str(tmp_path / "new.pt")]) == 0
+
+
+def test_misc_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    """--float-layers that leave nothing to quantize, a --config that is /dev/zero or a pipe, a sweep
+    into a root it cannot write: refused before any training."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "file").write_text("a file, not a folder")
+    for argv, says in [(["train", "--float-layers", "*", "--runs", str(tmp_path / "r")], "leaves no layer of mlp"),
+                       (["train", "--config", "/dev/zero"], "cannot read --config /dev/zero: not a regular file"),
+                       (["train", "--config", str(fifo)], "not a regular file"),
+                       (["sweep", "--alphas", "0.1", "--runs", str(tmp_path / "file" / "sub")],
+                        "cannot write to runs root")]:
+        assert main(argv) == 2, argv
+        assert says in one_line(capsys.readouterr().err), argv
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_ls_and_show_never_print_control_characters_from_a_run_folder(tmp_path, tiny_run, capsys):
+    folder = copy_run(tiny_run, tmp_path, "r")
+    info = json.loads((folder / "run.json").read_text())
+    info.update(status="failed", error="\x1b]0;pwned\x07\x1b[2J boom")
+    (folder / "run.json").write_text(json.dumps(info))
+    for argv in (["ls", str(tmp_path)], ["show", str(folder)]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "\x07" not in out and "\\x1b" in out, argv
+
+
+def test_a_closed_pipe_ends_ls_quietly():
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before ls writes (as `ls | head` once head has its lines)
+    ls = subprocess.run([sys.executable, "-m", "bsq_explore.cli", "ls", str(EXAMPLES)], stdout=write,
+                        stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert ls.returncode == 0 and ls.stderr == ""
