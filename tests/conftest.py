@@ -42,6 +42,16 @@ def copy_run(run, root, name):
     return root / name
 
 
+def stopped_copy(run, root, name="stopped"):
+    """A copy of the finished run at run, marked stopped: a run resume() takes (it refuses a finished one)."""
+    import json
+
+    folder = copy_run(run, root, name)
+    info = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps(dict(info, status="stopped")))
+    return folder
+
+
 def one_line(err: str) -> str:
     """err's only line: an error the CLI prints is one line."""
     lines = err.strip().splitlines()

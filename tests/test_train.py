@@ -11,7 +11,7 @@ from bsq_explore.runs import load_run
 from bsq_explore.store import FRAME_COLUMNS
 from bsq_explore.train import RunFailed, evaluate, resume, train
 
-from conftest import TINY
+from conftest import TINY, stopped_copy
 
 KEYS = {"metrics": ["stage", "epoch"], "bits": ["stage", "epoch", "layer", "bit"], "layers": ["stage", "epoch", "layer"]}
 DTYPES = {"stage": "object", "layer": "object", "kind": "object", "epoch": "int64", "step": "int64",
@@ -92,8 +92,9 @@ def test_same_seed_same_run_and_resume_matches(tmp_path, tiny_run):
 
 
 def test_resuming_with_another_config_says_which_fields_differ(tmp_path, tiny_run):
+    folder = stopped_copy(tiny_run, tmp_path)
     with pytest.raises(ValueError, match=r"alpha \(0.3 in the run, 1.0 given\), seed \(0 in the run, 2 given\)"):
-        resume(tiny_run, preset("digits-mlp", **dict(TINY, alpha=1.0, seed=2)))
+        resume(folder, preset("digits-mlp", **dict(TINY, alpha=1.0, seed=2)))
 
 
 def test_epoch_count_and_step_learning_rate_schedule():

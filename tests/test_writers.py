@@ -18,7 +18,7 @@ from bsq_explore.runs import load_run, read_info
 from bsq_explore.sweep import sweep
 from bsq_explore.train import resume, train
 
-from conftest import TINY, copy_run, one_line
+from conftest import TINY, copy_run, one_line, stopped_copy
 
 SWEEP = {k: v for k, v in TINY.items() if k != "alpha"}  # a sweep's runs: TINY at each alpha
 T = ["--pretrain-epochs", "3", "--bsq-epochs", "4", "--finetune-epochs", "2", "--requant-every", "2"]
@@ -63,7 +63,7 @@ def test_a_second_writer_is_refused_while_the_first_loads_its_data_and_the_first
 
 
 def test_resume_and_overwrite_refuse_a_run_owned_in_this_process_too(tmp_path, tiny_run):
-    folder = copy_run(tiny_run, tmp_path, "r")
+    folder = stopped_copy(tiny_run, tmp_path, "r")
     with owning(folder):
         for start in (lambda: resume(folder), lambda: train(preset("digits-mlp", **TINY), tmp_path, "r", overwrite=True)):
             with pytest.raises(FileExistsError, match=f"in use by process {os.getpid()}"):
