@@ -157,7 +157,11 @@ def _config(args):
     if args.preset and args.config:
         raise UsageError("--preset and --config exclude each other")
     if args.config:
-        return BSQConfig.from_dict({**_read_config(args.config), **extra})
+        config = BSQConfig.from_dict({**_read_config(args.config), **extra})
+        if config.pretrained and not Path(config.pretrained).is_file():  # a sweep run's, whose float model is gone
+            raise UsageError(f"--config {args.config} starts from the float model {config.pretrained}, which is not "
+                             "there: pass --pretrained FILE, or --pretrained '' --pretrain-epochs N to train one")
+        return config
     if args.resume and not args.preset and not extra:
         return None
     return preset(args.preset or DEFAULT_PRESET, **extra)

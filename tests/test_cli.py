@@ -314,3 +314,12 @@ def test_a_closed_pipe_ends_ls_quietly():
                         stderr=subprocess.PIPE, text=True)
     os.close(write)
     assert ls.returncode == 0 and ls.stderr == ""
+
+
+def test_a_config_from_a_sweep_run_whose_float_model_is_gone_says_what_to_pass(tmp_path, capsys):
+    run_json = EXAMPLES / "digits-a0.3" / "run.json"  # its float model was pruned before float models were kept
+    assert main(["train", "--config", str(run_json), "--runs", str(tmp_path)]) == 2
+    assert "pass --pretrained FILE, or --pretrained '' --pretrain-epochs N" in one_line(capsys.readouterr().err)
+    args = ["train", "--config", str(run_json), "--pretrained", "", "--pretrain-epochs", "1", "--bsq-epochs", "1",
+            "--finetune-epochs", "1", "--name", "again", "--runs", str(tmp_path)]
+    assert main(args) == 0 and (tmp_path / "again" / "model.pt").is_file()
