@@ -128,10 +128,8 @@ def describe(summary: dict) -> dict[str, str]:
                 compression=text("compression", lambda v: f"{v:.1f}x"))
 
 
-
-
 def sweep_config(table: pd.DataFrame, sweep: str) -> BSQConfig | None:
-    """The schedule of a sweep from a list_runs() frame: a BSQ run's config (an uniform baseline's
+    """The schedule of a sweep from a list_runs() frame: a BSQ run's config (a uniform baseline's
     when it has none yet) with its float run's pretraining epochs; None before any such run."""
     part = table[(table.sweep == sweep) & (table.status != "damaged")]
     floats, others = part[part.kind == "float"], part[part.kind != "float"].sort_values("kind")
