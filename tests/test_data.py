@@ -9,9 +9,10 @@ from PIL import Image
 
 from bsq_explore import data
 from bsq_explore.data import MAX_PIXELS, augment, batches, load, read_idx
+from bsq_explore.paths import SHARED_CIFAR10
 from bsq_explore.uploads import read_tensor
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
+CIFAR = SHARED_CIFAR10
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 

@@ -138,7 +138,7 @@ def test_conv_presets_train_end_to_end(tmp_path, name, extra):
 
     if name.startswith("cifar10"):
         if not CIFAR.is_dir():
-            pytest.skip("../shared/datasets/cifar10 is absent")
+            pytest.skip(f"{CIFAR} is absent")
         extra["dataset"] = f"folder:{CIFAR}"
     config = preset(name, pretrain_epochs=1, bsq_epochs=2, requant_every=1, finetune_epochs=1, batch_size=32, **extra)
     run = load_run(train(config, runs=tmp_path, name="conv"))
