@@ -59,7 +59,7 @@ def test_subsets_are_balanced_and_fixed():
     assert a.train_y.bincount().min() >= 9
 
 
-@pytest.mark.skipif(not CIFAR.is_dir() and not os.environ.get("CI"), reason="../shared/datasets/cifar10 is absent")
+@pytest.mark.skipif(not CIFAR.is_dir() and not os.environ.get("CI"), reason=f"{CIFAR} is absent")
 def test_real_cifar10_folder_subset():
     ds = load(f"folder:{CIFAR}", train_subset=200, test_subset=100)
     assert ds.shape == (3, 32, 32) and len(ds.classes) == 10 and ds.augment
