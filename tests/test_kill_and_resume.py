@@ -151,7 +151,8 @@ def test_a_pid_reused_by_another_process_does_not_keep_a_dead_run_alive(tmp_path
 
 
 def test_sigterm_during_float_pretraining_stops_the_run_and_resume_finishes_it(tmp_path, capsys):
-    args = ["train", *options(dict(TINY, pretrain_epochs=30)), "--name", "t", "--runs", str(tmp_path)]
+    # 200 float epochs of digits: long enough that a loaded machine cannot finish them before the signal
+    args = ["train", *options(dict(TINY, pretrain_epochs=200)), "--name", "t", "--runs", str(tmp_path)]
     child = subprocess.Popen([sys.executable, "-m", "bsq_explore.cli", *args], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     try:
@@ -172,7 +173,7 @@ def test_sigterm_during_float_pretraining_stops_the_run_and_resume_finishes_it(t
     assert main(["train", "--resume", "--name", "t", "--runs", str(tmp_path), "--pretrain-epochs", "2"]) == 2
     assert main(["train", "--resume", "--name", "t", "--runs", str(tmp_path)]) == 0  # its own config
     run = load_run(tmp_path / "t")
-    assert run.info["status"] == "finished" and run.metrics.stage.tolist().count("pretrain") == 30
+    assert run.info["status"] == "finished" and run.metrics.stage.tolist().count("pretrain") == 200
 
 
 @pytest.mark.parametrize("command", [["sleep", "30"],  # any process
