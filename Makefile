@@ -39,7 +39,8 @@ bench: $(STAMP)
 # first (rm -rf data/examples/fashion-*). Checkpoints are dropped to stay small; the float models stay,
 # so a sweep can gain alphas later without retraining them.
 # Measured on 2 CPU cores: digits 2.5 min (machine busy), fashion 70 min; cifar10 (all 60k images, bf16,
-# 2 threads, one run at a time): float 80 epochs, then 7 alphas and 3 baselines of 17 epochs each.
+# 2 threads, one run at a time): 80 float epochs of 90-120 s each on a quiet machine (up to 280 s while tests
+# share the cores), then 7 alphas and 3 baselines of 17 epochs each (not measured yet): hours, across sessions.
 SWEEP  := $(BIN)/bsq-explore sweep --runs data/examples
 PRUNE  := find data/examples -name checkpoint.pt -delete
 CIFAR10 ?= ../shared/datasets/cifar10
