@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,25 +25,37 @@ class TensorBoard:
 
     def __init__(self, logdir: str | os.PathLike):
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from tensorboard.compat.proto.event_pb2 import Event
+            from tensorboard.summary.writer.record_writer import RecordWriter
         except ImportError:
             raise ValueError("--tensorboard needs TensorBoard: pip install 'bsq_explore[tensorboard]'") from None
-        self.writer = SummaryWriter(str(logdir))
+        self._event = Event
+        os.makedirs(logdir, exist_ok=True)
+        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.0"
+        # written here, unbuffered, in the training thread: a full disk fails the run where it happens,
+        # not in a writer thread that prints a traceback and fails again when closed
+        self._file = open(Path(logdir) / name, "wb", buffering=0)
+        self._records = RecordWriter(self._file)
+        self._write(file_version="brain.Event:2")
+
+    def _write(self, **fields) -> None:
+        self._records.write(self._event(wall_time=time.time(), **fields).SerializeToString())
 
     def __call__(self, event) -> None:
+        from torch.utils.tensorboard.summary import image, scalar
+
         for key in _METRICS:
             value = event.metrics.get(key)
             if value is not None and np.isfinite(value):  # a snapshot epoch trains nothing: no loss
-                self.writer.add_scalar(f"metrics/{key}", value, event.step)
+                self._write(step=event.step, summary=scalar(f"metrics/{key}", value))
         if event.layers is not None:
             for layer, bits in zip(event.layers.layer, event.layers.nbits):
-                self.writer.add_scalar(f"bits/{layer}", bits, event.step)
+                self._write(step=event.step, summary=scalar(f"bits/{layer}", bits))
         if event.bits is not None and len(event.bits):
-            self.writer.add_image("bit planes", heatmap_image(event.bits), event.step, dataformats="HWC")
-        self.writer.flush()
+            self._write(step=event.step, summary=image("bit planes", heatmap_image(event.bits), dataformats="HWC"))
 
     def close(self) -> None:
-        self.writer.close()
+        self._file.close()
 
 
 def heatmap_image(bits: pd.DataFrame) -> np.ndarray:

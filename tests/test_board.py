@@ -41,3 +41,27 @@ def test_the_heatmap_image_is_a_cell_per_plane_grey_where_removed(tiny_run):
     for column, bit in enumerate(range(int(last.bit.max()), int(last.bit.min()) - 1, -1)):
         removed = bit not in set(fc1.bit)
         assert (image[CELL // 2, CELL * column + CELL // 2].tolist() == grey) == removed, bit
+
+
+def test_a_disk_that_fills_under_tensorboard_fails_the_run_in_one_line(tmp_path, monkeypatch, capfd):
+    """The events writer fails in its own thread: the run is failed (exit 1, its reason in one line,
+    its finished epochs kept), with no thread traceback and no second error from closing the writer."""
+    import errno
+
+    from tensorboard.summary.writer import record_writer
+
+    real, writes = record_writer.RecordWriter.write, []
+
+    def filling(self, data):
+        writes.append(data)
+        if len(writes) > 20:  # a few epochs in
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, data)
+    monkeypatch.setattr(record_writer.RecordWriter, "write", filling)
+    code = main(["train", *options(TINY), "--tensorboard", str(tmp_path / "tb"), "--name", "t",
+                 "--runs", str(tmp_path / "runs")])
+    err = capfd.readouterr().err
+    assert code == 1 and "Traceback" not in err and "Exception in thread" not in err, err
+    assert "No space left on device" in [line for line in err.splitlines() if line.startswith("bsq-explore")][-1]
+    run = load_run(tmp_path / "runs" / "t")
+    assert run.info["status"] == "failed" and len(run.metrics) >= 1
