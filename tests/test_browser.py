@@ -91,3 +91,68 @@ def test_every_page_renders_in_chromium_for_a_projector_and_offline(server):
                 assert box["width"] >= 600 and box["height"] >= 300, box
         assert not outside, outside[:5]
         browser.close()
+
+
+def clear_cache(port: int) -> None:
+    """What any visitor can send: a clear_cache message over the app's websocket, then a rerun,
+    whose end proves the server has handled the clear (a session handles its messages in order)."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ClientState_pb2 import ClientState
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"], open_timeout=30) as ws:
+        ws.send(BackMsg(clear_cache=True).SerializeToString())
+        ws.send(BackMsg(rerun_script=ClientState(query_string="", page_script_hash="")).SerializeToString())
+        deadline = time.time() + 60
+        while ForwardMsg.FromString(ws.recv(timeout=max(deadline - time.time(), 0.1))).WhichOneof("type") \
+                != "script_finished":
+            pass
+
+
+def test_a_visitor_who_clears_the_cache_over_the_websocket_cannot_start_more_runs_than_the_limit(tmp_path):
+    import psutil
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    env = dict(os.environ, BSQ_RUNS=str(tmp_path), BSQ_APP_RUNS="2")
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
+                               "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
+                               "--browser.gatherUsageStats", "false"],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def training():
+        return [c for c in psutil.Process(server.pid).children(recursive=True)
+                if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and "train" in c.cmdline()]
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1024, "height": 768})
+            for i in range(4):
+                page.goto(f"{url}/train")  # a fresh page each time: no message left from the last click
+                page.get_by_label("BSQ epochs").fill("10000")  # long enough to be training all through the test
+                page.get_by_label("BSQ epochs").press("Enter")
+                page.get_by_label("run name").fill(f"r{i}")
+                page.get_by_label("run name").press("Enter")
+                page.get_by_role("button", name="start training").click()
+                page.wait_for_selector("[data-testid='stAlertContentSuccess'], [data-testid='stAlertContentError']",
+                                       timeout=60_000)
+                message = page.locator("[data-testid='stAlertContentSuccess'], "
+                                       "[data-testid='stAlertContentError']").first.inner_text()
+                assert (f"started r{i}" in message) == (i < 2), (i, message)
+                clear_cache(port)
+            assert "2 run(s) are training now" in message
+            browser.close()
+        assert len(training()) == 2, [c.cmdline() for c in training()]
+    finally:
+        for child in psutil.Process(server.pid).children(recursive=True):
+            child.kill()
+        server.terminate()
+        server.wait(timeout=20)
