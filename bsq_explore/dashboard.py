@@ -15,7 +15,7 @@ from .runs import DamagedRun, Run, load_run
 from .store import check_name
 
 __all__ = ["APP_RUNS", "max_app_runs", "VERDICT_COLUMN_CONFIG", "RUN_COLUMNS", "run_table", "table_height", "plain", "pick_sweep",
-           "pick_alpha", "chart", "roots", "runs_table", "all_runs", "find", "open_run", "empty_state", "pick_run",
+           "pick_alpha", "delta", "chart", "roots", "runs_table", "all_runs", "find", "open_run", "empty_state", "pick_run",
            "pick_step", "url_radio", "url_toggle", "sidebar"]
 
 APP_RUNS = "BSQ_APP_RUNS"  # how many runs the Train page may have training at once
@@ -115,6 +115,11 @@ def plain(text) -> str:
     """text (from a URL, a run folder, an error) to show in a markdown element as itself: every ASCII
     punctuation mark escaped, so no link, image, code, emphasis or formula can form; one line."""
     return re.sub(r"[!-/:-@\[-`{-~]", lambda m: "\\" + m.group(), " ".join(str(text).splitlines()))
+
+
+def delta(value: float, decimals: int, unit: str = "") -> str | None:
+    """A metric's delta as text, or None (no arrow, no colour) when it rounds to zero."""
+    return f"{value:+.{decimals}f}{unit}" if round(value, decimals) else None
 
 
 def chart(fig, **kwargs):

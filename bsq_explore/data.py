@@ -11,7 +11,7 @@ import torch
 from .config import DATASETS
 from .paths import SHARED_CIFAR10, data_root
 
-__all__ = ["Dataset", "load", "load_for", "SYSTEM_DATA", "IDX", "read_idx", "MAX_PIXELS", "augment", "batches",
+__all__ = ["Dataset", "load", "load_for", "load_test", "SYSTEM_DATA", "IDX", "read_idx", "MAX_PIXELS", "augment", "batches",
            "synthetic_image_folder", "cifar10_source"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -27,6 +27,8 @@ class Dataset:
     test_y: torch.Tensor
     classes: list[str]
     augment: bool  # random crop (padding 4) and horizontal flip while training
+    mean: list[float] | None = None  # per channel, of the training split: what standardized the images
+    std: list[float] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -35,7 +37,12 @@ class Dataset:
     def to(self, device: torch.device | str) -> "Dataset":
         move = lambda t: t.to(device)  # noqa: E731
         return Dataset(self.name, move(self.train_x), move(self.train_y), move(self.test_x), move(self.test_y),
-                       self.classes, self.augment)
+                       self.classes, self.augment, self.mean, self.std)
+
+    def record(self) -> dict:
+        """What a run keeps of its data (run.json "data"), so that load_test can read the test split
+        back alone: the image shape, the classes and the standardization."""
+        return dict(shape=list(self.shape), classes=list(self.classes), mean=self.mean, std=self.std)
 
 
 def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool = False, seed: int = 0) -> Dataset:
@@ -63,6 +70,27 @@ def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool 
 def load_for(config) -> Dataset:
     """The dataset a run's config (a BSQConfig) names, with its subsets: the data the run trains on."""
     return load(config.dataset, config.train_subset, config.test_subset, config.download)
+
+
+def load_test(config, record: dict | None, count: int = 0) -> Dataset:
+    """The test split a run's config names, with no training images: count of them (all when 0;
+    the same share of every class, a fixed choice). An image folder is read without decoding its
+    training split when record (the run's Dataset.record()) holds the standardization."""
+    if config.dataset.startswith("folder:") and record and record.get("mean"):
+        path = Path(config.dataset.split(":", 1)[1]).expanduser()
+        classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
+        if classes != record["classes"]:
+            raise ValueError(f"{path / 'train'} has other classes than the run trained on")
+        files, labels, _ = _listed(path / "test", classes, config.test_subset, 1)  # as load(): seed 0, + 1
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (record["mean"], record["std"]))
+        x = (torch.stack([_decode(f) for f in files]).float() / 255 - mean) / std
+        ds = Dataset(config.dataset, x[:0], torch.tensor([], dtype=torch.int64), x, torch.tensor(labels), classes,
+                     True, record["mean"], record["std"])
+    else:  # the other datasets load whole in a second or two
+        ds = load_for(config)
+    keep = _keep(ds.test_y, count, seed=0)
+    ds.train_x, ds.train_y, ds.test_x, ds.test_y = ds.train_x[:0], ds.train_y[:0], ds.test_x[keep], ds.test_y[keep]
+    return ds
 
 
 def _keep(y: torch.Tensor, count: int, seed: int) -> torch.Tensor:
@@ -274,6 +302,7 @@ def _normalized(ds: Dataset) -> Dataset:
     mean = ds.train_x.mean(dim=(0, 2, 3), keepdim=True)
     std = ds.train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     ds.train_x, ds.test_x = (ds.train_x - mean) / std, (ds.test_x - mean) / std
+    ds.mean, ds.std = mean.flatten().tolist(), std.flatten().tolist()
     return ds
 
 

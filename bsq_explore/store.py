@@ -164,9 +164,11 @@ class RunFolder:
         self.path, self.info, self.frames = path, info, frames
 
     @classmethod
-    def create(cls, path: Path, config: BSQConfig, device: str, sweep: str | None = None) -> "RunFolder":
+    def create(cls, path: Path, config: BSQConfig, device: str, sweep: str | None = None,
+               data: dict | None = None) -> "RunFolder":
         """A new run at path (its parent must exist), status running; replaces the files of a run of
-        that name, and keeps any other file in its folder."""
+        that name, and keeps any other file in its folder. data: what the run keeps of its dataset
+        (data.Dataset.record())."""
         import torch
 
         made = not path.is_dir()
@@ -174,7 +176,7 @@ class RunFolder:
             path.mkdir()
         else:
             _clear(path)
-        info = dict(config=config.to_dict(), sweep=sweep, status="running", error=None, summary={},
+        info = dict(config=config.to_dict(), sweep=sweep, status="running", error=None, summary={}, data=data,
                     provenance=dict(package=__version__, torch=torch.__version__, python=platform.python_version(),
                                     git_sha=_git_sha(), device=str(device), seed=config.seed,
                                     start=_now(), end=None, **_this_process()))
@@ -190,16 +192,17 @@ class RunFolder:
         return folder
 
     @classmethod
-    def reopen(cls, path: Path, info: dict, frames: dict[str, pd.DataFrame], done: int) -> "RunFolder":
+    def reopen(cls, path: Path, info: dict, frames: dict[str, pd.DataFrame], done: int,
+               data: dict | None = None) -> "RunFolder":
         """Continue the run at path, read as info and frames: keep the rows of its first `done`
-        epochs (those its checkpoint holds); a later, unsaved epoch is re-run."""
+        epochs (those its checkpoint holds); a later, unsaved epoch is re-run. data: as for create."""
         for tmp in path.glob(".*.tmp"):  # half-written files of a killed process
             tmp.unlink(missing_ok=True)
         metrics = frames["metrics"].iloc[:done]
         keys = set(zip(metrics.stage, metrics.epoch))
         frames = {k: frame[[key in keys for key in zip(frame.stage, frame.epoch)]].reset_index(drop=True)
                   for k, frame in frames.items()}
-        info.update(status="running", error=None)
+        info.update(status="running", error=None, data=data)
         info["provenance"].update(end=None, **_this_process())
         folder = cls(path, info, frames)
         folder._write_info()

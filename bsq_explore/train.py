@@ -307,7 +307,7 @@ def resume(path: str | os.PathLike, config: BSQConfig | None = None,
         with _cpu_threads(saved.threads):
             ds, model, generator = _setup(saved, device)
             run = load_run(path)
-            folder = RunFolder.reopen(path, run.info, run.frames(), ckpt["done"])
+            folder = RunFolder.reopen(path, run.info, run.frames(), ckpt["done"], ds.record())
             return _run(RunState(saved, model, ds, generator, folder, list(callbacks), ckpt))
 
 
@@ -331,7 +331,7 @@ def _start(path: Path, config: BSQConfig, sweep: str | None, callbacks) -> Path:
                                  f"({str(err).splitlines()[0][:100]}, ...)") from None
         _check_fits(model, ds, config)
         _check_converts(model, config)
-        folder = RunFolder.create(path, config, device, sweep)  # then at once into _run, which marks how it ends
+        folder = RunFolder.create(path, config, device, sweep, ds.record())  # then at once into _run, which marks how it ends
         return _run(RunState(config, model, ds, generator, folder, list(callbacks)))
 
 

@@ -191,12 +191,15 @@ def test_compare_page_shows_both_runs(app):
 
 def test_what_if_slider_changes_accuracy_and_size(app):
     at = app("whatif", run="digits-a0.3")
+    assert [m.delta for m in at.metric][:2] == ['', '']  # nothing changed: no arrow, no colour
     before = {m.label: m.value for m in at.metric}
     fc1 = next(s for s in at.slider if s.label == "fc1")
     fc1.set_value(0).run()
     after = {m.label: m.value for m in at.metric}
-    assert after["average bits"] != before["average bits"] and after["test accuracy"] != before["test accuracy"]
-    assert after["test accuracy"].endswith(" %") and "points" in [m for m in at.metric][0].delta
+    accuracy = "test accuracy (359 images)"  # digits has 359 test images, fewer than the sample: all of them
+    assert after["average bits"] != before["average bits"] and after[accuracy] != before[accuracy]
+    assert after[accuracy].endswith(" %") and "points" in [m for m in at.metric][0].delta
+    assert "1 standard error is" in at.caption[-1].value
 
 
 def test_what_if_shows_emptied_layers_and_an_empty_model_without_inf(app):

@@ -280,3 +280,27 @@ def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, monkey
     monkeypatch.setattr(data, "_free_memory", lambda: 1000)
     with pytest.raises(ValueError, match="would need .* GiB of memory.*--train-subset"):
         load(f"folder:{make_folder(tmp_path)}")
+
+
+def test_a_runs_test_split_reads_back_alone_equal_to_the_full_load(tmp_path, monkeypatch):
+    import json
+
+    from bsq_explore.config import BSQConfig
+    from bsq_explore.data import load_for, load_test, synthetic_image_folder
+
+    images = synthetic_image_folder(tmp_path / "images", classes=4, train_per_class=16, test_per_class=8)
+    config = BSQConfig(dataset=f"folder:{images}", model="resnet20")
+    full = load_for(config)
+    record = json.loads(json.dumps(full.record()))  # as run.json keeps it
+    assert record["shape"] == [3, 32, 32] and record["classes"] == full.classes and len(record["mean"]) == 3
+    decoded = []
+    monkeypatch.setattr(data, "_decode", lambda f, decode=data._decode: decoded.append(f) or decode(f))
+    alone = load_test(config, record)
+    assert decoded and all(f.parts[-3] == "test" for f in decoded)  # no training image decoded
+    assert torch.equal(alone.test_x, full.test_x) and torch.equal(alone.test_y, full.test_y)  # bit for bit
+    assert alone.shape == full.shape and len(alone.train_x) == 0 and alone.classes == full.classes
+    sample = load_test(config, record, 12)
+    assert sample.test_y.bincount().tolist() == [3, 3, 3, 3]
+    assert all(any(torch.equal(x, y) for y in full.test_x) for x in sample.test_x)
+    assert torch.equal(sample.test_x, load_test(config, record, 12).test_x)  # the same sample every time
+    assert torch.equal(load_test(config, None, 12).test_x, sample.test_x)  # a run without the record: a full load

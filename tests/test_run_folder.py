@@ -260,3 +260,10 @@ def test_resume_of_any_run_json_finishes_the_run_or_refuses_in_one_line(tiny_run
     else:  # a finished run is never restarted
         assert err.strip().splitlines()[-1].startswith("bsq-explore: error:") and damaged or "running" in err \
             or "has finished: there is nothing to resume" in err
+
+
+def test_a_run_records_its_image_shape_classes_and_standardization(tiny_run):
+    from bsq_explore.data import load
+
+    ds = load("digits")
+    assert load_run(tiny_run).info["data"] == dict(shape=[1, 8, 8], classes=ds.classes, mean=ds.mean, std=ds.std)

@@ -34,6 +34,7 @@ except DamagedRun as err:
 
 @st.fragment
 def sliders_and_metrics() -> None:  # a slider move re-runs only this, not the page
+    top = st.container()  # filled after the sliders are read, shown above them: the answer on the first screen
     chosen = {}
     cols = st.columns(min(4, len(model.bits)))
     for i, (layer, bits) in enumerate(model.bits.items()):
@@ -44,11 +45,17 @@ def sliders_and_metrics() -> None:  # a slider move re-runs only this, not the p
                 st.markdown(f"**{dashboard.plain(layer)}**  \n0 bits: training emptied it")
                 chosen[layer] = 0
     now = model.change(chosen)
-    m = st.columns(3)
-    m[0].metric("test accuracy", f"{100 * now['test_acc']:.1f} %", f"{100 * now['acc_change']:+.1f} points")
-    m[1].metric("average bits", f"{now['avg_bits']:.2f}", f"{now['bits_change']:+.2f}", delta_color="inverse")
+    m = top.columns(3)
+    m[0].metric(f"test accuracy ({model.images:,} images)", f"{100 * now['test_acc']:.1f} %",
+                dashboard.delta(100 * now["acc_change"], 1, " points"))
+    m[1].metric("average bits", f"{now['avg_bits']:.2f}", dashboard.delta(now["bits_change"], 2),
+                delta_color="inverse")
     size = f"{now['compression']:.1f}x vs float32" if now["avg_bits"] else "no weight left"
     m[2].metric("packed weights", f"{now['packed_bytes'] / 1024:.1f} KiB", size, delta_color="off")
+    se = 100 * (now["test_acc"] * (1 - now["test_acc"]) / model.images) ** 0.5
+    top.caption(f"Scored on a fixed sample of {model.images:,} test images, so that a slider answers at once: "
+                f"1 standard error is {se:.1f} points. The run's own score on all its test images is "
+                f"{100 * run.summary.get('test_acc', float('nan')):.1f} %.")
 
 
 sliders_and_metrics()
