@@ -4,6 +4,7 @@ import streamlit as st
 from bsq_explore import dashboard
 
 st.set_page_config(page_title="bsq_explore", page_icon="🔢", layout="wide", initial_sidebar_state="collapsed")
+dashboard.style()
 dashboard.sidebar()
 pages = [
     st.Page("views/home.py", title="Start here", icon=":material/school:", default=True),

@@ -11,7 +11,7 @@ from .config import preset
 from .runs import Run
 from .stats import FLOAT_BITS, size_of
 
-__all__ = ["death_epochs", "sweep_layers", "VERDICT_COLUMNS", "verdict", "featured",
+__all__ = ["death_epochs", "sweep_layers", "VERDICT_COLUMNS", "verdict", "verdict_sentence", "featured",
            "reduce_precision", "export_size", "WHAT_IF_IMAGES", "WhatIf", "layer_weights", "size_table", "paper_comparison"]
 
 
@@ -72,6 +72,29 @@ def verdict(table: pd.DataFrame, within: float = 0.005) -> pd.DataFrame:
         row["size_ratio"] = bits / row["smallest_bits"] if row["smallest_bits"] else None
         rows.append(row)
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def verdict_sentence(table: pd.DataFrame) -> str:
+    """verdict(table) in one plain sentence: which uniform baselines BSQ matches within half a
+    point with fewer bits (and how many times fewer), and which it does not."""
+    rows = table.sort_values("bits")
+    if rows.empty:
+        return "This sweep has no finished uniform baseline yet to compare BSQ with."
+    wins = rows[rows.size_ratio.astype(float) > 1]
+    rest = rows.drop(wins.index)
+    bits = lambda part: _listed([f"{b:g}-" for b in part.bits])[:-1] + "-bit"
+    parts = []
+    if len(wins):
+        parts.append(f"BSQ is as accurate as uniform {bits(wins)} quantization (within half a point) and "
+                     f"{_listed([f'{r:.2f}x' for r in wins.size_ratio])} smaller")
+    if len(rest):
+        parts.append(f"no BSQ run is as accurate as uniform {bits(rest)} with fewer bits")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def featured(table: pd.DataFrame) -> str:

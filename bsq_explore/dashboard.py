@@ -14,9 +14,9 @@ from .paths import EXAMPLES, check_not_examples, runs_root
 from .runs import DamagedRun, Run, load_run
 from .store import check_name
 
-__all__ = ["APP_RUNS", "max_app_runs", "VERDICT_COLUMN_CONFIG", "RUN_COLUMNS", "run_table", "table_height", "plain", "pick_sweep",
+__all__ = ["APP_RUNS", "max_app_runs", "verdict_table", "RUN_COLUMNS", "run_table", "plain", "pick_sweep",
            "pick_alpha", "delta", "chart", "roots", "runs_table", "all_runs", "find", "open_run", "empty_state", "pick_run",
-           "pick_step", "url_radio", "url_toggle", "sidebar"]
+           "pick_step", "url_radio", "url_toggle", "style", "sidebar"]
 
 APP_RUNS = "BSQ_APP_RUNS"  # how many runs the Train page may have training at once
 
@@ -30,21 +30,35 @@ def max_app_runs() -> int:
     return int(text)
 
 
-_PERCENT = dict(format="percent")
-VERDICT_COLUMN_CONFIG = {  # analysis.verdict's columns as the Sweep page shows them
-    "bits": st.column_config.NumberColumn("bits", help="the uniform baseline's bits"),
+_PERCENT = dict(format="%.1f %%")  # accuracies are shown as percentages, one decimal everywhere
+_ACCURACIES = ("acc", "best_acc", "smallest_acc", "test_acc", "bsq_acc")
+_VERDICT_COLUMNS = {  # analysis.verdict's columns as the Sweep page shows them, narrow enough for 1024 px
+    "baseline": st.column_config.TextColumn("baseline", help="the uniform k-bit run"),
     "acc": st.column_config.NumberColumn("accuracy", help="the baseline's final test accuracy", **_PERCENT),
-    "best_bsq": st.column_config.TextColumn("best BSQ run", help="most accurate BSQ run at no more bits"),
-    "best_bits": st.column_config.NumberColumn("bits of best", help="its average bits", format="%.2f"),
-    "best_acc": st.column_config.NumberColumn("accuracy of best", **_PERCENT),
-    "gain": st.column_config.NumberColumn("gain (points)", help="its accuracy minus the baseline's",
+    "best_bsq": st.column_config.TextColumn("best BSQ", help="most accurate BSQ run of at most the baseline's bits"),
+    "best_acc": st.column_config.NumberColumn("its accuracy", **_PERCENT),
+    "gain": st.column_config.NumberColumn("gain", help="its accuracy minus the baseline's, in points",
                                           format="%+.1f"),
-    "smallest_bsq": st.column_config.TextColumn("smallest BSQ run as good",
-                                                help="fewest average bits within half a point of the baseline"),
-    "smallest_bits": st.column_config.NumberColumn("bits of smallest", format="%.2f"),
-    "smallest_acc": st.column_config.NumberColumn("accuracy of smallest", **_PERCENT),
-    "size_ratio": st.column_config.NumberColumn("size ratio", help="baseline bits / its bits", format="%.2fx"),
+    "smallest_bsq": st.column_config.TextColumn("smallest as good",
+                                                help="the BSQ run of fewest average bits within half a point of "
+                                                     "the baseline's accuracy"),
+    "smallest_bits": st.column_config.NumberColumn("its bits", help="its average bits", format="%.2f"),
+    "size_ratio": st.column_config.NumberColumn("size ratio", help="baseline bits / its bits: above 1, BSQ is smaller",
+                                                format="%.2fx"),
 }
+
+
+def _in_percent(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.assign(**{c: 100 * pd.to_numeric(frame[c], errors="coerce") for c in _ACCURACIES if c in frame})
+    if "gain" in frame:  # + 0.0 turns -0.0 (a loss that rounds away) into 0.0: no "-0.0" on screen
+        frame["gain"] = pd.to_numeric(frame.gain, errors="coerce").round(1) + 0.0
+    return frame
+
+
+def verdict_table(verdict: pd.DataFrame) -> None:
+    """analysis.verdict as a table: every row shown, accuracies in %."""
+    st.dataframe(_in_percent(verdict), hide_index=True, height="content", column_config=_VERDICT_COLUMNS,
+                 column_order=list(_VERDICT_COLUMNS), placeholder="–")
 
 
 RUN_COLUMNS = {  # list_runs / sweep_table columns as the app shows them
@@ -69,14 +83,10 @@ def run_table(frame: pd.DataFrame) -> None:
     """A table of runs (list_runs or sweep_table rows) with readable headers, help, accuracy in %;
     columns that are empty in every row are left out."""
     frame = frame.drop(columns=[c for c in ("path", "reason") if c in frame and not frame[c].astype(bool).any()])
-    frame = frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") for c in ("alpha", "nbits") if c in frame})
+    frame = _in_percent(frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") for c in ("alpha", "nbits")
+                                        if c in frame}))
     st.dataframe(frame[[c for c in RUN_COLUMNS if c in frame]], hide_index=True, column_config=RUN_COLUMNS,
-                 height=table_height(len(frame)))
-
-
-def table_height(rows: int, most: int = 30) -> int:
-    """Pixels that show `rows` rows (up to `most`) without a scroll box: a header and 35 px a row."""
-    return 38 + 35 * max(1, min(rows, most))
+                 height="content", placeholder="–")
 
 
 def pick_sweep(table: pd.DataFrame) -> str | None:
@@ -243,6 +253,15 @@ def url_toggle(label: str, key: str) -> bool:
     on = st.toggle(label, value=st.query_params.get(key) == "1", key=f"toggle_{key}")
     st.query_params[key] = "1" if on else "0"
     return on
+
+
+# streamlit leaves about 150 px above a page's title: at 1024x768 that is a fifth of the screen
+_STYLE = "<style>[data-testid='stMainBlockContainer'] {padding-top: 4.2rem}</style>"
+
+
+def style() -> None:
+    """The app's own layout rules, on every page."""
+    st.html(_STYLE)
 
 
 def sidebar() -> None:

@@ -16,8 +16,8 @@ from .catalog import caption
 
 __all__ = ["REMOVED", "STAGE_COLORS", "MAX_FRAMES", "FONT", "RUN_COLORS", "POS", "NEG", "MAX_CELL_TEXT",
            "EPOCH_TITLE", "alpha_colors", "bit_grid", "bit_heatmap", "bit_heatmap_animation", "precision_timeline",
-           "metrics_curves", "pareto", "layer_precision_bars", "compare_metrics", "bit_planes_image", "error_curves",
-           "run_heatmap"]
+           "metrics_curves", "PARETO_BAND", "pareto", "layer_precision_bars", "compare_metrics", "bit_planes_image",
+           "error_curves", "run_heatmap"]
 
 REMOVED = "#d9d9d9"      # the plot background shows through where a plane no longer exists
 STAGE_COLORS = {"pretrain": "rgba(120,120,120,0.10)", "bsq": "rgba(0,114,178,0.08)", "finetune": "rgba(0,158,115,0.10)"}
@@ -259,42 +259,70 @@ def _power_ticks(values) -> dict:
     return dict(type="log", tickmode="array", tickvals=ticks, ticktext=[f"{t:g}x" for t in ticks])
 
 
+PARETO_BAND = 15  # points below the float model: the accuracies where a choice between methods is made
+
+
 def pareto(table: pd.DataFrame):
     """Compression (x, log) against final test accuracy (y, %) over a sweep table (runs.sweep_table):
     one marker per BSQ run, coloured by alpha (alpha_colors) and joined in order of compression;
-    uniform baselines as squares; the float model as a dashed line. The y axis spans the points."""
+    uniform baselines as squares, named above the frame on a dotted line; the float model as a
+    dashed line. The frame holds the region where a choice is made: accuracies down to PARETO_BAND
+    points below the float model (or the best run). A run below it (a collapsed run, a 1-bit
+    baseline) is a triangle on the frame's lower edge (and its right edge, when it is further
+    right), its true accuracy and compression printed beside it."""
     go = _go()
     fig = go.Figure()
     done = table[table.status == "finished"]
     bsq = done[(done.kind == "bsq") & done.compression.map(lambda c: c is not None and math.isfinite(c))]
     bsq = bsq.sort_values("compression")
-    colors = alpha_colors(table[table.kind == "bsq"].alpha.dropna())
-    hover = "%{customdata}<br>%{x:.1f}x, %{y:.1f} %<extra></extra>"
-    fig.add_trace(go.Scatter(x=bsq.compression, y=100 * bsq.test_acc, mode="lines", name="BSQ, in order",
-                             line=dict(color="#777777", width=2), hoverinfo="skip"))
-    for row in bsq.itertuples():
-        fig.add_trace(go.Scatter(x=[row.compression], y=[100 * row.test_acc], mode="markers", name=f"α={row.alpha:g}",
-                                 marker=dict(color=colors[row.alpha], size=16, line=dict(color="white", width=1)),
-                                 customdata=[row.name], hovertemplate=hover, legendgroup="bsq",
-                                 legendgrouptitle_text="BSQ, by alpha"))
-    uniform = done[done.kind == "uniform"].sort_values("nbits")
-    fig.add_trace(go.Scatter(x=uniform.compression, y=100 * uniform.test_acc, mode="markers+text", name="uniform",
-                             marker=dict(symbol="square", size=14, color="#E69F00", line=dict(color="black", width=1)),
-                             text=[f"{b}-bit" for b in uniform.nbits], textposition="bottom center",
-                             textfont_size=16, customdata=uniform.name, hovertemplate=hover,
-                             legendgroup="uniform", legendgrouptitle_text="baselines"))
+    uniform = done[done.kind == "uniform"].sort_values("nbits", ascending=False)  # the legend shows the first: a square
     floats = done[done.kind == "float"]
-    shown = [*(100 * bsq.test_acc), *(100 * uniform.test_acc), *(100 * floats.test_acc)]
+    colors = alpha_colors(table[table.kind == "bsq"].alpha.dropna())
+    runs = pd.concat([bsq, uniform])
+    top = 100 * (floats.test_acc.iloc[0] if len(floats) else runs.test_acc.max() if len(runs) else 1.0)
+    inside = runs[100 * runs.test_acc >= top - PARETO_BAND]
+    lo = min([*(100 * inside.test_acc), top]) - 1.5
+    right = 1.3 * inside.compression.max() if len(inside) else None
+
+    def place(rows):  # (x, y) drawn: a run outside the frame moves onto its edge
+        return ([min(c, right) if right else c for c in rows.compression], [max(100 * a, lo) for a in rows.test_acc])
+
+    hover = "%{customdata}<br>%{meta}<extra></extra>"
+    x, y = place(bsq)
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="BSQ, in order", line=dict(color="#777777", width=2),
+                             hoverinfo="skip"))
+    for row, xi, yi in zip(bsq.itertuples(), *place(bsq)):
+        fig.add_trace(go.Scatter(x=[xi], y=[yi], mode="markers", name=f"α={row.alpha:g}",
+                                 marker=dict(color=colors[row.alpha], size=16, line=dict(color="white", width=1),
+                                             symbol="triangle-down" if 100 * row.test_acc < lo else "circle"),
+                                 customdata=[row.name], meta=[f"{row.compression:.1f}x, {100 * row.test_acc:.1f} %"],
+                                 hovertemplate=hover))
+    x, y = place(uniform)
+    fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name="uniform k-bit", customdata=uniform.name,
+                             marker=dict(symbol=["triangle-down" if 100 * a < lo else "square" for a in uniform.test_acc],
+                                         size=14, color="#E69F00", line=dict(color="black", width=1)),
+                             meta=[f"{c:.1f}x, {100 * a:.1f} %" for c, a in zip(uniform.compression, uniform.test_acc)],
+                             hovertemplate=hover))
+    for bits, xi in zip(uniform.nbits, x):  # named above the frame, clear of the points
+        fig.add_vline(x=xi, line_dash="dot", line_color="#999999", line_width=1)
+        fig.add_annotation(x=math.log10(xi), y=1, yref="paper", yanchor="bottom", showarrow=False, text=f"{bits:g}-bit",
+                           font_size=16)
+    below = runs[100 * runs.test_acc < lo]
+    if len(below):  # one list in the corner: labels at the edge would pile up on each other
+        names = [f"{b:g}-bit" if k == "uniform" else f"α={a:g}" for k, a, b in zip(below.kind, below.alpha, below.nbits)]
+        fig.add_annotation(x=0, xref="paper", y=0, yref="paper", xanchor="left", yanchor="bottom", showarrow=False,
+                           align="left", font_size=16, bgcolor="rgba(255,255,255,0.85)",
+                           text="▼ below the frame:<br>" + "<br>".join(
+                               f"{n}: {100 * a:.1f} %, {c:.0f}x" for n, a, c in zip(names, below.test_acc, below.compression)))
     if len(floats):
-        fig.add_hline(y=100 * float(floats.test_acc.iloc[0]), line_dash="dash", annotation_text="float model",
-                      annotation_position="bottom right", annotation_font_size=16)
-    lo, hi = (min(shown), max(shown)) if shown else (0.0, 100.0)
-    pad = max(1.0, 0.08 * (hi - lo))
-    gone = len(done[(done.kind == "bsq")]) - len(bsq)
-    return _style(fig, "test accuracy against compression" + (f" ({gone} empty run(s) off the chart)" if gone else ""),
-                  520, xaxis=dict(title="compression (x, vs float32 weights)", **_power_ticks([*bsq.compression,
-                                                                                              *uniform.compression])),
-                  yaxis=dict(title="final test accuracy (%)", range=[max(0.0, lo - pad), min(100.0, hi + pad)]))
+        fig.add_hline(y=top, line_dash="dash", annotation_text="float model", annotation_position="bottom right",
+                      annotation_font_size=16)
+    x_range = [math.log10(min(inside.compression) / 1.3), math.log10(1.15 * right)] if right else None
+    return _style(fig, "test accuracy against compression", 600,
+                  legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
+                  xaxis=dict(title="compression (x, vs float32 weights)", range=x_range,
+                             **_power_ticks([*inside.compression, right or 1])),
+                  yaxis=dict(title="final test accuracy (%)", range=[lo - 1.5, min(100.0, top + 2)]))
 
 
 def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None = None):
@@ -313,6 +341,7 @@ def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None =
         fig.add_trace(go.Bar(x=order, y=rows.nbits, name=name, marker_color=colors[float(alpha)],
                              text=rows.nbits, textposition="outside", textfont_size=14))
     return _style(fig, "final precision per layer", 460, barmode="group", legend_title_text="alpha",
+                  uniformtext=dict(minsize=14, mode="hide"),  # a number too small to read is left out: the bar says it
                   xaxis=dict(title="layer (network order)", type="category"), yaxis_title="bits per weight")
 
 

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from bsq_explore.analysis import VERDICT_COLUMNS, verdict
+from bsq_explore.analysis import VERDICT_COLUMNS, verdict, verdict_sentence
 from bsq_explore.catalog import list_runs, sweep_table
 
 from test_sweep import EXAMPLES
@@ -31,6 +31,20 @@ def test_verdict_picks_the_best_bsq_run_at_each_size_and_the_smallest_one_as_goo
     # at <= 1 bit only the collapsed a4 fits; every BSQ run beats u1's 30 %, the smallest live one is a3
     assert v.loc["u1", "best_bsq"] == "a4" and v.loc["u1", "gain"] == pytest.approx(100 * (0.10 - 0.30))
     assert v.loc["u1", "smallest_bsq"] == "a3"
+
+
+def test_the_verdict_in_one_sentence_names_what_bsq_matches_with_fewer_bits_and_what_it_does_not():
+    sweep = table(("f", "float", 32, 0.90), ("a1", "bsq", 5.0, 0.895), ("a2", "bsq", 2.5, 0.880),
+                  ("a3", "bsq", 1.5, 0.870), ("u2", "uniform", 2, 0.875), ("u4", "uniform", 4, 0.890),
+                  ("u1", "uniform", 1, 0.30))  # size ratios as worked out above: u2 2/1.5, u4 4/5, u1 1/1.5
+    assert verdict_sentence(verdict(sweep)) == ("BSQ is as accurate as uniform 2-bit quantization (within half a "
+                                                "point) and 1.33x smaller; no BSQ run is as accurate as uniform 1- "
+                                                "and 4-bit with fewer bits.")
+    everything = verdict(table(("a1", "bsq", 1.0, 0.9), ("u2", "uniform", 2, 0.9), ("u8", "uniform", 8, 0.9)))
+    assert verdict_sentence(everything) == ("BSQ is as accurate as uniform 2- and 8-bit quantization (within half a "
+                                            "point) and 2.00x and 8.00x smaller.")
+    assert verdict_sentence(verdict(table(("a1", "bsq", 1.0, 0.9)))) == ("This sweep has no finished uniform baseline "
+                                                                        "yet to compare BSQ with.")
 
 
 def test_verdict_says_none_where_no_bsq_run_qualifies():

@@ -10,7 +10,7 @@ from streamlit.logger import get_logger
 from streamlit.testing.v1 import AppTest
 
 from bsq_explore.analysis import featured
-from bsq_explore.catalog import list_runs
+from bsq_explore.catalog import list_runs, sweep_table
 from bsq_explore.runs import load_run
 
 from conftest import shown
@@ -140,18 +140,28 @@ def test_sweep_page_alpha_picker_opens_that_heatmap(app):
     table = list_runs(EXAMPLES)
     assert at.selectbox[1].value == featured(table[table.sweep == "digits"])  # not alpha 0, the least interesting
     assert at.query_params["alpha"] == f"{table.set_index('name').alpha[at.selectbox[1].value]:g}"
-    heat = charts(at)[2]
+    heat = charts(at)[1]  # right under the pareto chart: a click there shows its run on the same screen
+    assert '"type":"heatmap"' in heat.replace(" ", "")
     at.selectbox[1].set_value("digits-a0.1").run()
-    assert charts(at)[2] != heat and at.query_params["sweep"] == "digits" and at.query_params["alpha"] == "0.1"
+    assert charts(at)[1] != heat and at.query_params["sweep"] == "digits" and at.query_params["alpha"] == "0.1"
 
 
 def test_sweep_page_states_the_schedule_of_its_bsq_runs_not_of_its_float_run(app):
     at = app("sweep", sweep="digits")
     config = load_run(EXAMPLES / "digits-a0.3").config  # the shipped digits sweep: 30 + 40 + 20 epochs
     schedule = f"{config.pretrain_epochs} float + {config.bsq_epochs} BSQ + {config.finetune_epochs} finetune epochs"
-    assert any(schedule in t.value for t in at.text), [t.value for t in at.text]
+    assert any(schedule in shown(t.value) for t in at.caption), [t.value for t in at.caption]
     at = app("sweep", sweep="fashion")
-    assert any("20 float + 12 BSQ + 4 finetune epochs" in t.value for t in at.text)
+    assert any("20 float + 12 BSQ + 4 finetune epochs" in shown(t.value) for t in at.caption)
+
+
+def test_sweep_page_states_its_verdict_in_a_sentence_computed_from_its_runs(app):
+    from bsq_explore.analysis import verdict, verdict_sentence
+
+    at = app("sweep", sweep="fashion")
+    expected = verdict_sentence(verdict(sweep_table(list_runs(EXAMPLES), "fashion")))
+    assert expected.startswith("BSQ is as accurate as uniform 2-, 3-, 4- and 8-bit")
+    assert shown(at.markdown[0].value) == f"**{expected}**"
 
 
 def test_sweep_page_opens_the_alpha_in_the_url(app):

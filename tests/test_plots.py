@@ -114,21 +114,37 @@ def test_pareto_marks_bsq_baselines_and_float():
     fig = plots.pareto(table)
     line, *points, uniform = fig.data
     finite = table[(table.kind == "bsq") & table.compression.map(math.isfinite)].sort_values("compression")
-    assert list(line.x) == finite.compression.tolist() and list(line.y) == pytest.approx(100 * finite.test_acc)
     colors = plots.alpha_colors(table[table.kind == "bsq"].alpha)
     assert [(p.name, p.marker.color, p.customdata[0]) for p in points] == [
         (f"α={a:g}", colors[a], n) for a, n in zip(finite.alpha, finite.name)]
-    assert list(uniform.text) == ["2-bit", "3-bit", "4-bit", "8-bit"]
-    assert list(uniform.y) == pytest.approx(100 * table[table.kind == "uniform"].sort_values("nbits").test_acc)
-    float_line = [s for s in fig.layout.shapes if s.type == "line"][0]
+    assert [a.text for a in fig.layout.annotations if a.yref == "paper" and a.y == 1] == ["8-bit", "4-bit", "3-bit",
+                                                                                           "2-bit"]
+    assert list(uniform.y) == pytest.approx(100 * table[table.kind == "uniform"].sort_values("nbits").test_acc[::-1])
+    float_line = [s for s in fig.layout.shapes if s.type == "line" and s.line.dash == "dash"][0]
     assert float_line.y0 == pytest.approx(100 * table.query("kind == 'float'").test_acc.item())
-    # the y axis spans the points (not 0..100, which piles them into one strip), in %
-    shown = [*line.y, *uniform.y, float_line.y0]
-    lo, hi = fig.layout.yaxis.range
-    assert lo <= min(shown) and hi >= max(shown) and hi - lo < 2 * (max(shown) - min(shown)) + 2.5
     # log x axis ticked at powers of two, labelled as compression factors, no minor labels
     assert fig.layout.xaxis.type == "log" and all(math.log2(v).is_integer() for v in fig.layout.xaxis.tickvals)
     assert list(fig.layout.xaxis.ticktext) == [f"{v:g}x" for v in fig.layout.xaxis.tickvals]
+
+
+def test_pareto_frames_where_the_choice_is_made_and_puts_collapsed_runs_on_its_edge():
+    table = sweep_table(list_runs(EXAMPLES), "fashion")  # a0.2 and a0.5 collapse to 10 % (1006x, 5736x), u1 58.7 %
+    fig = plots.pareto(table)
+    float_acc = 100 * table.query("kind == 'float'").test_acc.item()
+    lo, hi = fig.layout.yaxis.range
+    assert float_acc - plots.PARETO_BAND - 3 <= lo < 83.5 and hi >= float_acc  # a0.1 (83.6 %) is the lowest inside
+    x_lo, x_hi = (10 ** v for v in fig.layout.xaxis.range)
+    assert x_hi < 64 and x_lo < 4  # not 8192x: the runs that matter spread over the width
+    points = {p.customdata[0]: p for p in fig.data[1:-1]}
+    for name in ("fashion-a0.2", "fashion-a0.5"):
+        (x,), (y,) = points[name].x, points[name].y
+        assert lo < y < 83.5 and x_lo < x < x_hi and points[name].marker.symbol == "triangle-down"
+    assert points["fashion-a0.02"].marker.symbol == "circle"
+    assert points["fashion-a0.02"].y[0] == pytest.approx(100 * table.set_index("name").test_acc["fashion-a0.02"])
+    uniform = fig.data[-1]
+    assert dict(zip(uniform.customdata, uniform.marker.symbol))["fashion-u1"] == "triangle-down"
+    corner = next(a.text for a in fig.layout.annotations if a.text.startswith("▼ below the frame"))
+    assert "α=0.2: 10.0 %, 1006x" in corner and "α=0.5: 10.0 %, 5736x" in corner and "1-bit: 58.7 %, 32x" in corner
 
 
 def test_alpha_colours_are_ordered_and_the_same_on_every_chart():

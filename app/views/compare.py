@@ -23,7 +23,7 @@ for col, run in zip(st.columns(2), (a, b)):
         fig.update_layout(title_text=f"{run.name}: {fig.layout.title.text}")
         dashboard.chart(fig, key=f"heat_{run.name}")
         final = run.final_layers()[["layer", "numel", "nbits"]]
-        st.dataframe(final, hide_index=True, height=dashboard.table_height(len(final)), column_config={
+        st.dataframe(final, hide_index=True, height="content", column_config={
             "numel": st.column_config.NumberColumn("weights"), "nbits": st.column_config.NumberColumn("final bits")})
 st.caption("Curves are aligned by stage: BSQ epoch 1 sits at the same place for both runs, whatever their float "
            "pretraining (a sweep's runs start from its shared float model).")

@@ -36,7 +36,7 @@ st.caption("BSQ drops a plane when re-quantization finds it all zero: usually th
            "because the penalty weighs a plane by its layer's size and large weights are rare.")
 deaths = analysis.death_epochs(run.bits)
 deaths = deaths.assign(died_at=deaths.died_at.replace("", "still alive"))[["layer", "bit", "died_at"]]
-st.dataframe(deaths, hide_index=True, height=dashboard.table_height(len(deaths)), column_config={
+st.dataframe(deaths, hide_index=True, height="content", column_config={
     "layer": st.column_config.TextColumn("layer", help="in network order"),
     "bit": st.column_config.NumberColumn("bit", help="its significance: 7 is the top bit of an 8-bit start"),
     "died_at": st.column_config.TextColumn("died at", help="the stage and epoch whose re-quantization removed it")})

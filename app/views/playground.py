@@ -26,7 +26,7 @@ else:
 nbits = st.slider("nbits", 1, 8, 4)
 dashboard.chart(plots.bit_planes_image(w, nbits))
 dashboard.chart(plots.error_curves(w, nbits))
-st.dataframe(lessons.reconstruction_errors(w, 8), hide_index=True, height=dashboard.table_height(8), column_config={
+st.dataframe(lessons.reconstruction_errors(w, 8), hide_index=True, height="content", column_config={
     "nbits": st.column_config.NumberColumn("bits"),
     "max_abs_error": st.column_config.NumberColumn("largest error", format="%.2e"),
     "rmse": st.column_config.NumberColumn("RMS error", format="%.2e"),

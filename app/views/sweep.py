@@ -1,12 +1,10 @@
-"""One alpha sweep: accuracy against compression, per-layer bits per alpha, and any run's heatmap."""
+"""One alpha sweep: the verdict in a sentence, accuracy against compression, any run's heatmap, per-layer bits."""
 import streamlit as st
 
 from bsq_explore import analysis, catalog, dashboard, plots
 from bsq_explore.config import preset
 
 st.title("Sweep")
-st.caption("A sweep trains one float model, then one BSQ run per alpha (the penalty's strength) from it, and "
-           "uniform k-bit baselines with the same finetuning. Up and right is better: as accurate, and smaller.")
 table = dashboard.all_runs()
 name = dashboard.pick_sweep(table)
 if name is None:
@@ -16,28 +14,29 @@ sweep = catalog.sweep_table(table, name)
 schedule = catalog.sweep_config(table, name)
 if schedule is not None:
     paper = preset("cifar10-resnet20")
-    st.text(f"Schedule of this sweep: {catalog.schedule_text(schedule)}"
-            + (f" (the paper's recipe: {catalog.schedule_text(paper)}, on a GPU)" if schedule.model == paper.model else "")
-            + ".")
-colors = plots.alpha_colors(sweep.alpha.dropna())
+    st.caption(dashboard.plain(
+        f"One float model, then one BSQ run per alpha (the penalty's strength) and uniform k-bit baselines from it. "
+        f"Schedule: {catalog.schedule_text(schedule)}"
+        + (f" (the paper's recipe: {catalog.schedule_text(paper)}, on a GPU)" if schedule.model == paper.model else "")
+        + "."))
+verdict = analysis.verdict(sweep)
+st.markdown(f"**{dashboard.plain(analysis.verdict_sentence(verdict))}**")
 event = dashboard.chart(plots.pareto(sweep), on_select="rerun", selection_mode="points", key="pareto")
 bsq = catalog.finished_bsq(sweep)
-opened = [r for r in (dashboard.open_run(n) for n in bsq.name) if r is not None]
-dashboard.chart(plots.layer_precision_bars(analysis.sweep_layers(opened), colors))
+if not bsq.empty:  # a clicked point opens its run right here, under the chart
+    clicked = [p.get("customdata") for p in event.selection.points] if event and event.selection else []
+    pick = dashboard.pick_alpha(table[table.sweep == name], clicked)
+    run = dashboard.open_run(pick)
+    if run is not None and not run.bits.empty:
+        dashboard.chart(plots.run_heatmap(run))
+        st.page_link("views/heatmap.py", label=f"Open {pick} in the bit heatmap", icon=":material/grid_on:",
+                     query_params={"run": pick})
 st.subheader("BSQ against uniform quantization")
 st.caption("For each uniform k-bit baseline: the most accurate BSQ run of at most k average bits (gain: its "
            "accuracy minus the baseline's, in points), and the smallest BSQ run within half a point of the "
            "baseline (size ratio above 1: BSQ is smaller). Final test accuracies.")
-verdict = analysis.verdict(sweep)
-st.dataframe(verdict, hide_index=True, height=dashboard.table_height(len(verdict)), column_config=dashboard.VERDICT_COLUMN_CONFIG)
+dashboard.verdict_table(verdict)
+opened = [r for r in (dashboard.open_run(n) for n in bsq.name) if r is not None]
+dashboard.chart(plots.layer_precision_bars(analysis.sweep_layers(opened), plots.alpha_colors(sweep.alpha.dropna())))
 st.subheader("Every run of the sweep")
 dashboard.run_table(sweep)
-if bsq.empty:
-    st.stop()
-clicked = [p.get("customdata") for p in event.selection.points] if event and event.selection else []
-pick = dashboard.pick_alpha(table[table.sweep == name], clicked)
-run = dashboard.open_run(pick)
-if run is not None and not run.bits.empty:
-    dashboard.chart(plots.run_heatmap(run))
-    st.page_link("views/heatmap.py", label=f"Open {pick} in the bit heatmap", icon=":material/grid_on:",
-                 query_params={"run": pick})
