@@ -11,7 +11,7 @@ from .config import preset
 from .runs import Run
 from .stats import FLOAT_BITS, size_of
 
-__all__ = ["death_epochs", "sweep_layers", "VERDICT_COLUMNS", "verdict", "verdict_sentence", "featured",
+__all__ = ["death_epochs", "deaths_by_layer", "sweep_layers", "VERDICT_COLUMNS", "verdict", "verdict_sentence", "featured",
            "reduce_precision", "export_size", "WHAT_IF_IMAGES", "WhatIf", "layer_weights", "size_table", "paper_comparison"]
 
 
@@ -32,6 +32,17 @@ def death_epochs(bits: pd.DataFrame) -> pd.DataFrame:
     life["died_at"] = life.died.map(lambda s: label.get(s, "") if pd.notna(s) else "")
     return (life.drop(columns="last").sort_values(["layer_index", "bit"], ascending=[True, False])
             .reset_index(drop=True))
+
+
+def deaths_by_layer(bits: pd.DataFrame) -> pd.DataFrame:
+    """death_epochs in one row per layer (network order), short enough for a screen: layer, alive
+    (its planes still there at the end) and died ('7 at bsq 3, 6 at bsq 6': each removed bit, top
+    first, and the epoch that removed it; '' when none)."""
+    life = death_epochs(bits)
+    rows = [dict(layer=layer, alive=int(part.died_at.eq("").sum()),
+                 died=", ".join(f"{b} at {at}" for b, at in zip(part.bit, part.died_at) if at))
+            for (_, layer), part in life.groupby(["layer_index", "layer"], sort=True)]
+    return pd.DataFrame(rows, columns=["layer", "alive", "died"])
 
 
 def sweep_layers(runs: list[Run]) -> pd.DataFrame:

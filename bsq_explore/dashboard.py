@@ -65,13 +65,12 @@ RUN_COLUMNS = {  # list_runs / sweep_table columns as the app shows them
     "name": st.column_config.TextColumn("run", help="the run's folder name"),
     "status": st.column_config.TextColumn("status", help="running, finished, failed, damaged or stale (killed)"),
     "sweep": st.column_config.TextColumn("sweep", help="the sweep the run belongs to"),
-    "kind": st.column_config.TextColumn("kind", help="bsq: trained with the bit penalty; uniform: fixed bits, "
+    "kind": st.column_config.TextColumn("kind", help="bsq: trained with the bit penalty; uniform k-bit: fixed bits, "
                                                      "the baseline; float: the 32-bit model a sweep starts from"),
     "alpha": st.column_config.NumberColumn("alpha", help="strength of the bit penalty", format="%g"),
-    "nbits": st.column_config.NumberColumn("start bits", help="bits per weight at conversion"),
-    "test_acc": st.column_config.NumberColumn("test accuracy", help="after finetuning, the last epoch", **_PERCENT),
+    "test_acc": st.column_config.NumberColumn("accuracy", help="final test accuracy, after finetuning", **_PERCENT),
     "bsq_acc": st.column_config.NumberColumn("after BSQ", help="test accuracy before finetuning", **_PERCENT),
-    "avg_bits": st.column_config.NumberColumn("average bits", help="bits per weight over the quantized layers",
+    "avg_bits": st.column_config.NumberColumn("avg bits", help="bits per weight over the quantized layers",
                                               format="%.2f"),
     "compression": st.column_config.NumberColumn("compression", help="32 / average bits", format="%.1fx"),
     "epochs": st.column_config.NumberColumn("epochs", help="epochs logged so far"),
@@ -83,8 +82,9 @@ def run_table(frame: pd.DataFrame) -> None:
     """A table of runs (list_runs or sweep_table rows) with readable headers, help, accuracy in %;
     columns that are empty in every row are left out."""
     frame = frame.drop(columns=[c for c in ("path", "reason") if c in frame and not frame[c].astype(bool).any()])
-    frame = _in_percent(frame.assign(**{c: pd.to_numeric(frame[c], errors="coerce") for c in ("alpha", "nbits")
-                                        if c in frame}))
+    frame = _in_percent(frame.assign(alpha=pd.to_numeric(frame.alpha, errors="coerce")))
+    uniform = frame.kind == "uniform"  # its bits in its kind: one column less on a 1024 px screen
+    frame.loc[uniform, "kind"] = [f"uniform {b:g}-bit" for b in pd.to_numeric(frame.nbits[uniform])]
     st.dataframe(frame[[c for c in RUN_COLUMNS if c in frame]], hide_index=True, column_config=RUN_COLUMNS,
                  height="content", placeholder="–")
 
@@ -234,7 +234,7 @@ def pick_step(steps: list[int], labels: list[str], key: str = "epoch") -> int:
     if len(steps) == 1:
         return steps[0]
     step = st.select_slider("epoch", options=steps, value=start, format_func=dict(zip(steps, labels)).get,
-                            key=f"slider_{key}")
+                            key=f"slider_{key}", label_visibility="collapsed")  # its value, over the thumb, says it
     st.query_params[key] = str(step)
     return step
 

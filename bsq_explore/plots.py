@@ -14,7 +14,8 @@ import torch
 from .axes import aligned_steps, epoch_labels
 from .catalog import caption
 
-__all__ = ["REMOVED", "STAGE_COLORS", "MAX_FRAMES", "FONT", "RUN_COLORS", "POS", "NEG", "MAX_CELL_TEXT",
+__all__ = ["REMOVED", "STAGE_COLORS", "MAX_FRAMES", "FONT", "RUN_COLORS", "POS", "NEG", "MAX_CELL_TEXT", "FRAMES_SECONDS",
+           "HEATMAP_ROWS_PX",
            "EPOCH_TITLE", "alpha_colors", "bit_grid", "bit_heatmap", "bit_heatmap_animation", "precision_timeline",
            "metrics_curves", "PARETO_BAND", "pareto", "layer_precision_bars", "compare_metrics", "bit_planes_image",
            "error_curves", "run_heatmap"]
@@ -26,6 +27,9 @@ FONT = dict(family="Arial, Helvetica, sans-serif", size=16, color="#1a1a1a")  # 
 RUN_COLORS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"]  # Okabe-Ito
 POS, NEG = "#0072B2", "#D55E00"  # a digit in the pos planes, in the neg planes
 MAX_CELL_TEXT = 200      # heatmaps with at most this many cells print their values
+FRAMES_SECONDS = 15      # an animated bit heatmap plays a whole run in about this long
+HEATMAP_ROWS_PX = 340    # a bit heatmap's rows share this height (40 px a row at most, 16 at least): a
+                         # ResNet-20's 20 layers fit a 1024x768 screen with the page's controls
 EPOCH_TITLE = "epoch (stage and epoch within it)"
 
 
@@ -100,7 +104,7 @@ def _heatmap_trace(bits: pd.DataFrame, value: str):
     index = {s: i for i, s in enumerate(steps.step)}
     what = "density" if value == "density" else "norm / layer's largest"
     hover = "layer %{y}<br>bit %{x}<br>" + what + " %{z:.3f}<extra></extra>"
-    text = len(layers) * len(columns) <= MAX_CELL_TEXT
+    text = len(layers) * len(columns) <= MAX_CELL_TEXT and _row_px(len(layers)) >= 24  # digits need room
 
     def trace(s):
         return go.Heatmap(z=_cells(cube[index[s]]), x=[str(c) for c in columns], y=layers,
@@ -133,14 +137,22 @@ def _still_heatmap(trace, steps: pd.DataFrame, labels: dict, step: int | None):
         raise ValueError(f"no bit frame at step {step}; steps run from {steps.step.min()} to {steps.step.max()}")
     fig = _go().Figure(trace(step))
     rows = len(fig.data[0].y)
-    return _style(fig, f"bit planes, {labels[step]}", max(340, 40 * rows + 180),
-                  xaxis=dict(title="bit (most significant left)", type="category"),
-                  yaxis=dict(title="layer", autorange="reversed", type="category"), plot_bgcolor=REMOVED), step
+    fig = _style(fig, f"bit planes, {labels[step]}", max(300, _row_px(rows) * rows + 125),
+                 xaxis=dict(title="bit (most significant left)", type="category"),
+                 yaxis=dict(title="layer", autorange="reversed", type="category", tickmode="array",
+                            tickvals=fig.data[0].y),  # every layer named, not every other one
+                 plot_bgcolor=REMOVED)
+    return fig.update_layout(margin_t=55), step
+
+
+def _row_px(rows: int) -> int:
+    return max(16, min(40, HEATMAP_ROWS_PX // max(rows, 1)))
 
 
 def bit_heatmap_animation(bits: pd.DataFrame, step: int | None = None, value: str = "density"):
     """bit_heatmap with every epoch as an animation frame (at most MAX_FRAMES, the last always),
-    a slider and a play button below the chart; it opens, and plays on from, step (default the last)."""
+    a play button and a slider above the chart, so that they stay on screen with its first rows; it
+    opens, and plays on from, step (default the last)."""
     go = _go()
     trace, frame_data, steps, labels = _heatmap_trace(bits, value)
     fig, step = _still_heatmap(trace, steps, labels, step)
@@ -152,18 +164,22 @@ def bit_heatmap_animation(bits: pd.DataFrame, step: int | None = None, value: st
     fig.frames = [go.Frame(data=[frame_data(s)], traces=[0], name=str(s),
                            layout=dict(title_text=f"bit planes, {labels[s]}"))
                   for s in shown]
-    play = dict(frame=dict(duration=150, redraw=True), fromcurrent=True, transition=dict(duration=0))
-    height = fig.layout.height + 140
-    below = -80 / (height - fig.layout.margin.t - 150)  # paper units: under the ticks and the axis title
+    # a whole run plays in about FRAMES_SECONDS, slow enough to talk over, each frame shown 0.15 to 0.8 s
+    play = dict(frame=dict(duration=min(800, max(150, 1000 * FRAMES_SECONDS // len(shown))), redraw=True),
+                fromcurrent=True, transition=dict(duration=0))
+    top = 50  # px above the plot for the play button and the slider: on screen with the chart's rows
+    height = fig.layout.height + top
+    above = 1 + 8 / (height - fig.layout.margin.t - top - fig.layout.margin.b)  # paper units, over the plot
     fig.update_layout(
-        height=height, margin=dict(b=150),
-        updatemenus=[dict(type="buttons", showactive=False, x=0, y=below, xanchor="left", yanchor="top",
+        height=height, margin=dict(t=fig.layout.margin.t + top),
+        updatemenus=[dict(type="buttons", showactive=False, x=0, y=above, xanchor="left", yanchor="bottom",
+                          direction="left", pad=dict(t=0, r=10),
                           buttons=[dict(label="▶ play", method="animate", args=[None, play]),
                                    dict(label="❚❚ pause", method="animate",
                                         args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])],
-        sliders=[dict(active=shown.index(step), x=0.2, len=0.8, y=below, yanchor="top",
-                      currentvalue=dict(prefix="epoch: "),
-                      steps=[dict(label=labels[s], method="animate",
+        sliders=[dict(active=shown.index(step), x=0.4, len=0.6, y=above, yanchor="bottom", pad=dict(t=0, b=0),
+                      currentvalue=dict(visible=False), ticklen=0, font=dict(size=1, color="white"),
+                      steps=[dict(label=labels[s], method="animate",  # unlabelled ticks: the title names the epoch
                                   args=[[str(s)], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
                              for s in shown])])
     return fig

@@ -47,6 +47,17 @@ def test_the_verdict_in_one_sentence_names_what_bsq_matches_with_fewer_bits_and_
                                                                         "yet to compare BSQ with.")
 
 
+def test_deaths_by_layer_lists_each_removed_bit_with_the_epoch_that_removed_it():
+    from bsq_explore.analysis import deaths_by_layer
+
+    bits = pd.DataFrame([dict(layer=layer, layer_index=i, bit=b, step=s, stage="bsq", epoch=s)
+                         for i, (layer, lives) in enumerate([("a", {7: 1, 6: 2, 5: 3}), ("b", {7: 3, 6: 3})])
+                         for b, last in lives.items() for s in range(last + 1)])  # a plane logged up to step `last`
+    table = deaths_by_layer(bits)  # the run's last step is 3: a's bit 7 died at bsq 2, bit 6 at bsq 3
+    assert table.to_dict("records") == [dict(layer="a", alive=1, died="7 at bsq 2, 6 at bsq 3"),
+                                        dict(layer="b", alive=2, died="")]
+
+
 def test_verdict_says_none_where_no_bsq_run_qualifies():
     v = verdict(table(("a1", "bsq", 6.0, 0.80), ("u4", "uniform", 4, 0.90))).iloc[0]
     assert v.best_bsq is None and v.gain is None and v.smallest_bsq is None and v.size_ratio is None

@@ -86,10 +86,11 @@ def test_heatmap_epoch_slider_changes_the_figure_and_the_url(app):
     assert '"title":{"text":"norm' in charts(at)[0].replace(" ", "") and at.query_params["colour"] == "norm"
     legend = next(c.value for c in at.caption if c.value.startswith("Each row"))
     assert "norm" in legend and "few" not in legend
-    deaths = at.dataframe[0].value
-    assert list(deaths.columns) == ["layer", "bit", "died_at"] and "still alive" in set(deaths.died_at)
-    at.toggle[0].set_value(True).run()  # the animation replaces the still chart and opens at its epoch
+    deaths = at.dataframe[0].value  # a row per layer, not per plane: 20 rows for a ResNet-20, not 160
+    assert deaths.layer.tolist() == ["fc1", "fc2", "fc3"] and list(deaths.columns) == ["layer", "alive", "died"]
+    at.toggle[0].set_value(True).run()  # the animation replaces the still chart and the page's epoch slider
     assert len(charts(at)) == 1 and '"frames"' in charts(at)[0] and at.query_params["animate"] == "1"
+    assert not at.select_slider, "a second epoch slider would disagree with the animation's"
 
 
 def test_heatmap_opens_colour_and_animation_from_the_url(app):

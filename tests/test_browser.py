@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bsq_explore.runs import load_run
+
 from test_sweep import EXAMPLES
 
 CHROMIUM = "/usr/bin/chromium"
@@ -156,3 +158,75 @@ def test_a_visitor_who_clears_the_cache_over_the_websocket_cannot_start_more_run
             child.kill()
         server.terminate()
         server.wait(timeout=20)
+
+
+def heaviest() -> str:
+    """The run the app opens first: from the hardest shipped sweep (CIFAR-10 once its BSQ runs are in)."""
+    from bsq_explore.analysis import featured
+    from bsq_explore.catalog import list_runs
+
+    return featured(list_runs(EXAMPLES))
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        tab = browser.new_page(viewport={"width": 1024, "height": 768})  # a projector
+        yield tab
+        browser.close()
+
+
+def drawn(page, url: str, shown: str = PLOT):
+    page.goto(url)
+    page.wait_for_selector(shown, timeout=120_000)
+    page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=120_000)
+    page.wait_for_timeout(800)
+    return page
+
+
+TABLE_PAGES = ["runs", "sweep?sweep=fashion", "sweep?sweep=digits", "sweep?sweep=cifar10", "heatmap?run={heaviest}",
+               "heatmap?run=tiny", "compare?run=fashion-a0.02&other=fashion-u2", "playground"]
+
+
+@pytest.mark.parametrize("path", TABLE_PAGES)
+def test_every_table_shows_every_row_and_column_at_1024x768(server, page, path):
+    drawn(page, f"{server}/{path.format(heaviest=heaviest())}", "[data-testid='stDataFrame']")
+    tables = page.eval_on_selector_all("[data-testid='stDataFrame']", """els => els.map(e => {
+        const s = e.querySelector('.dvn-scroller'), t = e.querySelector('table');
+        return {rows: +t.getAttribute('aria-rowcount'), drawn: t.querySelectorAll('tr').length,
+                tall: s.scrollHeight - s.clientHeight, wide: s.scrollWidth - s.clientWidth}})""")
+    assert tables
+    for table in tables:  # no scroll box inside a table: no row below its edge, no column cut on the right
+        assert table["drawn"] == table["rows"] and table["tall"] <= 1 and table["wide"] <= 1, (path, table)
+
+
+@pytest.mark.parametrize("run", [heaviest(), "tiny"])
+def test_the_heatmap_and_its_epoch_slider_fit_the_first_screen(server, page, run):
+    drawn(page, f"{server}/heatmap?run={run}")
+    chart = page.locator(".js-plotly-plot").first.bounding_box()
+    slider = page.locator("[data-testid='stSlider']").first.bounding_box()
+    labels = page.eval_on_selector_all(".js-plotly-plot .ytick text", "els => els.map(e => e.getBoundingClientRect().bottom)")
+    layers = 3 if run == "tiny" else load_run(EXAMPLES / run).layers.layer.nunique()
+    assert len(labels) == layers and max(labels) <= 768, (len(labels), max(labels))  # every layer named, on screen
+    assert slider["y"] + slider["height"] <= 768 and slider["y"] < chart["y"]
+    assert chart["y"] + chart["height"] <= 768 + 5, chart  # the whole chart, its x axis included
+    drawn(page, f"{server}/heatmap?run={run}&animate=1")
+    play = page.locator(".updatemenu-button").first.bounding_box()
+    labels = page.eval_on_selector_all(".js-plotly-plot .ytick text", "els => els.map(e => e.getBoundingClientRect().bottom)")
+    assert play["y"] + play["height"] <= 768 and max(labels) <= 768  # play, and watch every layer while it plays
+
+
+def test_what_if_shows_its_answer_above_the_sliders_on_a_real_cnn(server, page):
+    drawn(page, f"{server}/whatif?run={heaviest()}", METRIC)
+    metrics = page.locator(METRIC).all()
+    assert len(metrics) == 3 and all(m.bounding_box()["y"] + m.bounding_box()["height"] <= 768 for m in metrics)
+    sliders = page.locator("[data-testid='stSlider']").all()
+    assert sliders and min(s.bounding_box()["y"] for s in sliders) > max(m.bounding_box()["y"] for m in metrics)
+
+
+def test_the_sweep_page_states_the_schedule_of_its_bsq_runs(server, page):
+    drawn(page, f"{server}/sweep?sweep=fashion")
+    assert "20 float + 12 BSQ + 4 finetune epochs" in page.locator("[data-testid='stCaptionContainer']").first.inner_text()

@@ -56,12 +56,24 @@ def test_every_animation_frame_shows_that_epochs_still_heatmap(run):
         assert frame.data[0].z == plots.bit_heatmap(run.bits, int(frame.name), "norm").data[0].z
 
 
-def test_animation_controls_sit_below_the_axis_title(run):
+def test_animation_controls_sit_above_the_plot_and_a_run_plays_slowly_enough_to_talk_over(run):
     fig = plots.bit_heatmap_animation(run.bits)
     assert fig.layout.sliders[0].active == len(fig.frames) - 1  # by default at the last epoch
     plot_height = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    title_room = fig.layout.margin.t - 50
     for control in (fig.layout.sliders[0], fig.layout.updatemenus[0]):
-        assert control.yanchor == "top" and -control.y * plot_height >= 70  # px under the plot: ticks, title
+        assert control.yanchor == "bottom" and 0 < (control.y - 1) * plot_height < title_room  # under the title
+    duration = fig.layout.updatemenus[0].buttons[0].args[1]["frame"]["duration"]
+    assert 150 <= duration <= 800 and len(fig.frames) * duration / 1000 == pytest.approx(plots.FRAMES_SECONDS, rel=0.2)
+
+
+def test_a_resnet20_heatmap_names_every_layer_in_rows_that_fit_one_screen():
+    bits = pd.DataFrame([dict(stage="bsq", epoch=0, step=0, layer=f"layer{i}", layer_index=i, bit=b, nbits=8,
+                              density=0.5, norm=1.0) for i in range(20) for b in range(8)])
+    fig = plots.bit_heatmap(bits)
+    assert list(fig.layout.yaxis.tickvals) == [f"layer{i}" for i in range(20)]  # not every other one
+    assert fig.layout.height <= 470  # 20 rows of 17 px, under a page's title and controls at 1024x768
+    assert fig.data[0].texttemplate is None  # no numbers squeezed into rows too low for them
 
 
 def test_bit_heatmap_rejects_unknown_steps_and_values(run):

@@ -3,8 +3,10 @@ import streamlit as st
 
 from bsq_explore import analysis, axes, dashboard, plots
 
-st.title("Bit heatmap")
-run = dashboard.pick_run()
+head = st.columns([2, 3], vertical_alignment="bottom")  # title and picker side by side: the chart's rows fit one screen
+head[0].title("Bit heatmap")
+with head[1]:
+    run = dashboard.pick_run()
 if run is None:
     st.stop()
 if run.bits.empty:
@@ -14,17 +16,23 @@ if run.bits.empty:
 
 @st.fragment
 def heatmap() -> None:  # a slider move or toggle redraws this chart only, not the page
-    value = dashboard.url_radio("colour", ["density", "norm"],
-                                help="density: share of weights with this bit set; norm: the plane's group norm "
-                                     "(what the penalty shrinks) over its layer's largest")
+    controls = st.columns([3, 5, 2], vertical_alignment="bottom")
+    with controls[0]:
+        value = dashboard.url_radio("colour", ["density", "norm"], label_visibility="collapsed")  # the caption explains
+    with controls[2]:
+        animate = dashboard.url_toggle("animate", key="animate")
     steps, labels = axes.logged_steps(run.bits)
-    step = dashboard.pick_step(steps, labels)
-    if dashboard.url_toggle("animate every epoch", key="animate"):
-        dashboard.chart(plots.bit_heatmap_animation(run.bits, step, value))
+    if animate:  # the animation has its own slider: a second one on the page would disagree with it
+        dashboard.chart(plots.bit_heatmap_animation(run.bits, steps[0], value))
     else:
+        with controls[1]:
+            step = dashboard.pick_step(steps, labels)
         dashboard.chart(plots.bit_heatmap(run.bits, step, value))
     st.caption("Each row is a layer, each column one bit of its weights (most significant left). Grey: the plane "
-               "was removed. " + ("Colour: the share of the layer's weights that use the bit; dark means few."
+               "was removed. " + ("Colour: the share of the layer's weights that use the bit; dark means few. A "
+                                  "cell that reads 0.00 but is not grey is a plane under 0.5 % of the weights use, "
+                                  "or an empty one between live bits: re-quantization removes only a layer's top "
+                                  "and bottom planes, and only when they are empty."
                                   if value == "density" else
                                   "Colour: the plane's norm over its layer's largest; dark means the penalty has "
                                   "nearly pushed it to zero."))
@@ -34,9 +42,9 @@ heatmap()
 st.subheader("When each plane died")
 st.caption("BSQ drops a plane when re-quantization finds it all zero: usually the top bits of big layers first, "
            "because the penalty weighs a plane by its layer's size and large weights are rare.")
-deaths = analysis.death_epochs(run.bits)
-deaths = deaths.assign(died_at=deaths.died_at.replace("", "still alive"))[["layer", "bit", "died_at"]]
+deaths = analysis.deaths_by_layer(run.bits)
 st.dataframe(deaths, hide_index=True, height="content", column_config={
     "layer": st.column_config.TextColumn("layer", help="in network order"),
-    "bit": st.column_config.NumberColumn("bit", help="its significance: 7 is the top bit of an 8-bit start"),
-    "died_at": st.column_config.TextColumn("died at", help="the stage and epoch whose re-quantization removed it")})
+    "alive": st.column_config.NumberColumn("bits alive", help="its planes still there at the end"),
+    "died": st.column_config.TextColumn("planes removed", help="each removed bit (7: the top bit of an 8-bit start) "
+                                                               "and the stage and epoch whose re-quantization removed it")})
