@@ -73,14 +73,14 @@ def test_verdict_of_the_shipped_digits_sweep_has_a_row_per_baseline():
 
 
 def test_what_if_scores_a_fixed_sample_and_all_images_give_the_runs_own_score():
-    from bsq_explore.analysis import WhatIf
+    from bsq_explore.analysis import WHAT_IF_IMAGES, WhatIf
     from bsq_explore.runs import load_run
 
     run = load_run(EXAMPLES / "fashion-a0.02")
     sample, every = WhatIf(run), WhatIf(run, images=0)
-    assert sample.images == 1000 and every.images == 10_000
+    assert sample.images == WHAT_IF_IMAGES and every.images == 10_000
     assert every.trained["test_acc"] == pytest.approx(run.summary["test_acc"], abs=1e-9)
-    assert abs(sample.trained["test_acc"] - every.trained["test_acc"]) < 0.05  # about 5 SE of a 1,000 sample
+    assert abs(sample.trained["test_acc"] - every.trained["test_acc"]) < 0.06  # about 4 SE of a 500 sample
     layer = next(iter(sample.bits))
     assert sample.evaluate({layer: 1}) is sample.evaluate({layer: 1})  # scored once, then kept
     assert sample.change({layer: 1})["avg_bits"] < sample.trained["avg_bits"]

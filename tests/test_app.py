@@ -485,3 +485,15 @@ def test_served_read_only_the_app_has_no_train_page(app, monkeypatch):
     at = AppTest.from_file(MAIN, default_timeout=60)
     at.switch_page("views/train.py").run()
     assert not at.exception and at.title[0].value == "Train"
+
+
+def test_what_if_scores_a_choice_on_every_test_image_on_demand(app):
+    from bsq_explore.analysis import WhatIf
+
+    at = app("whatif", run="fashion-a0.02")
+    assert "of 10,000" not in " ".join(m.value for m in at.markdown)
+    next(s for s in at.slider if s.label == "fc1").set_value(1).run()
+    next(b for b in at.button if b.label == "score this choice on every test image").click().run()
+    expected = WhatIf(load_run(EXAMPLES / "fashion-a0.02"), images=0).evaluate({"fc1": 1})["test_acc"]
+    line = next(shown(m.value) for m in at.markdown if m.value.startswith("On all"))
+    assert line.startswith(f"On all 10,000 test images: **{100 * expected:.1f} %**"), line

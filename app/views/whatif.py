@@ -17,9 +17,9 @@ if run.kind == "float":
     st.stop()
 
 
-@st.cache_resource(max_entries=4, show_spinner="loading the model and its test set")
-def what_if(path: str, stamp: tuple) -> analysis.WhatIf:
-    return analysis.WhatIf(load_run(path))
+@st.cache_resource(max_entries=4, show_spinner="loading the model and a sample of its test set")
+def what_if(path: str, stamp: tuple, images: int = analysis.WHAT_IF_IMAGES) -> analysis.WhatIf:
+    return analysis.WhatIf(load_run(path), images)
 
 
 try:
@@ -56,6 +56,12 @@ def sliders_and_metrics() -> None:  # a slider move re-runs only this, not the p
     top.caption(f"Scored on a fixed sample of {model.images:,} test images, so that a slider answers at once: "
                 f"1 standard error is {se:.1f} points. The run's own score on all its test images is "
                 f"{100 * run.summary.get('test_acc', float('nan')):.1f} %.")
+    if top.button("score this choice on every test image", help="slower: seconds on a CPU for 10,000 images"):
+        with st.spinner("scoring every test image"):
+            full = what_if(str(run.path), dashboard.stamp(run.path), 0)
+            every = full.change(chosen)
+        top.markdown(f"On all {full.images:,} test images: **{100 * every['test_acc']:.1f} %** "
+                     f"({100 * every['acc_change']:+.1f} points from the run as trained).")
 
 
 sliders_and_metrics()
