@@ -29,7 +29,8 @@ def aligned_steps(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Series]
     """x positions that align the stages of several runs' frames (stage and epoch columns): each
     stage starts at one position in every run and is as wide as its longest run, so BSQ epoch 1
     lines up whether a run pretrained for 30 epochs or for none. Returns each frame's positions
-    (a Series per name, by row) and ticks (position, 'bsq 1' label) at every stage's first and last epoch."""
+    (a Series per name, by row) and ticks (position, 'bsq 1' label) at every stage's first epoch and
+    the last one; of two within a tenth of the axis (their labels would overlap), only the later."""
     spans = {}
     for frame in frames.values():
         for stage, rows in frame.groupby("stage"):
@@ -42,5 +43,12 @@ def aligned_steps(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Series]
             start[s] = offset - int(lo)
             offset += int(hi - lo) + 1
     positions = {name: frame.stage.map(start) + frame.epoch for name, frame in frames.items()}
-    ticks = sorted({(start[stage] + int(e), f"{stage} {int(e)}") for stage, span in spans.items() for e in span})
+    last = max(spans, key=STAGES.index)
+    marks = sorted({(start[stage] + int(lo), f"{stage} {int(lo)}") for stage, (lo, _) in spans.items()}
+                   | {(start[last] + int(spans[last][1]), f"{last} {int(spans[last][1])}")})
+    ticks = []
+    for position, label in marks:
+        if ticks and position - ticks[-1][0] < offset / 10:
+            ticks.pop()  # of two marks too close to read, the later: a short stage's start yields to the next
+        ticks.append((position, label))
     return positions, pd.DataFrame(ticks, columns=["position", "label"])

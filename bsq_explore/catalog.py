@@ -11,7 +11,8 @@ from .jobs import is_stale
 from .runs import DamagedRun, Run, check_frame, load_run, read_info, run_kind
 from .store import FRAME_COLUMNS, INFO, RUN_FILES, SUMMARY_KEYS, check_name, frame_file
 
-__all__ = ["list_runs", "sweep_table", "list_sweeps", "load_sweep", "finished_bsq", "describe", "caption", "stamp",
+__all__ = ["list_runs", "sweep_table", "list_sweeps", "load_sweep", "finished_bsq", "epoch_seconds", "describe",
+           "caption", "stamp",
            "sweep_config", "schedule_text"]
 
 _LIST_COLUMNS = ["name", "status", "sweep", "kind", "alpha", "nbits", *SUMMARY_KEYS, "epochs", "reason", "path"]
@@ -139,6 +140,17 @@ def sweep_config(table: pd.DataFrame, sweep: str) -> BSQConfig | None:
     pretrained = BSQConfig.from_dict(read_info(Path(floats.path.iloc[0]))["config"])
     return config.replace(pretrain_epochs=pretrained.pretrain_epochs, pretrain_lr=pretrained.pretrain_lr,
                           pretrain_milestones=pretrained.pretrain_milestones, pretrained="")
+
+
+def epoch_seconds(root: str | os.PathLike, model: str, dataset: str) -> float | None:
+    """The median seconds of an epoch of the finished runs under root that trained model on a dataset
+    of dataset's name (a folder's last part: folder:../x/cifar10 counts as cifar10), or None: what an
+    epoch of such a run may take on the machine they trained on."""
+    name = lambda spec: Path(spec.removeprefix("folder:")).name  # noqa: E731
+    table = list_runs(root)
+    seconds = [load_run(Path(path)).metrics.seconds for path in table[table.status == "finished"].path
+               if (c := read_info(Path(path))["config"])["model"] == model and name(c["dataset"]) == name(dataset)]
+    return float(pd.concat(seconds).median()) if seconds else None
 
 
 def schedule_text(config: BSQConfig) -> str:

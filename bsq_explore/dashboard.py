@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from . import catalog
 from .analysis import featured
 from .catalog import finished_bsq, list_runs, stamp
 from .paths import EXAMPLES, check_not_examples, runs_root
@@ -15,8 +16,8 @@ from .runs import DamagedRun, Run, load_run
 from .store import check_name
 
 __all__ = ["APP_RUNS", "max_app_runs", "verdict_table", "RUN_COLUMNS", "run_table", "plain", "pick_sweep",
-           "pick_alpha", "delta", "chart", "roots", "runs_table", "all_runs", "find", "open_run", "empty_state", "pick_run",
-           "pick_step", "url_radio", "url_toggle", "style", "sidebar"]
+           "pick_alpha", "epoch_seconds", "duration", "delta", "chart", "roots", "runs_table", "all_runs", "find",
+           "open_run", "empty_state", "pick_run", "pick_step", "url_radio", "url_toggle", "style", "sidebar"]
 
 APP_RUNS = "BSQ_APP_RUNS"  # how many runs the Train page may have training at once
 
@@ -125,6 +126,20 @@ def plain(text) -> str:
     """text (from a URL, a run folder, an error) to show in a markdown element as itself: every ASCII
     punctuation mark escaped, so no link, image, code, emphasis or formula can form; one line."""
     return re.sub(r"[!-/:-@\[-`{-~]", lambda m: "\\" + m.group(), " ".join(str(text).splitlines()))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def epoch_seconds(model: str, dataset: str) -> float | None:
+    """catalog.epoch_seconds over the shipped examples (read once per server)."""
+    return catalog.epoch_seconds(EXAMPLES, model, dataset)
+
+
+def duration(seconds: float) -> str:
+    """'40 s', '12 min', '3.5 hours', '2.1 days': a time to read at a glance."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.2g} {unit}" if unit != "min" else f"{seconds / size:.0f} min"
+    return f"{seconds:.0f} s"
 
 
 def delta(value: float, decimals: int, unit: str = "") -> str | None:

@@ -380,7 +380,8 @@ def compare_metrics(metrics: dict[str, pd.DataFrame]):
                      row=1, col=1)
     fig.update_yaxes(title_text="bits", row=2, col=1)
     fig.update_xaxes(tickmode="array", tickvals=ticks.position.tolist(), ticktext=ticks.label.tolist())
-    return _style(fig, "the runs side by side", 600, xaxis2_title=EPOCH_TITLE)
+    return _style(fig, "training curves" if len(metrics) == 1 else "the runs side by side", 600,
+                  xaxis2_title=EPOCH_TITLE)
 
 
 def bit_planes_image(w: torch.Tensor, nbits: int, max_side: int = 64, name: str = ""):

@@ -4,6 +4,7 @@ import pytest
 
 from bsq_explore.analysis import VERDICT_COLUMNS, verdict, verdict_sentence
 from bsq_explore.catalog import list_runs, sweep_table
+from bsq_explore.runs import load_run
 
 from test_sweep import EXAMPLES
 
@@ -84,3 +85,12 @@ def test_what_if_scores_a_fixed_sample_and_all_images_give_the_runs_own_score():
     layer = next(iter(sample.bits))
     assert sample.evaluate({layer: 1}) is sample.evaluate({layer: 1})  # scored once, then kept
     assert sample.change({layer: 1})["avg_bits"] < sample.trained["avg_bits"]
+
+
+def test_epoch_seconds_is_the_median_epoch_of_the_finished_runs_of_that_model_and_data():
+    from bsq_explore.catalog import epoch_seconds
+
+    table = list_runs(EXAMPLES)
+    fashion = [load_run(EXAMPLES / n).metrics.seconds for n in table[table.sweep == "fashion"].name]
+    assert epoch_seconds(EXAMPLES, "lenet5", "fashion-mnist") == pytest.approx(pd.concat(fashion).median())
+    assert epoch_seconds(EXAMPLES, "lenet5", "mnist") is None  # no shipped run of it

@@ -258,7 +258,7 @@ def test_train_page_starts_a_background_run_and_watches_it(app, tmp_path):
 def test_train_page_name_follows_alpha_until_typed_and_the_typed_name_is_used(app, tmp_path):
     at = app("train")
     name = lambda: next(t for t in at.text_input if t.label == "run name")  # noqa: E731
-    assert name().value == "digits-mlp-a0.3-app"
+    assert name().value == "digits-mlp-a0.16-app"  # the preset's own alpha
     at.number_input[0].set_value(0.1).run()
     assert name().value == "digits-mlp-a0.1-app", "the default name follows alpha"
     name().set_value("my-custom-run").run()
@@ -497,3 +497,28 @@ def test_what_if_scores_a_choice_on_every_test_image_on_demand(app):
     expected = WhatIf(load_run(EXAMPLES / "fashion-a0.02"), images=0).evaluate({"fc1": 1})["test_acc"]
     line = next(shown(m.value) for m in at.markdown if m.value.startswith("On all"))
     assert line.startswith(f"On all 10,000 test images: **{100 * expected:.1f} %**"), line
+
+
+def test_train_page_takes_the_presets_alpha_and_epochs_and_says_how_long_a_run_takes(app):
+    from bsq_explore.catalog import epoch_seconds
+    from bsq_explore.config import preset
+    from bsq_explore.dashboard import duration
+
+    at = app("train")
+    at.selectbox[0].set_value("fashion-lenet5").run()
+    fashion = preset("fashion-lenet5")  # alpha 0.02 and 12 BSQ epochs, not the digits preset's 0.16 and 40
+    assert [n.value for n in at.number_input] == [fashion.alpha, fashion.bsq_epochs]
+    assert at.text_input[0].value == "fashion-lenet5-a0.02-app"
+    at.selectbox[0].set_value("cifar10-resnet20").run()
+    paper = preset("cifar10-resnet20")
+    seconds = epoch_seconds(EXAMPLES, "resnet20", "folder:x/cifar10")  # the shipped ResNet-20's epochs
+    text = shown(at.caption[0].value)
+    assert f"{paper.epoch_count()} epochs in all, about {duration(paper.epoch_count() * seconds)}" in text
+    assert duration(paper.epoch_count() * seconds).endswith(("hours", "days"))  # the paper's recipe on a CPU: say so
+
+
+def test_durations_read_at_a_glance():
+    from bsq_explore.dashboard import duration
+
+    assert [duration(s) for s in (40, 119, 720, 7200 + 1800, 3 * 86400)] == ["40 s", "119 s", "12 min", "2.5 hours",
+                                                                             "3 days"]

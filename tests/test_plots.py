@@ -202,7 +202,13 @@ def test_compare_metrics_aligns_stages_and_keeps_one_colour_per_run(tiny_run):
         assert x[("bsq", 1)] == dict(zip(zip(run.metrics.stage, run.metrics.epoch), fig.data[0].x))[("bsq", 1)]
     assert list(fig.data[0].y) == pytest.approx((100 * run.metrics.test_acc).tolist())
     ticks = dict(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext))
-    assert "bsq 0" in ticks.values() and "pretrain 1" in ticks.values()
+    assert "bsq 0" in ticks.values() and list(ticks.values())[-1] == "finetune 20"
+    gaps = [b - a for a, b in zip(list(ticks), list(ticks)[1:])]
+    assert min(gaps) >= (max(fig.data[0].x) + 1) / 10  # no two labels on top of each other
+    long = plots.compare_metrics({"f": load_run(EXAMPLES / "digits-float").metrics, "b": sweep_run.metrics})
+    assert list(long.layout.xaxis.ticktext) == ["pretrain 1", "bsq 0", "finetune 1", "finetune 20"]
+    assert long.layout.title.text == "the runs side by side" and plots.compare_metrics(
+        {"a": run.metrics}).layout.title.text == "training curves"
 
 
 def test_precision_timeline_shows_an_empty_layer_as_removed(run):

@@ -1,7 +1,7 @@
 """Start a run in the background and watch its bits die while it trains; stop it from here."""
 import streamlit as st
 
-from bsq_explore import dashboard, jobs, plots, runs
+from bsq_explore import catalog, dashboard, jobs, plots, runs
 from bsq_explore.catalog import describe, list_runs
 from bsq_explore.config import MAX_EPOCHS, PRESETS, preset
 
@@ -18,14 +18,27 @@ def follow() -> None:  # the default name follows preset and alpha until the use
         st.session_state.train_name = default_name()
 
 
+def take_preset() -> None:  # a preset brings its own alpha and BSQ epochs: alpha 0.3 would collapse Fashion-MNIST
+    chosen = preset(st.session_state.train_preset)
+    st.session_state.update(train_alpha=chosen.alpha, train_epochs=chosen.bsq_epochs)
+    follow()
+
+
+if "train_preset" not in st.session_state:
+    st.session_state.train_preset = next(iter(PRESETS))
+    take_preset()
 c = st.columns(3)
-c[0].selectbox("preset", list(PRESETS), key="train_preset", on_change=follow)
-c[1].number_input("alpha", min_value=0.0, value=0.3, step=0.05, format="%.3f", key="train_alpha", on_change=follow,
+c[0].selectbox("preset", list(PRESETS), key="train_preset", on_change=take_preset)
+c[1].number_input("alpha", min_value=0.0, step=0.05, format="%.3f", key="train_alpha", on_change=follow,
                   help="the strength of the bit penalty: larger kills more bit planes")
-c[2].number_input("BSQ epochs", min_value=1, max_value=MAX_EPOCHS, value=40, step=5, key="train_epochs")
-if "train_name" not in st.session_state:
-    st.session_state.train_name = default_name()
+c[2].number_input("BSQ epochs", min_value=1, max_value=MAX_EPOCHS, step=5, key="train_epochs")
 st.text_input("run name", key="train_name", on_change=lambda: st.session_state.update(train_name_typed=True))
+planned = preset(st.session_state.train_preset, bsq_epochs=int(st.session_state.train_epochs))
+per_epoch = dashboard.epoch_seconds(planned.model, planned.dataset)
+st.caption(dashboard.plain(
+    f"{catalog.schedule_text(planned)}: {planned.epoch_count()} epochs in all"
+    + (f", about {dashboard.duration(planned.epoch_count() * per_epoch)} on this machine (the shipped "
+       f"{planned.model} runs took {per_epoch:.3g} s an epoch)" if per_epoch else "") + "."))
 
 
 if st.button("start training", type="primary"):
@@ -52,7 +65,7 @@ def progress(run) -> None:
     st.progress(min(done / max(total, 1), 1.0), text=text)
 
 
-@st.fragment(run_every=2)
+@st.fragment(run_every=1)  # a digits run ends in seconds: a refresh every second shows it train
 def watch() -> None:
     """Every run in progress under the runs root (read from disk, so a reload keeps it), each with
     a stop button, then the run started here: its curves and bit heatmap as it trains."""
