@@ -18,7 +18,7 @@ __all__ = ["REMOVED", "STAGE_COLORS", "MAX_FRAMES", "FONT", "RUN_COLORS", "POS",
            "HEATMAP_ROWS_PX",
            "EPOCH_TITLE", "alpha_colors", "bit_grid", "bit_heatmap", "bit_heatmap_animation", "precision_timeline",
            "metrics_curves", "PARETO_BAND", "pareto", "layer_precision_bars", "compare_metrics", "bit_planes_image",
-           "error_curves", "run_heatmap"]
+           "error_curves", "side_by_side_", "run_heatmap"]
 
 REMOVED = "#d9d9d9"      # the plot background shows through where a plane no longer exists
 STAGE_COLORS = {"pretrain": "rgba(120,120,120,0.10)", "bsq": "rgba(0,114,178,0.08)", "finetune": "rgba(0,158,115,0.10)"}
@@ -140,7 +140,7 @@ def _still_heatmap(trace, steps: pd.DataFrame, labels: dict, step: int | None):
     fig = _style(fig, f"bit planes, {labels[step]}", max(300, _row_px(rows) * rows + 125),
                  xaxis=dict(title="bit (most significant left)", type="category"),
                  yaxis=dict(title="layer", autorange="reversed", type="category", tickmode="array",
-                            tickvals=fig.data[0].y),  # every layer named, not every other one
+                            tickvals=fig.data[0].y, ticklabelstandoff=6),  # every layer named, clear of the cells
                  plot_bgcolor=REMOVED)
     return fig.update_layout(margin_t=55), step
 
@@ -254,6 +254,8 @@ def metrics_curves(metrics: pd.DataFrame):
     fig.add_trace(go.Scatter(x=x, y=metrics.compression.where(metrics.compression.map(math.isfinite)),
                              name="compression", line_shape="hv", line_color=RUN_COLORS[5]), 4, 1)
     fig.update_yaxes(range=_percent_range([*metrics.test_acc, *metrics.train_acc]), title_text="%", row=1, col=1)
+    fig.update_yaxes(title_text="CE", rangemode="tozero", row=2, col=1)  # losses are never negative: no "-50" tick
+    fig.update_yaxes(title_text="R", rangemode="tozero", row=2, col=1, secondary_y=True)
     fig.update_yaxes(title_text="bits", row=3, col=1)
     fig.update_yaxes(title_text="x", row=4, col=1)
     _stage_bands(fig, metrics)
@@ -425,17 +427,31 @@ def error_curves(w: torch.Tensor, nbits: int, max_bits: int = 8):
     go = _go()
     errors = reconstruction_errors(w, max_bits)
     fig = go.Figure()
-    for i, (column, label, dash) in enumerate((("max_abs_error", "largest error", None), ("rmse", "RMS error", None),
-                                               ("bound", "bound: half a step", "dot"))):
-        fig.add_trace(go.Scatter(x=errors.nbits, y=errors[column], name=label, mode="lines+markers",
-                                 line=dict(dash=dash, color=RUN_COLORS[i])))
-    fig.add_vline(x=nbits, line_color="crimson", annotation_text=f"{nbits} bits", annotation_font_size=16)
+    for column, label, color in (("max_abs_error", "largest error", RUN_COLORS[0]), ("rmse", "RMS error", RUN_COLORS[1])):
+        fig.add_trace(go.Scatter(x=errors.nbits, y=errors[column], name=label, mode="lines+markers", line_color=color))
+    # the largest error nearly reaches the bound: drawn last, wide and black, the bound shows through it
+    fig.add_trace(go.Scatter(x=errors.nbits, y=errors.bound, name="bound: half a step", mode="lines",
+                             line=dict(dash="dot", color="black", width=4)))
+    fig.add_vline(x=nbits, line_color="crimson", annotation_text=f"{nbits} bit" + "s" * (nbits != 1),
+                  annotation_font_size=16)
     return _style(fig, "reconstruction error against bits", 420, xaxis=dict(title="bits per weight", dtick=1),
-                  yaxis=dict(title="error (weight units, log)", type="log"))
+                  yaxis=dict(title="error (weight units, log)", type="log", dtick=1,  # a label per decade only
+                             exponentformat="power"))
+
+
+def side_by_side_(*figs) -> None:
+    """Ready bit heatmaps to stand side by side, each half as wide: the same bit columns (the union of
+    theirs, most significant left), so that a 2-bit run's two columns sit under the same bits as an
+    8-bit run's and are as wide; and no numbers in cells too narrow for them (hover shows them)."""
+    columns = sorted({int(c) for fig in figs for c in fig.data[0].x}, reverse=True)
+    for fig in figs:
+        fig.update_xaxes(categoryorder="array", categoryarray=[str(c) for c in columns],
+                         range=[-0.5, len(columns) - 0.5])
+        fig.update_traces(texttemplate=None)
 
 
 def run_heatmap(run, value: str = "density"):
     """The last bit heatmap of a run, titled with its name, accuracy and size (catalog.caption)."""
     fig = bit_heatmap(run.bits, value=value)
-    fig.update_layout(title_text=f"{run.name}: {caption(run)}")
+    fig.update_layout(title_text=f"{run.name}<br>{caption(run)}", margin_t=80)  # two lines: a half-width chart
     return fig

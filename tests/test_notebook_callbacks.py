@@ -103,6 +103,9 @@ def test_error_figure_shrinks_with_bits_and_marks_the_slider(weights):
     # by hand: w = (1, 0.4); 1 bit keeps {0, 1}: 0.4 -> 0; 2 bits keep thirds: 0.4 -> 1/3
     fig = plots.error_curves(torch.tensor([1.0, 0.4]), 1, max_bits=2)
     assert list(fig.data[0].y) == pytest.approx([0.4, 0.4 - 1 / 3])
+    assert fig.layout.annotations[0].text == "1 bit" and plots.error_curves(w, 3).layout.annotations[0].text == "3 bits"
+    assert fig.layout.yaxis.dtick == 1 and fig.layout.yaxis.exponentformat == "power"  # 10^-2, not a bare "2"
+    assert fig.data[2].line.width == 4 and fig.data[2].line.color == "black"  # the bound shows through the largest error
 
 
 def test_digit_table_by_hand():

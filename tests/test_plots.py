@@ -108,6 +108,7 @@ def test_precision_timeline(run):
 
 def test_metrics_curves(run):
     fig = plots.metrics_curves(run.metrics)
+    assert fig.layout.yaxis2.rangemode == fig.layout.yaxis3.rangemode == "tozero"  # losses: no negative ticks
     names = [t.name for t in fig.data]
     assert names == ["test accuracy", "train accuracy", "train loss (CE)", "R (bit Lasso)", "average bits",
                      "compression"]
@@ -242,3 +243,14 @@ def test_bit_heatmap_prints_values_where_they_fit(run):
     many = pd.concat([run.bits.assign(layer=run.bits.layer + f"_{k}", layer_index=run.bits.layer_index + 3 * k)
                       for k in range(30)], ignore_index=True)  # 90 layers x 8 bits: too many cells to print
     assert plots.bit_heatmap(many).data[0].texttemplate is None
+
+
+def test_heatmaps_side_by_side_share_their_bit_columns_and_print_no_numbers():
+    eight = load_run(EXAMPLES / "fashion-a0.02").bits
+    two = load_run(EXAMPLES / "fashion-u2").bits
+    a, b = plots.bit_heatmap(eight), plots.bit_heatmap(two)
+    assert list(b.data[0].x) == ["1", "0"] and a.data[0].texttemplate  # alone: two columns, numbers printed
+    plots.side_by_side_(a, b)
+    for fig in (a, b):
+        assert list(fig.layout.xaxis.categoryarray) == [str(c) for c in range(7, -1, -1)]
+        assert list(fig.layout.xaxis.range) == [-0.5, 7.5] and fig.data[0].texttemplate is None

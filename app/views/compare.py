@@ -13,15 +13,18 @@ if a is None or b is None:
     st.stop()
 which = dashboard.url_radio("epoch", ["final", "end of BSQ"],
                             help="the heatmaps at each run's last epoch, or at its last BSQ epoch (before finetuning)")
+figs = {}
+for run in (a, b):
+    if not run.bits.empty:
+        figs[run.name] = plots.bit_heatmap(run.bits, axes.last_step(run.bits, "bsq" if which == "end of BSQ" else None))
+        figs[run.name].update_layout(title_text=f"{run.name}<br>{figs[run.name].layout.title.text}", margin_t=80)
+plots.side_by_side_(*figs.values())
 for col, run in zip(st.columns(2), (a, b)):
     with col:
-        if run.bits.empty:
+        if run.name not in figs:
             st.info(dashboard.plain(f"{run.name} has no bit frames: it is a float run or has not reached BSQ training yet."))
             continue
-        step = axes.last_step(run.bits, "bsq" if which == "end of BSQ" else None)
-        fig = plots.bit_heatmap(run.bits, step)
-        fig.update_layout(title_text=f"{run.name}: {fig.layout.title.text}")
-        dashboard.chart(fig, key=f"heat_{run.name}")
+        dashboard.chart(figs[run.name], key=f"heat_{run.name}")
         final = run.final_layers()[["layer", "numel", "nbits"]]
         st.dataframe(final, hide_index=True, height="content", column_config={
             "numel": st.column_config.NumberColumn("weights"), "nbits": st.column_config.NumberColumn("final bits")})

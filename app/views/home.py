@@ -25,7 +25,7 @@ if run is not None and not run.bits.empty:
         "- each **row** is a layer, in network order;\n"
         "- each **column** is one bit of its weights, the most significant on the left;\n"
         "- the **colour** is the plane's *density*: the share of the layer's weights that use that bit "
-        "(dark: few; the number is printed in the cell);\n"
+        "(dark: few; hover a cell for its number);\n"
         "- **grey** means the plane was removed: the layer no longer stores that bit.\n\n"
         "Top bits die first: few weights are large enough to need them, and big layers lose most, "
         "because the penalty weighs a plane by its layer's size.")
