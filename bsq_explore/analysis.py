@@ -1,6 +1,8 @@
 """Questions asked of runs, answered as frames: when planes died, final precisions, what-if models."""
 from __future__ import annotations
 
+import threading
+
 import pandas as pd
 import torch
 
@@ -178,6 +180,7 @@ class WhatIf:
         self.model = build_model(run.config, self.data)
         self.bits = {name: spec["nbits"] for name, spec in self.exported["layers"].items()}
         self._scores = {}  # kept bits per layer -> evaluate(): moving a slider back costs nothing
+        self._lock = threading.Lock()  # the app shares one WhatIf between visitors: one model, one scorer at a time
 
     @property
     def images(self) -> int:
@@ -188,13 +191,15 @@ class WhatIf:
         from .export import load_quantized
         from .train import evaluate
 
-        key = tuple((nbits or {}).get(name, n) for name, n in self.bits.items())
-        if key not in self._scores:
-            exported = reduce_precision(self.exported, nbits or {})
-            load_quantized(self.model, exported)
-            accuracy = evaluate(self.model, self.data.test_x, self.data.test_y, WHAT_IF_BATCH)
-            self._scores[key] = dict(test_acc=accuracy, **export_size(exported))
-        return self._scores[key]
+        nbits = nbits or {}
+        key = tuple(nbits.get(name, n) for name, n in self.bits.items())
+        with self._lock:
+            if key not in self._scores:
+                exported = reduce_precision(self.exported, nbits)
+                load_quantized(self.model, exported)
+                accuracy = evaluate(self.model, self.data.test_x, self.data.test_y, WHAT_IF_BATCH)
+                self._scores[key] = dict(test_acc=accuracy, **export_size(exported))
+            return self._scores[key]
 
     @property
     def trained(self) -> dict:

@@ -94,3 +94,16 @@ def test_epoch_seconds_is_the_median_epoch_of_the_finished_runs_of_that_model_an
     fashion = [load_run(EXAMPLES / n).metrics.seconds for n in table[table.sweep == "fashion"].name]
     assert epoch_seconds(EXAMPLES, "lenet5", "fashion-mnist") == pytest.approx(pd.concat(fashion).median())
     assert epoch_seconds(EXAMPLES, "lenet5", "mnist") is None  # no shipped run of it
+
+
+def test_what_if_scores_the_same_from_visitors_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bsq_explore.analysis import WhatIf
+
+    run = load_run(EXAMPLES / "digits-a0.3")
+    shared, alone = WhatIf(run), WhatIf(run)
+    choices = [{"fc1": b, "fc2": c} for b in range(1, 5) for c in range(1, 3)]
+    with ThreadPoolExecutor(4) as pool:  # the app shares one WhatIf between sessions: one model to load into
+        together = list(pool.map(shared.evaluate, choices))
+    assert together == [dict(alone.evaluate(c)) for c in choices]
