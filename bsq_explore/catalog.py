@@ -79,9 +79,10 @@ def _row(folder: Path) -> dict:
 
 
 def sweep_table(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
-    """The sweep's runs from a list_runs() frame, BSQ runs by alpha then baselines by bits."""
+    """The sweep's runs from a list_runs() frame: the float run, BSQ runs by alpha, their Hessian twins,
+    then uniform baselines by bits."""
     table = runs[runs.sweep == sweep].copy()
-    table["order"] = table.kind.map({"float": 0, "bsq": 1, "uniform": 2})
+    table["order"] = table.kind.map({"float": 0, "bsq": 1, "hessian": 2, "uniform": 3})
     table = table.sort_values(["order", "alpha", "nbits"]).drop(columns="order")
     return table[["name", "kind", "alpha", "nbits", "avg_bits", "compression", "bsq_acc", "test_acc",
                   "status", "reason"]].reset_index(drop=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -56,6 +57,8 @@ class BSQConfig:
     precision: str = "fp32"           # fp32 | bf16: the compute type of training steps
     threads: int = 1                  # intra-op CPU threads: set by the config, never by the scheduler,
                                       # since they change float summation order and so every frame
+    layer_bits: str = ""              # "name=bits,...": every converted layer at its own fixed precision
+                                      # (a Hessian allocation, sensitivity.allocate_bits); "": all at nbits
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # a run.json or --config file can hold any JSON value
@@ -78,6 +81,11 @@ class BSQConfig:
     def epoch_count(self) -> int:
         """How many epochs the run logs: every stage's epochs, and BSQ's epoch 0."""
         return sum(s.epochs + s.snapshot for s in map(self.schedule, STAGES))
+
+    def chosen_bits(self) -> dict[str, int]:
+        """layer_bits as {layer: bits} ({} when every layer starts at nbits)."""
+        pairs = [p.split("=") for p in self.layer_bits.split(",") if p.strip()]
+        return {name.strip(): int(bits) for name, bits in pairs}
 
     def replace(self, **changes) -> "BSQConfig":
         return dataclasses.replace(self, **changes)
@@ -145,6 +153,7 @@ def _rules(c: BSQConfig) -> list[tuple[bool, str]]:
         (0 <= min(c.train_subset, c.test_subset) and max(c.train_subset, c.test_subset) <= MAX_IMAGES,
          f"subsets must be 0..{MAX_IMAGES:,} images"),
         (act_bits_ok(c.act_bits), ACT_BITS_RULE),
+        (_layer_bits_ok(c), "layer_bits must be name=bits pairs with bits 1..max_bits, and no BSQ epochs"),
         (c.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
         (c.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
         (c.device in DEVICES or c.device.startswith("cuda:"), f"device must be {', '.join(DEVICES)} or cuda:N"),
@@ -153,6 +162,14 @@ def _rules(c: BSQConfig) -> list[tuple[bool, str]]:
         (c.dataset in DATASETS or c.dataset.startswith("folder:"),
          f"unknown dataset {c.dataset!r}; choose one of: {', '.join(DATASETS)}, folder:PATH"),
     ]
+
+
+def _layer_bits_ok(c: BSQConfig) -> bool:
+    if not c.layer_bits:
+        return True
+    pairs = [p.split("=") for p in c.layer_bits.split(",")]
+    return c.bsq_epochs == 0 and all(len(p) == 2 and p[0].strip() and re.fullmatch(r"[0-9]{1,2}", p[1].strip()) and
+                                     1 <= int(p[1]) <= c.max_bits for p in pairs)
 
 
 def _has_type(value, default) -> bool:

@@ -6,6 +6,7 @@ accuracy in %, and colour-blind-safe scales (Viridis for ordered values, Okabe-I
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -283,64 +284,90 @@ PARETO_BAND = 15  # points below the float model: the accuracies where a choice 
 def pareto(table: pd.DataFrame):
     """Compression (x, log) against final test accuracy (y, %) over a sweep table (runs.sweep_table):
     one marker per BSQ run, coloured by alpha (alpha_colors) and joined in order of compression;
-    uniform baselines as squares, named above the frame on a dotted line; the float model as a
-    dashed line. The frame holds the region where a choice is made: accuracies down to PARETO_BAND
-    points below the float model (or the best run). A run below it (a collapsed run, a 1-bit
-    baseline) is a triangle on the frame's lower edge (and its right edge, when it is further
-    right), its true accuracy and compression printed beside it."""
+    their Hessian twins as diamonds of the same colours, joined by a dashed line; uniform baselines
+    as squares, named above the frame on a dotted line; the float model as a dashed line. The frame
+    holds the region where a choice is made: accuracies down to PARETO_BAND points below the float
+    model (or the best run). A run below it (a collapsed run, a 1-bit baseline) is a triangle on the
+    frame's lower edge (and its right edge, when it is further right), listed in the corner with its
+    true accuracy and compression."""
     go = _go()
     fig = go.Figure()
-    done = table[table.status == "finished"]
-    bsq = done[(done.kind == "bsq") & done.compression.map(lambda c: c is not None and math.isfinite(c))]
-    bsq = bsq.sort_values("compression")
+    done = table[(table.status == "finished") & table.compression.map(lambda c: c is not None and math.isfinite(c))]
+    bsq, hessian = (done[done.kind == k].sort_values("compression") for k in ("bsq", "hessian"))
     uniform = done[done.kind == "uniform"].sort_values("nbits", ascending=False)  # the legend shows the first: a square
     floats = done[done.kind == "float"]
     colors = alpha_colors(table[table.kind == "bsq"].alpha.dropna())
-    runs = pd.concat([bsq, uniform])
+    runs = pd.concat([bsq, hessian, uniform])
     top = 100 * (floats.test_acc.iloc[0] if len(floats) else runs.test_acc.max() if len(runs) else 1.0)
     inside = runs[100 * runs.test_acc >= top - PARETO_BAND]
-    lo = min([*(100 * inside.test_acc), top]) - 1.5
-    right = 1.3 * inside.compression.max() if len(inside) else None
-
-    def place(rows):  # (x, y) drawn: a run outside the frame moves onto its edge
-        return ([min(c, right) if right else c for c in rows.compression], [max(100 * a, lo) for a in rows.test_acc])
-
-    hover = "%{customdata}<br>%{meta}<extra></extra>"
-    x, y = place(bsq)
-    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="BSQ, in order", line=dict(color="#777777", width=2),
-                             hoverinfo="skip"))
-    for row, xi, yi in zip(bsq.itertuples(), *place(bsq)):
-        fig.add_trace(go.Scatter(x=[xi], y=[yi], mode="markers", name=f"α={row.alpha:g}",
+    frame = _Frame(lo=min([*(100 * inside.test_acc), top]) - 1.5,
+                   right=1.3 * inside.compression.max() if len(inside) else None)
+    for rows, name, dash in ((bsq, "BSQ, in order", None), (hessian, "Hessian, in order", "dash")):
+        if len(rows):
+            x, y = frame.place(rows)
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=dict(color="#777777", width=2, dash=dash),
+                                     hoverinfo="skip"))
+    for row, xi, yi in zip(bsq.itertuples(), *frame.place(bsq)):
+        fig.add_trace(go.Scatter(x=[xi], y=[yi], mode="markers", name=f"α={row.alpha:g}", customdata=[row.name],
                                  marker=dict(color=colors[row.alpha], size=16, line=dict(color="white", width=1),
-                                             symbol="triangle-down" if 100 * row.test_acc < lo else "circle"),
-                                 customdata=[row.name], meta=[f"{row.compression:.1f}x, {100 * row.test_acc:.1f} %"],
-                                 hovertemplate=hover))
-    x, y = place(uniform)
-    fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name="uniform k-bit", customdata=uniform.name,
-                             marker=dict(symbol=["triangle-down" if 100 * a < lo else "square" for a in uniform.test_acc],
-                                         size=14, color="#E69F00", line=dict(color="black", width=1)),
-                             meta=[f"{c:.1f}x, {100 * a:.1f} %" for c, a in zip(uniform.compression, uniform.test_acc)],
-                             hovertemplate=hover))
-    for bits, xi in zip(uniform.nbits, x):  # named above the frame, clear of the points
+                                             symbol=frame.symbol(row.test_acc, "circle")), **frame.hover([row])))
+    _points_(fig, frame, hessian, "Hessian-chosen bits", "diamond", [colors.get(a, "#777777") for a in hessian.alpha])
+    _points_(fig, frame, uniform, "uniform k-bit", "square", "#E69F00")
+    for bits, xi in zip(uniform.nbits, frame.place(uniform)[0]):  # named above the frame, clear of the points
         fig.add_vline(x=xi, line_dash="dot", line_color="#999999", line_width=1)
         fig.add_annotation(x=math.log10(xi), y=1, yref="paper", yanchor="bottom", showarrow=False, text=f"{bits:g}-bit",
                            font_size=16)
-    below = runs[100 * runs.test_acc < lo]
-    if len(below):  # one list in the corner: labels at the edge would pile up on each other
-        names = [f"{b:g}-bit" if k == "uniform" else f"α={a:g}" for k, a, b in zip(below.kind, below.alpha, below.nbits)]
-        fig.add_annotation(x=0, xref="paper", y=0, yref="paper", xanchor="left", yanchor="bottom", showarrow=False,
-                           align="left", font_size=16, bgcolor="rgba(255,255,255,0.85)",
-                           text="▼ below the frame:<br>" + "<br>".join(
-                               f"{n}: {100 * a:.1f} %, {c:.0f}x" for n, a, c in zip(names, below.test_acc, below.compression)))
+    _below_note_(fig, runs[100 * runs.test_acc < frame.lo])
     if len(floats):
         fig.add_hline(y=top, line_dash="dash", annotation_text="float model", annotation_position="bottom right",
                       annotation_font_size=16)
+    right = frame.right
     x_range = [math.log10(min(inside.compression) / 1.3), math.log10(1.15 * right)] if right else None
     return _style(fig, "test accuracy against compression", 600,
                   legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
                   xaxis=dict(title="compression (x, vs float32 weights)", range=x_range,
                              **_power_ticks([*inside.compression, right or 1])),
-                  yaxis=dict(title="final test accuracy (%)", range=[lo - 1.5, min(100.0, top + 2)]))
+                  yaxis=dict(title="final test accuracy (%)", range=[frame.lo - 1.5, min(100.0, top + 2)]))
+
+
+class _Frame(NamedTuple):
+    """The pareto chart's frame: its lowest accuracy (%) and its right edge (compression)."""
+    lo: float
+    right: float | None
+
+    def place(self, rows) -> tuple[list, list]:  # (x, y) drawn: a run outside the frame moves onto its edge
+        return ([min(c, self.right) if self.right else c for c in rows.compression],
+                [max(100 * a, self.lo) for a in rows.test_acc])
+
+    def symbol(self, accuracy: float, inside: str) -> str:
+        return "triangle-down" if 100 * accuracy < self.lo else inside
+
+    @staticmethod
+    def hover(rows) -> dict:
+        return dict(meta=[f"{r.compression:.1f}x, {100 * r.test_acc:.1f} %" for r in rows],
+                    hovertemplate="%{customdata}<br>%{meta}<extra></extra>")
+
+
+def _points_(fig, frame: _Frame, rows: pd.DataFrame, name: str, symbol: str, color) -> None:
+    """One trace of markers for rows (a kind of run), drawn where frame places them."""
+    if rows.empty:
+        return
+    x, y = frame.place(rows)
+    fig.add_trace(_go().Scatter(x=x, y=y, mode="markers", name=name, customdata=rows.name,
+                                marker=dict(symbol=[frame.symbol(a, symbol) for a in rows.test_acc], size=14, color=color,
+                                            line=dict(color="black", width=1)), **frame.hover(list(rows.itertuples()))))
+
+
+def _below_note_(fig, below: pd.DataFrame) -> None:
+    """The runs below the frame, listed in its corner: labels at the edge would pile up on each other."""
+    if below.empty:
+        return
+    names = [{"uniform": f"{b:g}-bit", "hessian": f"Hessian α={a:g}"}.get(k, f"α={a:g}")
+             for k, a, b in zip(below.kind, below.alpha, below.nbits)]
+    fig.add_annotation(x=0, xref="paper", y=0, yref="paper", xanchor="left", yanchor="bottom", showarrow=False,
+                       align="left", font_size=16, bgcolor="rgba(255,255,255,0.85)",
+                       text="▼ below the frame:<br>" + "<br>".join(
+                           f"{n}: {100 * a:.1f} %, {c:.0f}x" for n, a, c in zip(names, below.test_acc, below.compression)))
 
 
 def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None = None):

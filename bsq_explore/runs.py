@@ -33,16 +33,21 @@ class DamagedRun(Exception):
 
 
 def run_kind(config: dict) -> str:
-    """bsq, uniform (a fixed-precision baseline) or float (pretraining only), from a config dict."""
+    """bsq, uniform (one fixed precision for every layer), hessian (a fixed precision per layer,
+    chosen from Hessian traces) or float (pretraining only), from a config dict."""
     if config.get("bsq_epochs", 0) > 0:
         return "bsq"
-    return "uniform" if config.get("finetune_epochs", 0) > 0 else "float"
+    if config.get("finetune_epochs", 0) > 0:
+        return "hessian" if config.get("layer_bits") else "uniform"
+    return "float"
 
 
 def run_name(config: BSQConfig, prefix: str) -> str:
-    """prefix-float, prefix-a<alpha> or prefix-u<bits>, by the run's kind: how sweeps name their runs."""
+    """prefix-float, prefix-a<alpha>, prefix-u<bits> or prefix-h<alpha> (the Hessian twin of the
+    BSQ run of that alpha), by the run's kind: how sweeps name their runs."""
     kind = run_kind(config.to_dict())
-    return f"{prefix}-" + {"float": "float", "bsq": f"a{config.alpha:g}", "uniform": f"u{config.nbits}"}[kind]
+    return f"{prefix}-" + {"float": "float", "bsq": f"a{config.alpha:g}", "uniform": f"u{config.nbits}",
+                           "hessian": f"h{config.alpha:g}"}[kind]
 
 
 @dataclass

@@ -55,7 +55,12 @@ def _recipe(run: RunState) -> None:
     run.stage_("pretrain")                       # float epochs; the last one writes float.pt
     if config.bsq_epochs == config.finetune_epochs == 0:
         return                                   # a float run: its float model is the result
-    convert_(run.model, config.nbits, filter_fn=convert_filter(config))
+    chosen = config.chosen_bits()
+    if chosen:                                   # each layer at the bits chosen for it (sensitivity.allocate_bits)
+        for bits in sorted(set(chosen.values())):
+            convert_(run.model, bits, filter_fn=lambda module, name, bits=bits: chosen.get(name) == bits)
+    else:
+        convert_(run.model, config.nbits, filter_fn=convert_filter(config))
     run.stage_("bsq")                            # epoch 0, the model as converted, then the BSQ epochs,
     freeze_(run.model)                           # each re-quantizing every requant_every epochs
     run.stage_("finetune")
@@ -402,11 +407,15 @@ def _check_fits(model: nn.Module, ds, config: BSQConfig) -> None:
 
 
 def _check_converts(model: nn.Module, config: BSQConfig) -> None:
-    """A run that quantizes must leave convert_ a layer to quantize."""
+    """A run that quantizes must leave convert_ a layer to quantize, and layer_bits must name exactly those."""
     keep = convert_filter(config)
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and (keep is None or keep(m, n))]
     if (config.bsq_epochs or config.finetune_epochs) and not layers:
         raise ValueError(f"--float-layers {config.float_layers!r} leaves no layer of {config.model} to quantize")
+    chosen = config.chosen_bits()
+    if chosen and set(chosen) != set(layers):
+        wrong = sorted(set(chosen) ^ set(layers))
+        raise ValueError(f"layer_bits must give bits to exactly the layers that convert; check {', '.join(wrong[:5])}")
 
 
 def _read_pretrained(path: str) -> dict:

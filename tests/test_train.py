@@ -189,3 +189,22 @@ def test_a_torchvision_classifier_trains_through_every_stage_on_a_folder_of_32x3
     model = torch.load(tmp_path / "runs" / "mnv3" / "float.pt", weights_only=True)
     convs_and_linears = {k.removesuffix(".weight") for k, v in model.items() if k.endswith(".weight") and v.dim() in (2, 4)}
     assert set(run.layers.layer) == convs_and_linears - {"classifier.3"}  # every Conv2d and Linear but the one kept float
+
+
+def test_a_run_with_chosen_bits_per_layer_keeps_them_through_finetuning(tmp_path):
+    from bsq_explore.config import preset
+    from bsq_explore.runs import load_run, run_name
+    from bsq_explore.train import train
+
+    chosen = preset("digits-mlp", pretrain_epochs=2, bsq_epochs=0, finetune_epochs=1, alpha=0.3,
+                    layer_bits="fc1=2,fc2=3,fc3=6")
+    run = load_run(train(chosen, runs=tmp_path, name="h"))
+    assert run.kind == "hessian" and run_name(chosen, "digits") == "digits-h0.3"
+    assert dict(zip(run.final_layers().layer, run.final_layers().nbits)) == {"fc1": 2, "fc2": 3, "fc3": 6}
+    assert run.summary["avg_bits"] == pytest.approx((16384 * 2 + 32768 * 3 + 1280 * 6) / (16384 + 32768 + 1280))
+    with pytest.raises(ValueError, match="exactly the layers that convert; check fc3"):
+        train(chosen.replace(layer_bits="fc1=2,fc2=3"), runs=tmp_path, name="h2")
+    with pytest.raises(ValueError, match="layer_bits must be name=bits pairs"):
+        chosen.replace(layer_bits="fc1=2,fc2=9")  # above max_bits
+    with pytest.raises(ValueError, match="and no BSQ epochs"):
+        chosen.replace(bsq_epochs=3)
