@@ -63,7 +63,8 @@ def _row(folder: Path) -> dict:
         config, summary = info["config"], info.get("summary") or {}
         kind = run_kind(config)
         row.update(status=info["status"], sweep=info.get("sweep"), kind=kind,
-                   alpha=config.get("alpha") if kind == "bsq" else None, nbits=config.get("nbits"), epochs=epochs,
+                   alpha=config.get("alpha") if kind in ("bsq", "hessian") else None, nbits=config.get("nbits"),
+                   epochs=epochs,
                    **{k: summary.get(k) for k in SUMMARY_KEYS})
         if info["status"] == "failed":
             row["reason"] = info.get("error") or ""

@@ -185,6 +185,9 @@ def _add_sweep_command(sub) -> None:
     sweep.add_argument("--equal-compute", action="store_true",
                        help="finetune the uniform baselines for the BSQ and finetune epochs together "
                             "(as many steps as a BSQ run)")
+    sweep.add_argument("--hessian", type=int, default=0, metavar="SAMPLES",
+                       help="then a Hessian twin of every finished BSQ run: its bits chosen from the float model's "
+                            "Hessian traces (SAMPLES Hutchinson samples, e.g. 32) at the BSQ run's average bits")
     sweep.add_argument("--runs")
     sweep.add_argument("--name", help="sweep name (prefix of its runs)")
     _add_config_options(sweep)
@@ -241,7 +244,7 @@ def cmd_sweep(args) -> int:
     table = sweep(args.preset, _numbers(args.alphas), jobs=args.jobs, runs=args.runs, name=args.name,
                   uniform_bits=_numbers(args.uniform, int), backend=args.backend, address=args.address,
                   cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                  equal_compute=args.equal_compute, **_overrides(args))
+                  equal_compute=args.equal_compute, hessian=args.hessian, **_overrides(args))
     print(printable(table.to_string(index=False)))
     for error in table.attrs.get("errors", []):
         print(printable(f"failed: {error}"), file=sys.stderr)

@@ -19,7 +19,7 @@ import pandas as pd
 from . import __version__
 from .config import BSQConfig
 
-__all__ = ["INFO", "CHECKPOINT", "FLOAT_MODEL", "MODEL", "RUN_FILES", "FRAME_COLUMNS", "BIT_COLUMNS",
+__all__ = ["INFO", "CHECKPOINT", "FLOAT_MODEL", "MODEL", "TRACES", "RUN_FILES", "FRAME_COLUMNS", "BIT_COLUMNS",
            "LAYER_COLUMNS", "frame_file", "check_name", "prepare_root", "write_atomic", "write_frame",
            "_summarize", "RunFolder"]
 
@@ -41,7 +41,8 @@ def frame_file(kind: str) -> str:
     return f"{kind}.parquet"
 
 
-RUN_FILES = (INFO, CHECKPOINT, FLOAT_MODEL, MODEL, *(frame_file(k) for k in FRAME_COLUMNS))
+TRACES = "traces.parquet"  # a Hessian twin's layer traces (sensitivity.layer_traces of its float model)
+RUN_FILES = (INFO, CHECKPOINT, FLOAT_MODEL, MODEL, TRACES, *(frame_file(k) for k in FRAME_COLUMNS))
 
 
 def _file_mode() -> int:

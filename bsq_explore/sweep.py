@@ -1,4 +1,4 @@
-"""Alpha sweeps: one shared float model, one BSQ run per alpha and uniform-precision baselines."""
+"""Alpha sweeps: one shared float model, one BSQ run per alpha, uniform-precision baselines and Hessian twins."""
 from __future__ import annotations
 
 import multiprocessing
@@ -12,15 +12,15 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from .catalog import list_runs, sweep_table
+from .catalog import finished_bsq, list_runs, sweep_table
 from .config import UNIFORM_BITS, BSQConfig, differences, preset
 from .paths import runs_root
 from .progress import ProgressBar
-from .runs import DamagedRun, read_info, run_name
-from .store import FLOAT_MODEL, check_name, prepare_root
+from .runs import DamagedRun, read_info, read_torch, run_name
+from .store import FLOAT_MODEL, TRACES, check_name, prepare_root, write_frame
 from .train import RunFailed, resume, train
 
-__all__ = ["plan_sweep", "run_ray", "sweep"]
+__all__ = ["plan_sweep", "TRACE_IMAGES", "hessian_twins", "run_ray", "sweep"]
 
 
 def plan_sweep(config: BSQConfig, alphas, uniform_bits, pretrained: Path, equal_compute: bool = False) -> list[BSQConfig]:
@@ -33,6 +33,43 @@ def plan_sweep(config: BSQConfig, alphas, uniform_bits, pretrained: Path, equal_
             [config.replace(nbits=bits, max_bits=max(bits, config.max_bits), bsq_epochs=0, finetune_epochs=budget,
                             **start)
              for bits in uniform_bits])
+
+
+TRACE_IMAGES = 512  # training images the Hessian traces are measured on: a fixed, seeded choice
+
+
+def hessian_twins(config: BSQConfig, table: pd.DataFrame, float_model: Path, samples: int,
+                  equal_compute: bool = False) -> tuple[list[BSQConfig], pd.DataFrame]:
+    """A Hessian twin for every finished BSQ run of a sweep table: the float model's layer traces
+    (sensitivity.layer_traces on TRACE_IMAGES training images, `samples` Hutchinson samples), then
+    the bits per layer that minimise the HAWQ objective at the BSQ run's average bits
+    (sensitivity.allocate_bits), finetuned as the sweep's uniform baselines are. A BSQ run below
+    1 average bit (collapsed) has no twin: the allocation gives every layer at least 1 bit.
+
+    Returns:
+        The twins' configs (alpha: their BSQ run's) and the traces frame.
+    """
+    import torch
+
+    from .data import load_for
+    from .models import build_model, convert_filter
+    from .sensitivity import allocate_bits, layer_traces
+
+    data = load_for(config)
+    model = build_model(config, data)
+    model.load_state_dict(read_torch(float_model, f"the sweep's float model {float_model} is missing"))
+    keep = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(config.seed))[:TRACE_IMAGES]
+    with torch.random.fork_rng():  # the traces draw their own seeded vectors; leave the caller's stream alone
+        traces = layer_traces(model, data.train_x[keep], data.train_y[keep], samples, config.batch_size,
+                              convert_filter(config), config.seed)
+    epochs = config.finetune_epochs + (config.bsq_epochs if equal_compute else 0)
+    twins = []
+    for row in finished_bsq(table).itertuples():
+        if row.avg_bits >= 1:
+            bits = allocate_bits(traces, model, row.avg_bits)
+            twins.append(config.replace(alpha=float(row.alpha), pretrain_epochs=0, bsq_epochs=0, finetune_epochs=epochs,
+                                        pretrained=str(float_model), layer_bits=",".join(f"{k}={b}" for k, b in bits.items())))
+    return twins, traces
 
 
 def _state(path: Path, sweep: str) -> str:
@@ -161,7 +198,7 @@ def run_ray(tasks: list, address: str | None = None, cpus_per_trial: int = 1, gp
 def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | None = None, name: str | None = None,
           uniform_bits=UNIFORM_BITS, progress: bool = True, backend: str = "local", address: str | None = None,
           cpus_per_trial: int = 1, gpus_per_trial: float = 0, equal_compute: bool = False,
-          **overrides) -> pd.DataFrame:
+          hessian: int = 0, **overrides) -> pd.DataFrame:
     """Train the float model once, then every alpha and every uniform baseline from it.
 
     Runs are tagged with the sweep name; finished runs are kept, failed or killed ones resume from
@@ -179,6 +216,8 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
             each asking for cpus_per_trial CPUs and gpus_per_trial GPUs).
         equal_compute: baselines finetune for the BSQ and finetune epochs together, as many steps as
             a BSQ run takes; else for the finetune epochs only.
+        hessian: when > 0, then add a Hessian twin of every finished BSQ run (hessian_twins, with
+            this many Hutchinson samples), finetuned as the baselines are.
 
     Returns:
         The sweep table (catalog.sweep_table); its attrs["errors"] lists the runs that failed.
@@ -186,8 +225,8 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
     Example:
         >>> sweep("digits-mlp", [0, 0.1, 0.3], jobs=2, name="digits")
     """
-    if jobs < 1 or cpus_per_trial < 1 or gpus_per_trial < 0:
-        raise ValueError("jobs and cpus_per_trial must be >= 1, gpus_per_trial >= 0")
+    if jobs < 1 or cpus_per_trial < 1 or gpus_per_trial < 0 or hessian < 0:
+        raise ValueError("jobs and cpus_per_trial must be >= 1, gpus_per_trial and hessian samples >= 0")
     if backend not in ("local", "ray"):
         raise ValueError(f"unknown backend {backend!r}; choose local or ray")
     alphas = sorted(float(a) for a in alphas)
@@ -213,11 +252,34 @@ def sweep(preset_name: str, alphas, jobs: int = 1, runs: str | os.PathLike | Non
                                progress and backend == "local")])
         if error:
             raise RuntimeError(f"the shared float model failed, so no alpha can start: {error}")
-    states = {run_name(c, name): (c, _state(root / run_name(c, name), name)) for c in later}
-    tasks = [_Task(c, str(root), run, name, state == "resumable") for run, (c, state) in states.items()
-             if state in ("new", "resumable")]
-    errors = [state for _, state in states.values() if state.startswith("skipped")]
-    errors += execute(tasks) if tasks else []
+    errors = _run_all(later, root, name, execute)
+    if hessian:
+        errors += _run_twins(config, root, name, root / float_name / FLOAT_MODEL, hessian, equal_compute, execute)
     table = sweep_table(list_runs(root), name)
     table.attrs["errors"] = [e for e in errors if e]
     return table
+
+
+def _run_twins(config: BSQConfig, root: Path, name: str, float_model: Path, samples: int, equal_compute: bool,
+               execute) -> list[str | None]:
+    """hessian_twins of the sweep's finished BSQ runs, trained, each with the traces in its folder."""
+    table = sweep_table(list_runs(root), name)
+    if finished_bsq(table).empty:
+        raise ValueError(f"sweep {name} has no finished BSQ run to give a Hessian twin")
+    twins, traces = hessian_twins(config, table, float_model, samples, equal_compute)
+    _check_names(twins, name)
+    _check_same_configs(root, name, twins)
+    errors = _run_all(twins, root, name, execute)
+    for twin in twins:  # after the run: starting a run clears its folder's files, traces among them
+        if (root / run_name(twin, name)).is_dir():
+            write_frame(root / run_name(twin, name) / TRACES, traces)
+    return errors
+
+
+def _run_all(configs: list[BSQConfig], root: Path, name: str, execute) -> list[str | None]:
+    """Train (or resume) the runs of configs the sweep has not finished; their errors, and why it left any alone."""
+    states = {run_name(c, name): (c, _state(root / run_name(c, name), name)) for c in configs}
+    tasks = [_Task(c, str(root), run, name, state == "resumable") for run, (c, state) in states.items()
+             if state in ("new", "resumable")]
+    errors = [state for _, state in states.values() if state.startswith("skipped")]
+    return errors + (execute(tasks) if tasks else [])

@@ -225,3 +225,25 @@ def test_a_sweep_run_again_under_its_name_with_another_config_is_refused(local_s
     with pytest.raises(ValueError, match=r"bsq_epochs \(4 in the run, 5 given\)"):
         sweep("digits-mlp", [0.3], runs=root, name="sw", uniform_bits=[], **{**SMALL, "bsq_epochs": 5})
     assert {p: p.stat().st_mtime_ns for p in root.glob("*/run.json")} == before, "nothing ran"
+
+
+def test_hessian_twins_take_each_bsq_runs_size_and_keep_their_traces(tmp_path):
+    from bsq_explore.store import TRACES
+
+    root = tmp_path / "runs"
+    table = small_sweep(root, progress=False, hessian=4)
+    bsq = table[table.kind == "bsq"].set_index("alpha")
+    twins = table[table.kind == "hessian"].set_index("alpha")
+    assert sorted(twins.index) == sorted(bsq.index[bsq.avg_bits >= 1]) and twins.status.eq("finished").all()
+    assert (twins.avg_bits <= bsq.avg_bits[twins.index] + 1e-9).all()  # the BSQ run's size is the budget
+    for alpha, twin in twins.iterrows():
+        run = load_run(root / twin["name"])
+        chosen = run.config.chosen_bits()
+        assert run.config.bsq_epochs == 0 and run.config.finetune_epochs == SMALL["finetune_epochs"]
+        assert dict(zip(run.final_layers().layer, run.final_layers().nbits)) == chosen and set(chosen) == {"fc1", "fc2",
+                                                                                                             "fc3"}
+        traces = pd.read_parquet(root / twin["name"] / TRACES)
+        assert traces.layer.tolist() == ["fc1", "fc2", "fc3"] and (traces.samples == 4).all()
+    assert small_sweep(root, progress=False, hessian=4).equals(table)  # a rerun keeps every finished twin
+    with pytest.raises(ValueError, match="hessian samples >= 0"):
+        small_sweep(root, progress=False, hessian=-1)
