@@ -13,9 +13,9 @@ from .config import preset
 from .runs import Run
 from .stats import FLOAT_BITS, size_of
 
-__all__ = ["death_epochs", "deaths_by_layer", "sweep_layers", "VERDICT_COLUMNS", "verdict", "verdict_sentence", "featured",
-           "reduce_precision", "export_size", "WHAT_IF_IMAGES", "WHAT_IF_BATCH", "WhatIf", "layer_weights", "size_table",
-           "paper_comparison"]
+__all__ = ["death_epochs", "deaths_by_layer", "sweep_layers", "VERDICT_COLUMNS", "verdict", "verdict_sentence",
+           "TWIN_COLUMNS", "twins", "twins_sentence", "featured", "reduce_precision", "export_size",
+           "WHAT_IF_IMAGES", "WHAT_IF_BATCH", "WhatIf", "layer_weights", "size_table", "paper_comparison"]
 
 
 def death_epochs(bits: pd.DataFrame) -> pd.DataFrame:
@@ -86,6 +86,30 @@ def verdict(table: pd.DataFrame, within: float = 0.005) -> pd.DataFrame:
         row["size_ratio"] = bits / row["smallest_bits"] if row["smallest_bits"] else None
         rows.append(row)
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+TWIN_COLUMNS = ["alpha", "bsq", "bsq_bits", "bsq_acc", "hessian", "hessian_bits", "hessian_acc", "gain"]
+
+
+def twins(table: pd.DataFrame) -> pd.DataFrame:
+    """BSQ against its Hessian twin at the same size, from a sweep table (runs.sweep_table), finished
+    runs only: one row per alpha with both, their average bits and final test accuracies, and gain,
+    BSQ's accuracy minus the twin's in percentage points (negative: the Hessian allocation wins)."""
+    done = table[table.status == "finished"]
+    pairs = done[done.kind == "bsq"].merge(done[done.kind == "hessian"], on="alpha", suffixes=("_b", "_h"))
+    rows = pd.DataFrame(dict(alpha=pairs.alpha, bsq=pairs.name_b, bsq_bits=pairs.avg_bits_b, bsq_acc=pairs.test_acc_b,
+                             hessian=pairs.name_h, hessian_bits=pairs.avg_bits_h, hessian_acc=pairs.test_acc_h,
+                             gain=100 * (pairs.test_acc_b - pairs.test_acc_h)), columns=TWIN_COLUMNS)
+    return rows.sort_values("alpha").reset_index(drop=True)
+
+
+def twins_sentence(pairs: pd.DataFrame) -> str:
+    """twins(table) in one plain sentence: how often BSQ's learned bits beat the chosen ones at one size."""
+    if pairs.empty:
+        return ""
+    wins = int((pairs.gain > 0).sum())
+    return (f"At the same size, BSQ is more accurate than the Hessian-chosen bits in {wins} of {len(pairs)} "
+            f"pair{'s' * (len(pairs) != 1)} (by {pairs.gain.mean():+.1f} points on average).")
 
 
 def verdict_sentence(table: pd.DataFrame) -> str:

@@ -15,7 +15,7 @@ from .paths import EXAMPLES, check_not_examples, runs_root
 from .runs import DamagedRun, Run, load_run
 from .store import check_name
 
-__all__ = ["APP_RUNS", "max_app_runs", "verdict_table", "RUN_COLUMNS", "run_table", "plain", "pick_sweep",
+__all__ = ["APP_RUNS", "max_app_runs", "verdict_table", "twin_table", "RUN_COLUMNS", "run_table", "plain", "pick_sweep",
            "pick_alpha", "epoch_seconds", "duration", "delta", "chart", "roots", "runs_table", "all_runs", "find",
            "open_run", "empty_state", "pick_run", "pick_step", "url_radio", "url_toggle", "style", "sidebar"]
 
@@ -32,7 +32,7 @@ def max_app_runs() -> int:
 
 
 _PERCENT = dict(format="%.1f %%")  # accuracies are shown as percentages, one decimal everywhere
-_ACCURACIES = ("acc", "best_acc", "smallest_acc", "test_acc", "bsq_acc")
+_ACCURACIES = ("acc", "best_acc", "smallest_acc", "test_acc", "bsq_acc", "hessian_acc")
 _VERDICT_COLUMNS = {  # analysis.verdict's columns as the Sweep page shows them, narrow enough for 1024 px
     "baseline": st.column_config.TextColumn("baseline", help="the uniform k-bit run"),
     "acc": st.column_config.NumberColumn("accuracy", help="the baseline's final test accuracy", **_PERCENT),
@@ -54,6 +54,24 @@ def _in_percent(frame: pd.DataFrame) -> pd.DataFrame:
     if "gain" in frame:  # + 0.0 turns -0.0 (a loss that rounds away) into 0.0: no "-0.0" on screen
         frame["gain"] = pd.to_numeric(frame.gain, errors="coerce").round(1) + 0.0
     return frame
+
+
+_TWIN_COLUMNS = {  # analysis.twins' columns as the Sweep page shows them
+    "alpha": st.column_config.NumberColumn("alpha", format="%g"),
+    "bsq": st.column_config.TextColumn("BSQ run"),
+    "bsq_bits": st.column_config.NumberColumn("its bits", format="%.2f"),
+    "bsq_acc": st.column_config.NumberColumn("its accuracy", **_PERCENT),
+    "hessian": st.column_config.TextColumn("Hessian twin"),
+    "hessian_bits": st.column_config.NumberColumn("its bits", format="%.2f"),
+    "hessian_acc": st.column_config.NumberColumn("its accuracy", **_PERCENT),
+    "gain": st.column_config.NumberColumn("gain", help="BSQ's accuracy minus the twin's, in points", format="%+.1f"),
+}
+
+
+def twin_table(pairs: pd.DataFrame) -> None:
+    """analysis.twins as a table: every row shown, accuracies in %."""
+    st.dataframe(_in_percent(pairs), hide_index=True, height="content", column_config=_TWIN_COLUMNS,
+                 column_order=list(_TWIN_COLUMNS))
 
 
 def verdict_table(verdict: pd.DataFrame) -> None:

@@ -19,7 +19,7 @@ __all__ = ["REMOVED", "STAGE_COLORS", "MAX_FRAMES", "FONT", "RUN_COLORS", "POS",
            "HEATMAP_ROWS_PX",
            "EPOCH_TITLE", "alpha_colors", "bit_grid", "bit_heatmap", "bit_heatmap_animation", "precision_timeline",
            "metrics_curves", "PARETO_BAND", "pareto", "layer_precision_bars", "compare_metrics", "bit_planes_image",
-           "error_curves", "side_by_side_", "run_heatmap"]
+           "error_curves", "side_by_side_", "twin_bits", "run_heatmap"]
 
 REMOVED = "#d9d9d9"      # the plot background shows through where a plane no longer exists
 STAGE_COLORS = {"pretrain": "rgba(120,120,120,0.10)", "bsq": "rgba(0,114,178,0.08)", "finetune": "rgba(0,158,115,0.10)"}
@@ -388,6 +388,29 @@ def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None =
     return _style(fig, "final precision per layer", 460, barmode="group", legend_title_text="alpha",
                   uniformtext=dict(minsize=14, mode="hide"),  # a number too small to read is left out: the bar says it
                   xaxis=dict(title="layer (network order)", type="category"), yaxis_title="bits per weight")
+
+
+def twin_bits(bsq: pd.DataFrame, hessian: pd.DataFrame, traces: pd.DataFrame):
+    """A BSQ run and its Hessian twin at the same size: each layer's final bits under both (final_layers
+    frames), above each layer's sensitivity, its Hessian trace per weight (log scale, with the
+    estimate's standard error): a large layer with a small trace per weight is where bits are cheap."""
+    from plotly.subplots import make_subplots
+
+    go = _go()
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=("final bits per weight", "Hessian trace per weight (log)"))
+    order = bsq.sort_values("layer_index").layer.tolist()
+    for frame, name, color in ((bsq, "BSQ (learned)", RUN_COLORS[0]), (hessian, "Hessian (chosen)", RUN_COLORS[1])):
+        rows = frame.set_index("layer").reindex(order)
+        fig.add_trace(go.Bar(x=order, y=rows.nbits, name=name, marker_color=color, text=rows.nbits,
+                             textposition="outside"), 1, 1)
+    per = traces.set_index("layer").reindex(order)
+    fig.add_trace(go.Bar(x=order, y=(per.trace / per.numel).clip(lower=1e-12), name="trace / weights",
+                         marker_color="#777777", error_y=dict(array=per.trace_std / per.numel)), 2, 1)
+    fig.update_yaxes(title_text="bits", row=1, col=1)
+    fig.update_yaxes(title_text="trace / weight", type="log", exponentformat="power", row=2, col=1)
+    return _style(fig, "where the two methods put the bits", 640, barmode="group", uniformtext=dict(minsize=14, mode="hide"),
+                  xaxis2=dict(title="layer (network order)", type="category"), xaxis=dict(type="category"))
 
 
 def compare_metrics(metrics: dict[str, pd.DataFrame]):

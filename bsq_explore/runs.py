@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .config import STAGES, BSQConfig
-from .store import CHECKPOINT, FLOAT_MODEL, FRAME_COLUMNS, INFO, MODEL, SUMMARY_KEYS, frame_file
+from .store import CHECKPOINT, FLOAT_MODEL, FRAME_COLUMNS, INFO, MODEL, SUMMARY_KEYS, TRACES, frame_file
 
 __all__ = ["DamagedRun", "Run", "load_run", "read_info", "read_checkpoint", "read_torch", "run_kind", "run_name",
            "check_frame"]
@@ -82,6 +82,23 @@ class Run:
     def read_float(self) -> dict | None:
         """float.pt, the float model's state_dict after pretraining, or None when the run has none."""
         return read_torch(self.path / FLOAT_MODEL, "") if (self.path / FLOAT_MODEL).exists() else None
+
+    def read_traces(self) -> pd.DataFrame | None:
+        """A Hessian twin's layer traces (store.TRACES: sensitivity.layer_traces of its float model),
+        or None when the run has none."""
+        path = self.path / TRACES
+        if not path.exists():
+            return None
+        data = _read_regular(path, _MAX_BYTES["frame"])
+        try:
+            _check_footer(path.name, _footer(io.BytesIO(data)))
+            frame = pd.read_parquet(io.BytesIO(data), columns=["layer", "numel", "trace", "trace_std"])
+        except DamagedRun:
+            raise
+        except Exception as err:  # pyarrow raises several types for a damaged file
+            raise _unreadable(path, err) from None
+        _check_text(path.name, frame)
+        return frame
 
     def final_layers(self) -> pd.DataFrame:
         """The layers frame at the run's last logged epoch (empty while it is float)."""

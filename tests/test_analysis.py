@@ -107,3 +107,17 @@ def test_what_if_scores_the_same_from_visitors_at_once():
     with ThreadPoolExecutor(4) as pool:  # the app shares one WhatIf between sessions: one model to load into
         together = list(pool.map(shared.evaluate, choices))
     assert together == [dict(alone.evaluate(c)) for c in choices]
+
+
+def test_twins_pair_each_bsq_run_with_its_hessian_twin_at_the_same_size():
+    from bsq_explore.analysis import twins, twins_sentence
+
+    sweep = table(("f", "float", 32, 0.90), ("a1", "bsq", 2.0, 0.88), ("a2", "bsq", 1.5, 0.86), ("a3", "bsq", 3.0, 0.89),
+                  ("h1", "hessian", 1.98, 0.87), ("h2", "hessian", 1.5, 0.864), ("u2", "uniform", 2, 0.85))
+    sweep["alpha"] = [None, 0.1, 0.2, 0.05, 0.1, 0.2, None]  # a3 has no twin yet
+    pairs = twins(sweep)
+    assert pairs.alpha.tolist() == [0.1, 0.2] and pairs.bsq.tolist() == ["a1", "a2"]
+    assert pairs.hessian.tolist() == ["h1", "h2"] and pairs.gain.tolist() == pytest.approx([1.0, -0.4])
+    assert twins_sentence(pairs) == ("At the same size, BSQ is more accurate than the Hessian-chosen bits in 1 of 2 "
+                                     "pairs (by +0.3 points on average).")
+    assert twins_sentence(twins(sweep[sweep.kind != "hessian"])) == ""

@@ -522,3 +522,23 @@ def test_durations_read_at_a_glance():
 
     assert [duration(s) for s in (40, 119, 720, 7200 + 1800, 3 * 86400)] == ["40 s", "119 s", "12 min", "2.5 hours",
                                                                              "3 days"]
+
+
+def test_sweep_page_puts_each_bsq_run_beside_its_hessian_twin(app, tmp_path):
+    from bsq_explore.analysis import twins, twins_sentence
+    from bsq_explore.sweep import sweep
+
+    from conftest import TINY
+
+    table = sweep("digits-mlp", [0.0, 0.3], runs=tmp_path, name="hw", uniform_bits=[3], progress=False, hessian=2,
+                  **{k: v for k, v in TINY.items() if k != "alpha"})
+    pairs = twins(table)
+    assert len(pairs) == 2
+    at = app("sweep", sweep="hw", alpha="0.3")
+    assert shown(at.markdown[0].value).endswith(twins_sentence(pairs))
+    shown_pairs = next(d.value for d in at.dataframe if "hessian" in d.value.columns)
+    assert shown_pairs.hessian.tolist() == ["hw-h0", "hw-h0.3"]
+    assert shown_pairs.hessian_acc.tolist() == pytest.approx((100 * pairs.hessian_acc).tolist())  # in %
+    assert any("where the two methods put the bits" in c for c in charts(at))
+    link = next(p for p in at.get("page_link") if "Hessian twin" in p.proto.label)
+    assert "hw-h0.3" in link.proto.label

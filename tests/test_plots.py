@@ -254,3 +254,14 @@ def test_heatmaps_side_by_side_share_their_bit_columns_and_print_no_numbers():
     for fig in (a, b):
         assert list(fig.layout.xaxis.categoryarray) == [str(c) for c in range(7, -1, -1)]
         assert list(fig.layout.xaxis.range) == [-0.5, 7.5] and fig.data[0].texttemplate is None
+
+
+def test_twin_bits_shows_both_methods_bits_over_the_trace_per_weight():
+    layers = lambda bits: pd.DataFrame(dict(layer=["a", "b", "c"], layer_index=[0, 1, 2], nbits=bits))  # noqa: E731
+    traces = pd.DataFrame(dict(layer=["c", "a", "b"], numel=[10, 100, 1000], trace=[5.0, 20.0, 2.0],
+                               trace_std=[0.5, 1.0, 0.2]))
+    fig = plots.twin_bits(layers([6, 3, 2]), layers([8, 2, 2]), traces)
+    bsq, hessian, per = fig.data
+    assert list(bsq.x) == ["a", "b", "c"] and list(bsq.y) == [6, 3, 2] and list(hessian.y) == [8, 2, 2]
+    assert list(per.y) == pytest.approx([0.2, 0.002, 0.5]) and fig.layout.yaxis2.type == "log"
+    assert list(per.error_y.array) == pytest.approx([0.01, 0.0002, 0.05])

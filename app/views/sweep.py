@@ -19,8 +19,8 @@ if schedule is not None:
         f"Schedule: {catalog.schedule_text(schedule)}"
         + (f" (the paper's recipe: {catalog.schedule_text(paper)}, on a GPU)" if schedule.model == paper.model else "")
         + "."))
-verdict = analysis.verdict(sweep)
-st.markdown(f"**{dashboard.plain(analysis.verdict_sentence(verdict))}**")
+verdict, pairs = analysis.verdict(sweep), analysis.twins(sweep)
+st.markdown(f"**{dashboard.plain(analysis.verdict_sentence(verdict))}** {dashboard.plain(analysis.twins_sentence(pairs))}")
 event = dashboard.chart(plots.pareto(sweep), on_select="rerun", selection_mode="points", key="pareto")
 bsq = catalog.finished_bsq(sweep)
 if not bsq.empty:  # a clicked point opens its run right here, under the chart
@@ -29,13 +29,23 @@ if not bsq.empty:  # a clicked point opens its run right here, under the chart
     run = dashboard.open_run(pick)
     if run is not None and not run.bits.empty:
         dashboard.chart(plots.run_heatmap(run))
-        st.page_link("views/heatmap.py", label=f"Open {pick} in the bit heatmap", icon=":material/grid_on:",
-                     query_params={"run": pick})
+        st.page_link("views/heatmap.py", label=f"Open {pick} in the bit heatmap", query_params={"run": pick})
+    twin = pairs[pairs.bsq == pick].hessian
+    hessian = dashboard.open_run(twin.iloc[0]) if len(twin) else None
+    if run is not None and hessian is not None and hessian.read_traces() is not None:
+        dashboard.chart(plots.twin_bits(run.final_layers(), hessian.final_layers(), hessian.read_traces()))
+        st.page_link("views/compare.py", label=f"Compare {pick} with its Hessian twin {hessian.name}",
+                     query_params={"run": pick, "other": hessian.name})
 st.subheader("BSQ against uniform quantization")
 st.caption("For each uniform k-bit baseline: the most accurate BSQ run of at most k average bits (gain: its "
            "accuracy minus the baseline's, in points), and the smallest BSQ run within half a point of the "
            "baseline (size ratio above 1: BSQ is smaller). Final test accuracies.")
 dashboard.verdict_table(verdict)
+if len(pairs):
+    st.subheader("BSQ against Hessian-chosen bits")
+    st.caption("Each BSQ run beside its Hessian twin: the same float model, every layer's bits chosen from its "
+               "Hessian trace to fit the BSQ run's average bits, then finetuned as the uniform baselines are.")
+    dashboard.twin_table(pairs)
 opened = [r for r in (dashboard.open_run(n) for n in bsq.name) if r is not None]
 dashboard.chart(plots.layer_precision_bars(analysis.sweep_layers(opened), plots.alpha_colors(sweep.alpha.dropna())))
 st.subheader("Every run of the sweep")
