@@ -18,7 +18,7 @@ from .bits import integer_weight, levels
 from .config import MAX_BITS
 from .models import QuantReLU6
 
-__all__ = ["layer_traces", "perturbation", "allocate_bits"]
+__all__ = ["layer_traces", "perturbation", "allocate_bits", "allocation_frame"]
 
 _TRACE_COLUMNS = ["layer", "layer_index", "numel", "trace", "trace_std", "samples"]
 
@@ -117,6 +117,11 @@ def allocate_bits(traces: pd.DataFrame, weights: nn.Module | Mapping[str, torch.
     # budget * total is a float: forgive its last-digit rounding (3.3 * 10 = 32.999...)
     capacity = math.floor(budget * sum(numel) * (1 + 1e-12))
     return dict(zip(names, _knapsack(costs, numel, choices, capacity)))
+
+
+def allocation_frame(bits: Mapping[str, int]) -> pd.DataFrame:
+    """An allocation ({layer: bits}, network order) as a frame like Run.final_layers: layer, layer_index, nbits."""
+    return pd.DataFrame(dict(layer=list(bits), layer_index=range(len(bits)), nbits=list(bits.values())))
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor, samples: int, batch_size: int, layers: list) -> None:

@@ -14,9 +14,9 @@ def folder_state(path: Path) -> dict:
     return {p.relative_to(path): p.stat().st_mtime_ns for p in path.rglob("*")} if path.exists() else {}
 
 
-def test_the_five_tutorials_exist():
+def test_the_six_tutorials_exist():
     assert [p.stem for p in NOTEBOOKS] == ["01_bits_of_a_weight", "02_train_and_watch", "03_alpha_sweep",
-                                           "04_inspect_a_run", "05_cifar10_resnet20"]
+                                           "04_inspect_a_run", "05_cifar10_resnet20", "06_sensitivity"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
