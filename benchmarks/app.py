@@ -125,7 +125,7 @@ def interactions(AppTest, run, steps):
         ("what if: a layer's bits", moves("whatif", dict(run=run), lambda at, v: at.slider[0].set_value(
             at.slider[0].max - v), (1, 2, 3)), "<= 0.5"),
         ("sweep: alpha picker", moves("sweep", dict(sweep=sweep_of(run)), lambda at, v: at.selectbox[1].set_value(
-            at.selectbox[1].options[v]), (0, 1, 2)), "<= 0.3"),
+            at.selectbox[1].options[v % len(at.selectbox[1].options)]), (0, 1, 2)), "<= 0.3"),
     ]
     return rows
 
