@@ -139,6 +139,8 @@ def featured(table: pd.DataFrame) -> str:
     """The run to open first: from the sweep on the hardest problem (its float model the least
     accurate: real data before digits), the most compressed BSQ run within 2 points of that float
     model; without sweeps, the most compressed BSQ run within 2 points of the best; else the first run."""
+    if "sweep" not in table:  # one sweep's table (catalog.sweep_table)
+        table = table.assign(sweep="")
     done = finished_bsq(table).dropna(subset=["test_acc", "compression"])
     if done.empty:
         return table.name.iloc[0]

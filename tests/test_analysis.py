@@ -121,3 +121,10 @@ def test_twins_pair_each_bsq_run_with_its_hessian_twin_at_the_same_size():
     assert twins_sentence(pairs) == ("At the same size, BSQ is more accurate than the Hessian-chosen bits in 1 of 2 "
                                      "pairs (by +0.3 points on average).")
     assert twins_sentence(twins(sweep[sweep.kind != "hessian"])) == ""
+
+
+def test_featured_takes_one_sweeps_table_as_well_as_a_listing():
+    from bsq_explore.analysis import featured
+
+    listing = list_runs(EXAMPLES)
+    assert featured(sweep_table(listing, "fashion")) == featured(listing[listing.sweep == "fashion"])
