@@ -1,4 +1,5 @@
 """Sweeps: one float model shared by every run, baselines, re-running completes instead of repeating."""
+import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -245,5 +246,18 @@ def test_hessian_twins_take_each_bsq_runs_size_and_keep_their_traces(tmp_path):
         traces = pd.read_parquet(root / twin["name"] / TRACES)
         assert traces.layer.tolist() == ["fc1", "fc2", "fc3"] and (traces.samples == 4).all()
     assert small_sweep(root, progress=False, hessian=4).equals(table)  # a rerun keeps every finished twin
+    if importlib.util.find_spec("qonnx"):  # an ordinary run: it exports and scores as any run does
+        from qonnx.core.modelwrapper import ModelWrapper
+        from qonnx.core.onnx_exec import execute_onnx
+
+        from bsq_explore.data import load_for
+        from bsq_explore.export import load_model, to_qonnx
+
+        run = load_run(root / twins.name.iloc[-1])
+        data = load_for(run.config)
+        model = load_model(run, data).eval()
+        proto = to_qonnx(model, tuple(data.shape), batch=8)
+        logits = execute_onnx(ModelWrapper(proto), {"input": data.test_x[:8].numpy()})[proto.graph.output[0].name]
+        assert torch.allclose(torch.from_numpy(logits), model(data.test_x[:8]).detach(), atol=1e-4)
     with pytest.raises(ValueError, match="hessian samples >= 0"):
         small_sweep(root, progress=False, hessian=-1)
