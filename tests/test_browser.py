@@ -35,26 +35,30 @@ def free_port() -> int:
 def server(tmp_path_factory, tiny_run):
     runs = tmp_path_factory.mktemp("browser_runs")
     shutil.copytree(tiny_run, runs / "tiny")
-    port = free_port()
-    env = dict(os.environ, BSQ_RUNS=str(runs))
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
-                             "--server.headless", "true", "--server.port", str(port),
-                             "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = serve(BSQ_RUNS=str(runs))
     try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not become healthy in 60 s")
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def serve(**env) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app/main.py` on 127.0.0.1 with env added to this environment, once it is healthy."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
+                             "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
+                             "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail("streamlit did not become healthy in 60 s")
 
 
 def test_every_page_renders_in_chromium_for_a_projector_and_offline(server):
@@ -116,24 +120,13 @@ def test_a_visitor_who_clears_the_cache_over_the_websocket_cannot_start_more_run
     import psutil
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    env = dict(os.environ, BSQ_RUNS=str(tmp_path), BSQ_APP_RUNS="2")
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
-                               "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
-                               "--browser.gatherUsageStats", "false"],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, url = serve(BSQ_RUNS=str(tmp_path), BSQ_APP_RUNS="2")
+    port = int(url.rsplit(":", 1)[1])
 
     def training():
         return [c for c in psutil.Process(server.pid).children(recursive=True)
                 if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and "train" in c.cmdline()]
     try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1024, "height": 768})
