@@ -49,7 +49,7 @@ CIFAR10 ?= ../shared/datasets/cifar10
 examples: examples-digits examples-fashion examples-cifar10
 
 examples-digits: $(STAMP)
-	$(SWEEP) --jobs 2 --preset digits-mlp --name digits --alphas 0,0.05,0.1,0.16,0.25,0.3,0.35,0.4,0.5,1
+	$(SWEEP) --jobs 2 --preset digits-mlp --name digits --alphas 0,0.05,0.1,0.16,0.25,0.3,0.35,0.4,0.5,1 --hessian 32
 	$(PRUNE)
 
 examples-fashion: $(STAMP)

@@ -109,7 +109,7 @@ def twins_sentence(pairs: pd.DataFrame) -> str:
         return ""
     wins = int((pairs.gain > 0).sum())
     return (f"At the same size, BSQ is more accurate than the Hessian-chosen bits in {wins} of {len(pairs)} "
-            f"pair{'s' * (len(pairs) != 1)} (by {pairs.gain.mean():+.1f} points on average).")
+            f"pair{'s' * (len(pairs) != 1)}; BSQ minus Hessian is {pairs.gain.mean():+.1f} points on average.")
 
 
 def verdict_sentence(table: pd.DataFrame) -> str:

@@ -119,7 +119,7 @@ def test_twins_pair_each_bsq_run_with_its_hessian_twin_at_the_same_size():
     assert pairs.alpha.tolist() == [0.1, 0.2] and pairs.bsq.tolist() == ["a1", "a2"]
     assert pairs.hessian.tolist() == ["h1", "h2"] and pairs.gain.tolist() == pytest.approx([1.0, -0.4])
     assert twins_sentence(pairs) == ("At the same size, BSQ is more accurate than the Hessian-chosen bits in 1 of 2 "
-                                     "pairs (by +0.3 points on average).")
+                                     "pairs; BSQ minus Hessian is +0.3 points on average.")
     assert twins_sentence(twins(sweep[sweep.kind != "hessian"])) == ""
 
 

@@ -132,8 +132,8 @@ def test_precision_page_follows_the_run_picker(app):
 
 
 def test_sweep_page_alpha_picker_opens_that_heatmap(app):
-    at = app("sweep", sweep="digits")
-    assert at.selectbox[0].value == "digits" and len(charts(at)) == 3
+    at = app("sweep", sweep="digits")  # pareto, the picked run's heatmap, its Hessian twin's bits, bits per alpha
+    assert at.selectbox[0].value == "digits" and len(charts(at)) == 4
     verdict = at.dataframe[0].value  # BSQ against each uniform baseline, computed from the runs
     assert verdict.baseline.tolist() == ["digits-u2", "digits-u3", "digits-u4", "digits-u8"]
     listed = at.dataframe[1].value
@@ -425,7 +425,7 @@ def test_every_page_takes_any_query_parameters_without_an_exception(app, page):
 def test_sweep_page_takes_two_runs_of_one_alpha(app, tmp_path):
     shutil.copytree(EXAMPLES / "digits-a0.3", tmp_path / "digits-a0.3-copy")  # a copied run folder
     at = app("sweep", sweep="digits")
-    assert len(charts(at)) == 3
+    assert len(charts(at)) == 4 and not at.exception
 
 
 INJECTION = "x ![p](http://127.0.0.1:9999/a.png) [re-login](http://127.0.0.1:9999/phish) www.evil.example $x$"

@@ -317,7 +317,10 @@ def test_a_closed_pipe_ends_ls_quietly():
 
 
 def test_a_config_from_a_sweep_run_whose_float_model_is_gone_says_what_to_pass(tmp_path, capsys):
-    run_json = EXAMPLES / "digits-a0.3" / "run.json"  # its float model was pruned before float models were kept
+    info = json.loads((EXAMPLES / "digits-a0.3" / "run.json").read_text())
+    info["config"]["pretrained"] = str(tmp_path / "pruned" / "float.pt")  # a sweep's float model, deleted
+    run_json = tmp_path / "run.json"
+    run_json.write_text(json.dumps(info))
     assert main(["train", "--config", str(run_json), "--runs", str(tmp_path)]) == 2
     assert "pass --pretrained FILE, or --pretrained '' --pretrain-epochs N" in one_line(capsys.readouterr().err)
     args = ["train", "--config", str(run_json), "--pretrained", "", "--pretrain-epochs", "1", "--bsq-epochs", "1",

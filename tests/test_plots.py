@@ -125,8 +125,13 @@ def test_metrics_curves(run):
 def test_pareto_marks_bsq_baselines_and_float():
     table = sweep_table(list_runs(EXAMPLES), "digits")
     fig = plots.pareto(table)
-    line, *points, uniform = fig.data
+    by_name = {t.name: t for t in fig.data}
+    line, uniform, twins = by_name["BSQ, in order"], by_name["uniform k-bit"], by_name["Hessian-chosen bits"]
+    points = [t for t in fig.data if t.name.startswith("α=")]
     finite = table[(table.kind == "bsq") & table.compression.map(math.isfinite)].sort_values("compression")
+    assert sorted(twins.customdata) == sorted(table[table.kind == "hessian"].name)  # the shipped Hessian twins
+    assert set(twins.marker.symbol) == {"diamond"}
+    assert list(line.x) == [p.x[0] for p in points]  # the BSQ line joins its points in order of compression
     colors = plots.alpha_colors(table[table.kind == "bsq"].alpha)
     assert [(p.name, p.marker.color, p.customdata[0]) for p in points] == [
         (f"α={a:g}", colors[a], n) for a, n in zip(finite.alpha, finite.name)]
