@@ -72,12 +72,15 @@ def main():
     os.environ.pop("BSQ_RUNS")
     if user_runs:
         os.environ["BSQ_RUNS"] = user_runs
-    path = next(p for p in (ROOT / "data" / "examples" / run_name, Path(user_runs or ".") / run_name) if p.is_dir())
+    path = next((p for p in (ROOT / "data" / "examples" / run_name, Path(user_runs or ".") / run_name) if p.is_dir()),
+                None)
+    if path is None:
+        parser.error(f"no run {run_name} under data/examples or $BSQ_RUNS")
     first_s = timed(lambda: WhatIf(load_run(path)).trained, 3)  # the page's first draw: model, data, one score
     whatif = WhatIf(load_run(path))
-    layer = next(name for name, bits in whatif.bits.items() if bits)
-    moves = iter(range(10_000))  # a new choice each time: a score kept from before would cost nothing
-    move_s = timed(lambda: whatif.evaluate({layer: next(moves) % whatif.bits[layer]}), 5)
+    # a new choice each time (a score kept from before would cost nothing): each layer in turn one bit down
+    choices = iter([{name: bits - 1} for name, bits in whatif.bits.items() if bits])
+    move_s = timed(lambda: whatif.evaluate(next(choices)), min(5, sum(1 for b in whatif.bits.values() if b)))
     print(f"ResNet-20 run of 650 epochs: {rows} bit rows; What-if and pages on {run_name} "
           f"({len(whatif.bits)} layers, {whatif.images} test images scored)")
     print(f"{'measure':<50}{'median (s)':>12}{'target':>10}")

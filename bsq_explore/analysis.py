@@ -15,7 +15,7 @@ from .stats import FLOAT_BITS, size_of
 
 __all__ = ["death_epochs", "deaths_by_layer", "sweep_layers", "VERDICT_COLUMNS", "verdict", "verdict_sentence",
            "TWIN_COLUMNS", "twins", "twins_sentence", "featured", "reduce_precision", "export_size",
-           "WHAT_IF_IMAGES", "WHAT_IF_BATCH", "WhatIf", "layer_weights", "size_table", "paper_comparison"]
+           "WHAT_IF_IMAGES", "WhatIf", "layer_weights", "size_table", "paper_comparison"]
 
 
 def death_epochs(bits: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +88,7 @@ def verdict(table: pd.DataFrame, within: float = 0.005) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
-TWIN_COLUMNS = ["alpha", "bsq", "bsq_bits", "bsq_acc", "hessian", "hessian_bits", "hessian_acc", "gain"]
+TWIN_COLUMNS = ["alpha", "bsq", "bsq_bits", "bsq_test_acc", "hessian", "hessian_bits", "hessian_test_acc", "gain"]
 
 
 def twins(table: pd.DataFrame) -> pd.DataFrame:
@@ -97,8 +97,8 @@ def twins(table: pd.DataFrame) -> pd.DataFrame:
     BSQ's accuracy minus the twin's in percentage points (negative: the Hessian allocation wins)."""
     done = table[table.status == "finished"]
     pairs = done[done.kind == "bsq"].merge(done[done.kind == "hessian"], on="alpha", suffixes=("_b", "_h"))
-    rows = pd.DataFrame(dict(alpha=pairs.alpha, bsq=pairs.name_b, bsq_bits=pairs.avg_bits_b, bsq_acc=pairs.test_acc_b,
-                             hessian=pairs.name_h, hessian_bits=pairs.avg_bits_h, hessian_acc=pairs.test_acc_h,
+    rows = pd.DataFrame(dict(alpha=pairs.alpha, bsq=pairs.name_b, bsq_bits=pairs.avg_bits_b, bsq_test_acc=pairs.test_acc_b,
+                             hessian=pairs.name_h, hessian_bits=pairs.avg_bits_h, hessian_test_acc=pairs.test_acc_h,
                              gain=100 * (pairs.test_acc_b - pairs.test_acc_h)), columns=TWIN_COLUMNS)
     return rows.sort_values("alpha").reset_index(drop=True)
 
@@ -118,6 +118,8 @@ def verdict_sentence(table: pd.DataFrame) -> str:
     rows = table.sort_values("bits")
     if rows.empty:
         return "This sweep has no finished uniform baseline yet to compare BSQ with."
+    if rows.best_bsq.isna().all() and rows.smallest_bsq.isna().all():
+        return "This sweep has no finished BSQ run yet to compare with its uniform baselines."
     wins = rows[rows.size_ratio.astype(float) > 1]
     rest = rows.drop(wins.index)
     bits = lambda part: _listed([f"{b:g}-" for b in part.bits])[:-1] + "-bit"
@@ -185,10 +187,10 @@ def export_size(exported: dict) -> dict:
     return dict(avg_bits=s.avg_bits, compression=s.compression, packed_bytes=s.packed_bytes)
 
 
-# What-if scores a sample: a slider move re-scores a ResNet-20 in 0.3 s on 2 cores (benchmarks/app.py), and one
-# standard error is 1.3 points at 90 %; the page offers a score on every test image on demand
+# What-if scores a sample: a slider move re-scores a ResNet-20 in about 0.4 s on 2 cores (benchmarks/app.py), and
+# one standard error is 1.3 points at 90 %; the page offers a score on every test image on demand. Both score in
+# the batches the run's own evaluation used (train.EVAL_BATCH): quantized activations scale by a batch's maximum
 WHAT_IF_IMAGES = 500
-WHAT_IF_BATCH = 100  # ResNet-20 scores 2.5x faster in batches of 100 than of 1,000 (the CPU's caches)
 
 
 class WhatIf:
@@ -201,7 +203,8 @@ class WhatIf:
 
         self.exported = run.read_model()
         self.data = load_test(run.config, run.info.get("data"), images)
-        if self.data.test_x.dim() == 4:  # images: channels last makes the CPU's convolutions 20 % faster
+        if images and self.data.test_x.dim() == 4:  # a slider waits on a sample's score: channels-last convolutions
+            # are 20 % faster there; they round differently (an image in 10,000), so a score on every image does not
             self.data.test_x = self.data.test_x.contiguous(memory_format=torch.channels_last)
         self.model = build_model(run.config, self.data)
         self.bits = {name: spec["nbits"] for name, spec in self.exported["layers"].items()}
@@ -223,7 +226,7 @@ class WhatIf:
             if key not in self._scores:
                 exported = reduce_precision(self.exported, nbits)
                 load_quantized(self.model, exported)
-                accuracy = evaluate(self.model, self.data.test_x, self.data.test_y, WHAT_IF_BATCH)
+                accuracy = evaluate(self.model, self.data.test_x, self.data.test_y)
                 self._scores[key] = dict(test_acc=accuracy, **export_size(exported))
             return self._scores[key]
 

@@ -43,6 +43,8 @@ def aligned_steps(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Series]
             start[s] = offset - int(lo)
             offset += int(hi - lo) + 1
     positions = {name: frame.stage.map(start) + frame.epoch for name, frame in frames.items()}
+    if not spans:  # no epoch logged yet
+        return positions, pd.DataFrame(columns=["position", "label"])
     last = max(spans, key=STAGES.index)
     marks = sorted({(start[stage] + int(lo), f"{stage} {int(lo)}") for stage, (lo, _) in spans.items()}
                    | {(start[last] + int(spans[last][1]), f"{last} {int(spans[last][1])}")})

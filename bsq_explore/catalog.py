@@ -163,10 +163,10 @@ def schedule_text(config: BSQConfig) -> str:
 
 def caption(run: Run) -> str:
     """'alpha 0.3: 96.7 % test accuracy, 2.75 bits (11.6x)' (a BSQ run; others say uniform
-    3-bit or float), 'collapsed: no weight left' when nothing is left, else the status."""
+    3-bit, Hessian twin of alpha 0.3 or float), 'collapsed: no weight left' when nothing is left, else the status."""
     c = run.info["config"]
-    what = (f"alpha {c['alpha']:g}" if run.kind == "bsq" else
-            f"uniform {c['nbits']}-bit" if run.kind == "uniform" else "float")
+    what = (f"alpha {c['alpha']:g}" if run.kind == "bsq" else f"uniform {c['nbits']}-bit" if run.kind == "uniform"
+            else f"Hessian twin of alpha {c['alpha']:g}" if run.kind == "hessian" else "float")
     if run.summary.get("avg_bits") is None:
         return f"{what}: {run.info['status']}"
     text = describe(run.summary)

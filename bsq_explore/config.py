@@ -84,8 +84,7 @@ class BSQConfig:
 
     def chosen_bits(self) -> dict[str, int]:
         """layer_bits as {layer: bits} ({} when every layer starts at nbits)."""
-        pairs = [p.split("=") for p in self.layer_bits.split(",") if p.strip()]
-        return {name.strip(): int(bits) for name, bits in pairs}
+        return _parse_layer_bits(self.layer_bits) or {}
 
     def replace(self, **changes) -> "BSQConfig":
         return dataclasses.replace(self, **changes)
@@ -153,7 +152,8 @@ def _rules(c: BSQConfig) -> list[tuple[bool, str]]:
         (0 <= min(c.train_subset, c.test_subset) and max(c.train_subset, c.test_subset) <= MAX_IMAGES,
          f"subsets must be 0..{MAX_IMAGES:,} images"),
         (act_bits_ok(c.act_bits), ACT_BITS_RULE),
-        (_layer_bits_ok(c), "layer_bits must be name=bits pairs with bits 1..max_bits, and no BSQ epochs"),
+        (_layer_bits_ok(c), "layer_bits must be name=bits pairs with bits 1..max_bits, for a run of finetune epochs "
+                            "and no BSQ epochs"),
         (c.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
         (c.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
         (c.device in DEVICES or c.device.startswith("cuda:"), f"device must be {', '.join(DEVICES)} or cuda:N"),
@@ -164,12 +164,19 @@ def _rules(c: BSQConfig) -> list[tuple[bool, str]]:
     ]
 
 
+def _parse_layer_bits(text: str) -> dict[str, int] | None:
+    """'name=bits,...' as {name: bits}; None when it is not that."""
+    pairs = [p.split("=") for p in text.split(",")] if text else []
+    if not all(len(p) == 2 and p[0].strip() and re.fullmatch(r"[0-9]{1,2}", p[1].strip()) for p in pairs):
+        return None
+    return {name.strip(): int(bits) for name, bits in pairs}
+
+
 def _layer_bits_ok(c: BSQConfig) -> bool:
-    if not c.layer_bits:
-        return True
-    pairs = [p.split("=") for p in c.layer_bits.split(",")]
-    return c.bsq_epochs == 0 and all(len(p) == 2 and p[0].strip() and re.fullmatch(r"[0-9]{1,2}", p[1].strip()) and
-                                     1 <= int(p[1]) <= c.max_bits for p in pairs)
+    """layer_bits empty, or bits of 1..max_bits for a run that only finetunes (no BSQ epochs)."""
+    chosen = _parse_layer_bits(c.layer_bits)
+    return not c.layer_bits or (chosen is not None and c.bsq_epochs == 0 and c.finetune_epochs > 0 and
+                                all(1 <= b <= c.max_bits for b in chosen.values()))
 
 
 def _has_type(value, default) -> bool:

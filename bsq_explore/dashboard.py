@@ -32,7 +32,7 @@ def max_app_runs() -> int:
 
 
 _PERCENT = dict(format="%.1f %%")  # accuracies are shown as percentages, one decimal everywhere
-_ACCURACIES = ("acc", "best_acc", "smallest_acc", "test_acc", "bsq_acc", "hessian_acc")
+_ACCURACIES = ("acc", "best_acc", "smallest_acc", "test_acc", "bsq_acc", "bsq_test_acc", "hessian_test_acc")
 _VERDICT_COLUMNS = {  # analysis.verdict's columns as the Sweep page shows them, narrow enough for 1024 px
     "baseline": st.column_config.TextColumn("baseline", help="the uniform k-bit run"),
     "acc": st.column_config.NumberColumn("accuracy", help="the baseline's final test accuracy", **_PERCENT),
@@ -60,10 +60,10 @@ _TWIN_COLUMNS = {  # analysis.twins' columns as the Sweep page shows them
     "alpha": st.column_config.NumberColumn("alpha", format="%g"),
     "bsq": st.column_config.TextColumn("BSQ run"),
     "bsq_bits": st.column_config.NumberColumn("its bits", format="%.2f"),
-    "bsq_acc": st.column_config.NumberColumn("its accuracy", **_PERCENT),
+    "bsq_test_acc": st.column_config.NumberColumn("its accuracy", **_PERCENT),
     "hessian": st.column_config.TextColumn("Hessian twin"),
     "hessian_bits": st.column_config.NumberColumn("its bits", format="%.2f"),
-    "hessian_acc": st.column_config.NumberColumn("its accuracy", **_PERCENT),
+    "hessian_test_acc": st.column_config.NumberColumn("its accuracy", **_PERCENT),
     "gain": st.column_config.NumberColumn("gain", help="BSQ's accuracy minus the twin's, in points", format="%+.1f"),
 }
 
@@ -85,7 +85,8 @@ RUN_COLUMNS = {  # list_runs / sweep_table columns as the app shows them
     "status": st.column_config.TextColumn("status", help="running, finished, failed, damaged or stale (killed)"),
     "sweep": st.column_config.TextColumn("sweep", help="the sweep the run belongs to"),
     "kind": st.column_config.TextColumn("kind", help="bsq: trained with the bit penalty; uniform k-bit: fixed bits, "
-                                                     "the baseline; float: the 32-bit model a sweep starts from"),
+                                                     "the baseline; hessian: each layer's bits chosen from its Hessian "
+                                                     "trace; float: the 32-bit model a sweep starts from"),
     "alpha": st.column_config.NumberColumn("alpha", help="strength of the bit penalty", format="%g"),
     "test_acc": st.column_config.NumberColumn("accuracy", help="final test accuracy, after finetuning", **_PERCENT),
     "bsq_acc": st.column_config.NumberColumn("after BSQ", help="test accuracy before finetuning", **_PERCENT),

@@ -76,7 +76,7 @@ def load_test(config, record: dict | None, count: int = 0) -> Dataset:
     """The test split a run's config names, with no training images: count of them (all when 0;
     the same share of every class, a fixed choice). An image folder is read without decoding its
     training split when record (the run's Dataset.record()) holds the standardization."""
-    if config.dataset.startswith("folder:") and record and record.get("mean"):
+    if config.dataset.startswith("folder:") and _standardization(record):
         path = Path(config.dataset.split(":", 1)[1]).expanduser()
         classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
         if classes != record["classes"]:
@@ -91,6 +91,13 @@ def load_test(config, record: dict | None, count: int = 0) -> Dataset:
     keep = _keep(ds.test_y, count, seed=0)
     ds.train_x, ds.train_y, ds.test_x, ds.test_y = ds.train_x[:0], ds.train_y[:0], ds.test_x[keep], ds.test_y[keep]
     return ds
+
+
+def _standardization(record) -> bool:
+    """Whether a run.json "data" record holds a usable standardization (anything else: load the data whole)."""
+    return (isinstance(record, dict) and isinstance(record.get("classes"), list) and
+            all(isinstance(record.get(k), list) and record[k] and all(isinstance(v, (int, float)) and not
+                isinstance(v, bool) for v in record[k]) and len(record[k]) == len(record["mean"]) for k in ("mean", "std")))
 
 
 def _keep(y: torch.Tensor, count: int, seed: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ __all__ = ["REMOVED", "STAGE_COLORS", "MAX_FRAMES", "FONT", "RUN_COLORS", "POS",
            "HEATMAP_ROWS_PX",
            "EPOCH_TITLE", "alpha_colors", "bit_grid", "bit_heatmap", "bit_heatmap_animation", "precision_timeline",
            "metrics_curves", "PARETO_BAND", "pareto", "layer_precision_bars", "compare_metrics", "bit_planes_image",
-           "error_curves", "side_by_side_", "twin_bits", "run_heatmap"]
+           "error_curves", "share_bit_columns_", "twin_bits", "run_heatmap"]
 
 REMOVED = "#d9d9d9"      # the plot background shows through where a plane no longer exists
 STAGE_COLORS = {"pretrain": "rgba(120,120,120,0.10)", "bsq": "rgba(0,114,178,0.08)", "finetune": "rgba(0,158,115,0.10)"}
@@ -317,7 +317,8 @@ def pareto(table: pd.DataFrame):
         fig.add_vline(x=xi, line_dash="dot", line_color="#999999", line_width=1)
         fig.add_annotation(x=math.log10(xi), y=1, yref="paper", yanchor="bottom", showarrow=False, text=f"{bits:g}-bit",
                            font_size=16)
-    _below_note_(fig, runs[100 * runs.test_acc < frame.lo])
+    emptied = table[(table.status == "finished") & table.compression.map(lambda c: c is not None and not math.isfinite(c))]
+    _below_note_(fig, pd.concat([runs[100 * runs.test_acc < frame.lo], emptied]))  # a run with no weight left has no x
     if len(floats):
         fig.add_hline(y=top, line_dash="dash", annotation_text="float model", annotation_position="bottom right",
                       annotation_font_size=16)
@@ -343,9 +344,9 @@ class _Frame(NamedTuple):
         return "triangle-down" if 100 * accuracy < self.lo else inside
 
     @staticmethod
-    def hover(rows) -> dict:
-        return dict(meta=[f"{r.compression:.1f}x, {100 * r.test_acc:.1f} %" for r in rows],
-                    hovertemplate="%{customdata}<br>%{meta}<extra></extra>")
+    def hover(rows) -> dict:  # text, not meta: a trace's meta is one value, its text one per point
+        return dict(text=[f"{r.compression:.1f}x, {100 * r.test_acc:.1f} %" for r in rows],
+                    hovertemplate="%{customdata}<br>%{text}<extra></extra>")
 
 
 def _points_(fig, frame: _Frame, rows: pd.DataFrame, name: str, symbol: str, color) -> None:
@@ -362,12 +363,13 @@ def _below_note_(fig, below: pd.DataFrame) -> None:
     """The runs below the frame, listed in its corner: labels at the edge would pile up on each other."""
     if below.empty:
         return
-    names = [{"uniform": f"{b:g}-bit", "hessian": f"Hessian α={a:g}"}.get(k, f"α={a:g}")
+    names = [f"{b:g}-bit" if k == "uniform" else f"Hessian α={a:g}" if k == "hessian" else f"α={a:g}"
              for k, a, b in zip(below.kind, below.alpha, below.nbits)]
+    sizes = [f"{c:.0f}x" if math.isfinite(c) else "no weight left" for c in below.compression]
     fig.add_annotation(x=0, xref="paper", y=0, yref="paper", xanchor="left", yanchor="bottom", showarrow=False,
                        align="left", font_size=16, bgcolor="rgba(255,255,255,0.85)",
                        text="▼ below the frame:<br>" + "<br>".join(
-                           f"{n}: {100 * a:.1f} %, {c:.0f}x" for n, a, c in zip(names, below.test_acc, below.compression)))
+                           f"{n}: {100 * a:.1f} %, {c}" for n, a, c in zip(names, below.test_acc, sizes)))
 
 
 def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None = None):
@@ -489,10 +491,11 @@ def error_curves(w: torch.Tensor, nbits: int, max_bits: int = 8):
                              exponentformat="power"))
 
 
-def side_by_side_(*figs) -> None:
+def share_bit_columns_(*figs) -> None:
     """Ready bit heatmaps to stand side by side, each half as wide: the same bit columns (the union of
     theirs, most significant left), so that a 2-bit run's two columns sit under the same bits as an
-    8-bit run's and are as wide; and no numbers in cells too narrow for them (hover shows them)."""
+    8-bit run's and are as wide; and no numbers in the cells, which half a page leaves too narrow for
+    them (hover shows them)."""
     columns = sorted({int(c) for fig in figs for c in fig.data[0].x}, reverse=True)
     for fig in figs:
         fig.update_xaxes(categoryorder="array", categoryarray=[str(c) for c in columns],

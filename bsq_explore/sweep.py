@@ -43,8 +43,9 @@ def hessian_twins(config: BSQConfig, table: pd.DataFrame, float_model: Path, sam
     """A Hessian twin for every finished BSQ run of a sweep table: the float model's layer traces
     (sensitivity.layer_traces on TRACE_IMAGES training images, `samples` Hutchinson samples), then
     the bits per layer that minimise the HAWQ objective at the BSQ run's average bits
-    (sensitivity.allocate_bits), finetuned as the sweep's uniform baselines are. A BSQ run below
-    1 average bit (collapsed) has no twin: the allocation gives every layer at least 1 bit.
+    (sensitivity.allocate_bits, each layer 1 to nbits bits, as BSQ starts), finetuned as the
+    sweep's uniform baselines are. A BSQ run below 1 average bit (collapsed) has no twin: the
+    allocation gives every layer at least 1 bit.
 
     Returns:
         The twins' configs (alpha: their BSQ run's) and the traces frame.
@@ -59,14 +60,13 @@ def hessian_twins(config: BSQConfig, table: pd.DataFrame, float_model: Path, sam
     model = build_model(config, data)
     model.load_state_dict(read_torch(float_model, f"the sweep's float model {float_model} is missing"))
     keep = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(config.seed))[:TRACE_IMAGES]
-    with torch.random.fork_rng():  # the traces draw their own seeded vectors; leave the caller's stream alone
-        traces = layer_traces(model, data.train_x[keep], data.train_y[keep], samples, config.batch_size,
-                              convert_filter(config), config.seed)
+    traces = layer_traces(model, data.train_x[keep], data.train_y[keep], samples, config.batch_size,
+                          convert_filter(config), config.seed)
     epochs = config.finetune_epochs + (config.bsq_epochs if equal_compute else 0)
     twins = []
     for row in finished_bsq(table).itertuples():
         if row.avg_bits >= 1:
-            bits = allocate_bits(traces, model, row.avg_bits)
+            bits = allocate_bits(traces, model, row.avg_bits, choices=range(1, config.nbits + 1))  # as BSQ starts
             twins.append(config.replace(alpha=float(row.alpha), pretrain_epochs=0, bsq_epochs=0, finetune_epochs=epochs,
                                         pretrained=str(float_model), layer_bits=",".join(f"{k}={b}" for k, b in bits.items())))
     return twins, traces
@@ -264,15 +264,16 @@ def _run_twins(config: BSQConfig, root: Path, name: str, float_model: Path, samp
                execute) -> list[str | None]:
     """hessian_twins of the sweep's finished BSQ runs, trained, each with the traces in its folder."""
     table = sweep_table(list_runs(root), name)
-    if finished_bsq(table).empty:
-        raise ValueError(f"sweep {name} has no finished BSQ run to give a Hessian twin")
+    if finished_bsq(table).empty:  # said with the sweep's other errors: its table still comes back
+        return [f"no Hessian twin: sweep {name} has no finished BSQ run"]
     twins, traces = hessian_twins(config, table, float_model, samples, equal_compute)
     _check_names(twins, name)
     _check_same_configs(root, name, twins)
     errors = _run_all(twins, root, name, execute)
     for twin in twins:  # after the run: starting a run clears its folder's files, traces among them
-        if (root / run_name(twin, name)).is_dir():
-            write_frame(root / run_name(twin, name) / TRACES, traces)
+        path = root / run_name(twin, name)
+        if _state(path, name) == "finished":  # a twin of this sweep, never a folder it left alone
+            write_frame(path / TRACES, traces)
     return errors
 
 

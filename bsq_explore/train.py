@@ -201,8 +201,11 @@ def requantize_and_rebuild_(model: nn.Module, config: BSQConfig, lr: float) -> t
     return requantize_(model, config.max_bits), optimizer(model, config, lr)
 
 
+EVAL_BATCH = 1000  # quantized activations scale by their batch's maximum: a score depends on its batches
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
     """Test accuracy in eval mode and float32, whatever precision the model trained in."""
     model.eval()
     correct = sum((model(xb).argmax(1) == yb).sum() for xb, yb in data.batches(x, y, batch_size))

@@ -128,3 +128,16 @@ def test_featured_takes_one_sweeps_table_as_well_as_a_listing():
 
     listing = list_runs(EXAMPLES)
     assert featured(sweep_table(listing, "fashion")) == featured(listing[listing.sweep == "fashion"])
+
+
+def test_what_if_on_every_test_image_gives_the_runs_own_score_with_quantized_activations():
+    from bsq_explore.analysis import WhatIf
+    from bsq_explore.paths import SHARED_CIFAR10
+
+    table = list_runs(EXAMPLES)
+    done = table[(table.sweep == "cifar10") & (table.kind == "bsq") & (table.status == "finished")]
+    if done.empty or not SHARED_CIFAR10.is_dir():
+        pytest.skip("needs a finished cifar10 BSQ run and the CIFAR-10 images beside the checkout")
+    run = load_run(EXAMPLES / done.name.iloc[0])  # 4-bit activations: a score depends on its batches
+    assert run.config.act_bits == 4
+    assert WhatIf(run, images=0).trained["test_acc"] == pytest.approx(run.summary["test_acc"], abs=1e-9)

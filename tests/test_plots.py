@@ -250,12 +250,12 @@ def test_bit_heatmap_prints_values_where_they_fit(run):
     assert plots.bit_heatmap(many).data[0].texttemplate is None
 
 
-def test_heatmaps_side_by_side_share_their_bit_columns_and_print_no_numbers():
+def test_heatmaps_share_bit_columns_share_their_bit_columns_and_print_no_numbers():
     eight = load_run(EXAMPLES / "fashion-a0.02").bits
     two = load_run(EXAMPLES / "fashion-u2").bits
     a, b = plots.bit_heatmap(eight), plots.bit_heatmap(two)
     assert list(b.data[0].x) == ["1", "0"] and a.data[0].texttemplate  # alone: two columns, numbers printed
-    plots.side_by_side_(a, b)
+    plots.share_bit_columns_(a, b)
     for fig in (a, b):
         assert list(fig.layout.xaxis.categoryarray) == [str(c) for c in range(7, -1, -1)]
         assert list(fig.layout.xaxis.range) == [-0.5, 7.5] and fig.data[0].texttemplate is None
@@ -270,3 +270,18 @@ def test_twin_bits_shows_both_methods_bits_over_the_trace_per_weight():
     assert list(bsq.x) == ["a", "b", "c"] and list(bsq.y) == [6, 3, 2] and list(hessian.y) == [8, 2, 2]
     assert list(per.y) == pytest.approx([0.2, 0.002, 0.5]) and fig.layout.yaxis2.type == "log"
     assert list(per.error_y.array) == pytest.approx([0.01, 0.0002, 0.05])
+
+
+def test_pareto_hover_names_each_points_own_size_and_accuracy():
+    table = sweep_table(list_runs(EXAMPLES), "fashion")
+    uniform = next(t for t in plots.pareto(table).data if t.name == "uniform k-bit")
+    expected = {r.name: f"{r.compression:.1f}x, {100 * r.test_acc:.1f} %" for r in table.itertuples()}
+    assert list(uniform.text) == [expected[n] for n in uniform.customdata] and "%{text}" in uniform.hovertemplate
+
+
+def test_aligned_steps_of_runs_with_no_epoch_yet_are_empty():
+    from bsq_explore.axes import aligned_steps
+
+    empty = pd.DataFrame(columns=["stage", "epoch"])
+    positions, ticks = aligned_steps({"a": empty, "b": empty})
+    assert ticks.empty and all(p.empty for p in positions.values())

@@ -1,5 +1,4 @@
 """Sweeps: one float model shared by every run, baselines, re-running completes instead of repeating."""
-import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -228,11 +227,17 @@ def test_a_sweep_run_again_under_its_name_with_another_config_is_refused(local_s
     assert {p: p.stat().st_mtime_ns for p in root.glob("*/run.json")} == before, "nothing ran"
 
 
-def test_hessian_twins_take_each_bsq_runs_size_and_keep_their_traces(tmp_path):
+@pytest.fixture(scope="module")
+def twin_sweep(tmp_path_factory):
+    """The small sweep with a Hessian twin of each BSQ run (4 samples): its root and table."""
+    root = tmp_path_factory.mktemp("twins")
+    return root, small_sweep(root, progress=False, hessian=4)
+
+
+def test_hessian_twins_take_each_bsq_runs_size_and_keep_their_traces(twin_sweep):
     from bsq_explore.store import TRACES
 
-    root = tmp_path / "runs"
-    table = small_sweep(root, progress=False, hessian=4)
+    root, table = twin_sweep
     bsq = table[table.kind == "bsq"].set_index("alpha")
     twins = table[table.kind == "hessian"].set_index("alpha")
     assert sorted(twins.index) == sorted(bsq.index[bsq.avg_bits >= 1]) and twins.status.eq("finished").all()
@@ -245,19 +250,43 @@ def test_hessian_twins_take_each_bsq_runs_size_and_keep_their_traces(tmp_path):
                                                                                                              "fc3"}
         traces = pd.read_parquet(root / twin["name"] / TRACES)
         assert traces.layer.tolist() == ["fc1", "fc2", "fc3"] and (traces.samples == 4).all()
+        assert run.read_traces().trace.tolist() == traces.trace.tolist()
     assert small_sweep(root, progress=False, hessian=4).equals(table)  # a rerun keeps every finished twin
-    if importlib.util.find_spec("qonnx"):  # an ordinary run: it exports and scores as any run does
-        from qonnx.core.modelwrapper import ModelWrapper
-        from qonnx.core.onnx_exec import execute_onnx
-
-        from bsq_explore.data import load_for
-        from bsq_explore.export import load_model, to_qonnx
-
-        run = load_run(root / twins.name.iloc[-1])
-        data = load_for(run.config)
-        model = load_model(run, data).eval()
-        proto = to_qonnx(model, tuple(data.shape), batch=8)
-        logits = execute_onnx(ModelWrapper(proto), {"input": data.test_x[:8].numpy()})[proto.graph.output[0].name]
-        assert torch.allclose(torch.from_numpy(logits), model(data.test_x[:8]).detach(), atol=1e-4)
     with pytest.raises(ValueError, match="hessian samples >= 0"):
         small_sweep(root, progress=False, hessian=-1)
+
+
+def test_a_hessian_twin_exports_to_qonnx_and_scores_as_the_model_does(twin_sweep):
+    pytest.importorskip("qonnx", reason="QONNX is the optional extra bsq_explore[qonnx] (make test installs it)")
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+
+    from bsq_explore.data import load_for
+    from bsq_explore.export import load_model, to_qonnx
+
+    root, table = twin_sweep
+    run = load_run(root / table[table.kind == "hessian"].name.iloc[-1])
+    data = load_for(run.config)
+    model = load_model(run, data).eval()
+    proto = to_qonnx(model, tuple(data.shape), batch=8)
+    logits = execute_onnx(ModelWrapper(proto), {"input": data.test_x[:8].numpy()})[proto.graph.output[0].name]
+    assert torch.allclose(torch.from_numpy(logits), model(data.test_x[:8]).detach(), atol=1e-4)
+
+
+def test_a_damaged_traces_frame_is_refused_in_one_line(twin_sweep, tmp_path):
+    import shutil
+
+    from bsq_explore.runs import DamagedRun
+    from bsq_explore.store import TRACES
+
+    root, table = twin_sweep
+    twin = tmp_path / "twin"
+    shutil.copytree(root / table[table.kind == "hessian"].name.iloc[0], twin)
+    (twin / TRACES).write_bytes(b"not parquet")
+    with pytest.raises(DamagedRun, match="traces.parquet is unreadable"):
+        load_run(twin).read_traces()
+    pd.DataFrame(dict(layer=["<a href=x>"], numel=[1], trace=[1.0], trace_std=[0.1])).to_parquet(twin / TRACES)
+    with pytest.raises(DamagedRun, match="has a layer that no run writes"):
+        load_run(twin).read_traces()
+
+

@@ -18,7 +18,7 @@ for run in (a, b):
     if not run.bits.empty:
         figs[run.name] = plots.bit_heatmap(run.bits, axes.last_step(run.bits, "bsq" if which == "end of BSQ" else None))
         figs[run.name].update_layout(title_text=f"{run.name}<br>{figs[run.name].layout.title.text}", margin_t=80)
-plots.side_by_side_(*figs.values())
+plots.share_bit_columns_(*figs.values())
 for col, run in zip(st.columns(2), (a, b)):
     with col:
         if run.name not in figs:

@@ -3,6 +3,7 @@ import streamlit as st
 
 from bsq_explore import analysis, catalog, dashboard, plots
 from bsq_explore.config import preset
+from bsq_explore.runs import DamagedRun
 
 st.title("Sweep")
 table = dashboard.all_runs()
@@ -32,8 +33,13 @@ if not bsq.empty:  # a clicked point opens its run right here, under the chart
         st.page_link("views/heatmap.py", label=f"Open {pick} in the bit heatmap", query_params={"run": pick})
     twin = pairs[pairs.bsq == pick].hessian
     hessian = dashboard.open_run(twin.iloc[0]) if len(twin) else None
-    if run is not None and hessian is not None and hessian.read_traces() is not None:
-        dashboard.chart(plots.twin_bits(run.final_layers(), hessian.final_layers(), hessian.read_traces()))
+    try:
+        traces = hessian.read_traces() if hessian is not None else None
+    except DamagedRun as err:
+        st.error(dashboard.plain(f"Run {hessian.name} is damaged: {err}"))
+        traces = None
+    if run is not None and traces is not None:
+        dashboard.chart(plots.twin_bits(run.final_layers(), hessian.final_layers(), traces))
         st.page_link("views/compare.py", label=f"Compare {pick} with its Hessian twin {hessian.name}",
                      query_params={"run": pick, "other": hessian.name})
 st.subheader("BSQ against uniform quantization")

@@ -37,8 +37,9 @@ planned = preset(st.session_state.train_preset, bsq_epochs=int(st.session_state.
 per_epoch = dashboard.epoch_seconds(planned.model, planned.dataset)
 st.caption(dashboard.plain(
     f"{catalog.schedule_text(planned)}: {planned.epoch_count()} epochs in all"
-    + (f", about {dashboard.duration(planned.epoch_count() * per_epoch)} on this machine (the shipped "
-       f"{planned.model} runs took {per_epoch:.3g} s an epoch)" if per_epoch else "") + "."))
+    + (f", about {dashboard.duration(planned.epoch_count() * per_epoch)} at the pace of the shipped "
+       f"{planned.model} runs ({per_epoch:.3g} s an epoch on the 2-core machine they trained on)" if per_epoch else "")
+    + "."))
 
 
 if st.button("start training", type="primary"):

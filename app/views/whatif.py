@@ -27,8 +27,8 @@ try:
 except FileNotFoundError as err:
     st.info(dashboard.plain(err))
     st.stop()
-except DamagedRun as err:
-    st.error(dashboard.plain(f"Run {run.name} is damaged: {err}"))
+except (DamagedRun, ValueError) as err:  # ValueError: its data no longer matches what it trained on
+    st.error(dashboard.plain(f"Run {run.name} cannot be scored: {err}"))
     st.stop()
 
 
