@@ -141,3 +141,8 @@ def test_what_if_on_every_test_image_gives_the_runs_own_score_with_quantized_act
     run = load_run(EXAMPLES / done.name.iloc[0])  # 4-bit activations: a score depends on its batches
     assert run.config.act_bits == 4
     assert WhatIf(run, images=0).trained["test_acc"] == pytest.approx(run.summary["test_acc"], abs=1e-9)
+
+
+def test_the_verdict_sentence_says_when_no_bsq_run_has_finished_yet():
+    sweep = table(("f", "float", 32, 0.90), ("a1", "bsq", 2.0, 0.88, "running"), ("u2", "uniform", 2, 0.85))
+    assert verdict_sentence(verdict(sweep)) == "This sweep has no finished BSQ run yet to compare with its uniform baselines."

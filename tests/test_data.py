@@ -304,3 +304,5 @@ def test_a_runs_test_split_reads_back_alone_equal_to_the_full_load(tmp_path, mon
     assert all(any(torch.equal(x, y) for y in full.test_x) for x in sample.test_x)
     assert torch.equal(sample.test_x, load_test(config, record, 12).test_x)  # the same sample every time
     assert torch.equal(load_test(config, None, 12).test_x, sample.test_x)  # a run without the record: a full load
+    for bad in ("text", dict(record, mean="0.5"), dict(record, std=[]), dict(record, mean=[True, 1, 1])):
+        assert torch.equal(load_test(config, bad, 12).test_x, sample.test_x)  # a crafted record: a full load too

@@ -256,6 +256,15 @@ def test_hessian_twins_take_each_bsq_runs_size_and_keep_their_traces(twin_sweep)
         small_sweep(root, progress=False, hessian=-1)
 
 
+def test_twins_of_a_sweep_without_a_finished_bsq_run_are_an_error_of_the_sweep_not_a_traceback(local_sweep):
+    from bsq_explore.config import preset
+    from bsq_explore.sweep import _run_twins
+
+    root, _ = local_sweep
+    errors = _run_twins(preset("digits-mlp"), root, "no-such-sweep", root / "sw-float" / "float.pt", 2, False, execute=None)
+    assert errors == ["no Hessian twin: sweep no-such-sweep has no finished BSQ run"]
+
+
 def test_a_hessian_twin_exports_to_qonnx_and_scores_as_the_model_does(twin_sweep):
     pytest.importorskip("qonnx", reason="QONNX is the optional extra bsq_explore[qonnx] (make test installs it)")
     from qonnx.core.modelwrapper import ModelWrapper

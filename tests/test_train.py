@@ -208,3 +208,7 @@ def test_a_run_with_chosen_bits_per_layer_keeps_them_through_finetuning(tmp_path
         chosen.replace(layer_bits="fc1=2,fc2=9")  # above max_bits
     with pytest.raises(ValueError, match="and no BSQ epochs"):
         chosen.replace(bsq_epochs=3)
+    with pytest.raises(ValueError, match="for a run of finetune epochs"):
+        chosen.replace(finetune_epochs=0)  # it would train a float model and drop the bits without a word
+    with pytest.raises(ValueError, match="name=bits pairs"):
+        chosen.replace(layer_bits="fc1=2,,fc3=6")
