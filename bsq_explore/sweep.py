@@ -269,10 +269,10 @@ def _run_twins(config: BSQConfig, root: Path, name: str, float_model: Path, samp
     twins, traces = hessian_twins(config, table, float_model, samples, equal_compute)
     _check_names(twins, name)
     _check_same_configs(root, name, twins)
+    trained = [root / run_name(t, name) for t in twins if _state(root / run_name(t, name), name) in ("new", "resumable")]
     errors = _run_all(twins, root, name, execute)
-    for twin in twins:  # after the run: starting a run clears its folder's files, traces among them
-        path = root / run_name(twin, name)
-        if _state(path, name) == "finished":  # a twin of this sweep, never a folder it left alone
+    for path in trained:  # after the run: starting a run clears its folder's files, traces among them
+        if _state(path, name) == "finished":  # finished a twin's files are never written again
             write_frame(path / TRACES, traces)
     return errors
 
