@@ -187,6 +187,8 @@ TABLE_PAGES = ["runs", "sweep?sweep=fashion", "sweep?sweep=digits", "sweep?sweep
 @pytest.mark.parametrize("path", TABLE_PAGES)
 def test_every_table_shows_every_row_and_column_at_1024x768(server, page, path):
     drawn(page, f"{server}/{path.format(heaviest=heaviest())}", "[data-testid='stDataFrame']")
+    page.wait_for_function("""() => [...document.querySelectorAll("[data-testid='stDataFrame']")]
+        .every(e => e.querySelector('table') && e.querySelector('.dvn-scroller'))""", timeout=60_000)  # each grid drawn
     tables = page.eval_on_selector_all("[data-testid='stDataFrame']", """els => els.map(e => {
         const s = e.querySelector('.dvn-scroller'), t = e.querySelector('table');
         return {rows: +t.getAttribute('aria-rowcount'), drawn: t.querySelectorAll('tr').length,
