@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +12,8 @@ from .bits import levels, quantize
 from .config import ACT_BITS_RULE, TORCHVISION, act_bits_ok
 
 __all__ = ["QuantReLU6", "PACT", "activation", "mlp", "lenet5", "BasicBlock", "CifarResNet", "resnet20", "resnet32",
-           "resnet56", "not_shortcut", "build_model", "torchvision_classifiers", "check_model", "torchvision_model",
-           "convert_filter"]
+           "resnet56", "steps", "step_of", "not_shortcut", "build_model", "torchvision_classifiers", "check_model",
+           "torchvision_model", "convert_filter"]
 
 
 class QuantReLU6(nn.Module):
@@ -153,9 +154,16 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        for _, step in self.steps():
+            x = step(x)
+        return x
+
+    def steps(self) -> list[tuple[tuple[str, ...], Callable]]:
+        """forward() as a chain of steps: the stem, each block, the head; see models.steps."""
+        blocks = [((f"{stage}.{i}",), block) for stage in ("layer1", "layer2", "layer3")
+                  for i, block in enumerate(self.get_submodule(stage))]
+        return [(("conv1", "bn1", "act1"), lambda x: self.act1(self.bn1(self.conv1(x)))), *blocks,
+                (("fc",), lambda x: self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))]
 
 
 def resnet20(num_classes: int = 10, act_bits: int = 0) -> CifarResNet:
@@ -168,6 +176,23 @@ def resnet32(num_classes: int = 10, act_bits: int = 0) -> CifarResNet:
 
 def resnet56(num_classes: int = 10, act_bits: int = 0) -> CifarResNet:
     return CifarResNet(56, num_classes, act_bits)
+
+
+def steps(model: nn.Module) -> list[tuple[tuple[str, ...], Callable]]:
+    """model's forward pass as a chain of steps, each (the names of the modules it runs, the step), so
+    that a change to one layer re-runs only the steps from the one that holds it (analysis.WhatIf).
+    A Sequential is a step per child; a model the kit does not know is one step, named "" (every module)."""
+    if isinstance(model, CifarResNet):
+        return model.steps()
+    if isinstance(model, nn.Sequential):
+        return [((name,), child) for name, child in model.named_children()]
+    return [(("",), model)]
+
+
+def step_of(chain: list[tuple[tuple[str, ...], Callable]], layer: str) -> int:
+    """The place in chain (a steps() list) of the step that runs the module named layer."""
+    return next(i for i, (names, _) in enumerate(chain) if any(n in ("", layer) or layer.startswith(n + ".")
+                                                               for n in names))
 
 
 def not_shortcut(module: nn.Module, name: str) -> bool:

@@ -146,3 +146,39 @@ def test_what_if_on_every_test_image_gives_the_runs_own_score_with_quantized_act
 def test_the_verdict_sentence_says_when_no_bsq_run_has_finished_yet():
     sweep = table(("f", "float", 32, 0.90), ("a1", "bsq", 2.0, 0.88, "running"), ("u2", "uniform", 2, 0.85))
     assert verdict_sentence(verdict(sweep)) == "This sweep has no finished BSQ run yet to compare with its uniform baselines."
+
+
+def test_what_if_reruns_only_the_steps_from_the_first_changed_layer_and_scores_as_evaluate_does():
+    from collections import Counter
+
+    from bsq_explore.analysis import WhatIf, reduce_precision
+    from bsq_explore.export import load_quantized
+    from bsq_explore.models import build_model
+    from bsq_explore.paths import SHARED_CIFAR10
+    from bsq_explore.train import evaluate
+
+    table = list_runs(EXAMPLES)
+    done = table[(table.sweep == "cifar10") & (table.kind == "bsq") & (table.status == "finished")]
+    if done.empty or not SHARED_CIFAR10.is_dir():
+        pytest.skip("needs a finished cifar10 BSQ run and the CIFAR-10 images beside the checkout")
+    run = load_run(EXAMPLES / done.name.iloc[0])
+    what_if = WhatIf(run)
+    what_if.trained  # the page's first draw: every step runs
+    ran = Counter()
+    for name in ("conv1", "layer2.0", "fc"):  # the stem, a block of the middle stage, the head
+        what_if.model.get_submodule(name).register_forward_hook(lambda *_, name=name: ran.update([name]))
+    bits = what_if.bits
+
+    def lower(*layers):
+        return {layer: bits[layer] - 1 for layer in layers}
+    last = [n for n in bits if n.startswith("layer3") and bits[n] > 1][-1]
+    moves = [(lower(last), {"fc"}),  # a last-stage layer: the earlier steps' inputs are kept
+             (lower(last, "layer2.0.conv1"), {"layer2.0", "fc"}),
+             (lower(last, "layer2.0.conv1", "conv1"), {"conv1", "layer2.0", "fc"}),
+             (lower(last, "layer2.0.conv2"), {"conv1", "layer2.0", "fc"})]  # conv1 back: from the stem again
+    for choice, expected in moves:
+        ran.clear()
+        score = what_if.evaluate(choice)["test_acc"]
+        assert set(ran) == expected and max(ran.values()) == 1
+        fresh = load_quantized(build_model(run.config, what_if.data), reduce_precision(what_if.exported, choice))
+        assert score == evaluate(fresh, what_if.data.test_x, what_if.data.test_y)

@@ -100,3 +100,22 @@ def test_quant_relu6_gives_the_values_and_gradients_of_the_plain_autograd_formul
     expected = top * quantize(a / top, 4)
     out.backward(grad), expected.backward(grad)
     assert torch.equal(out, expected) and torch.equal(mine.grad, plain.grad)
+
+
+@pytest.mark.parametrize("build, shape", [(lambda: models.resnet20(act_bits=4), (6, 3, 32, 32)),
+                                          (lambda: models.lenet5(act_bits=4), (6, 1, 28, 28)),
+                                          (models.mlp, (6, 64)),
+                                          (lambda: models.torchvision_model("resnet18", 3, 10), (6, 3, 32, 32))])
+def test_steps_chain_to_the_forward_pass_and_hold_each_layer_once(build, shape):
+    torch.manual_seed(0)
+    model, x = build().eval(), torch.randn(shape)
+    out = x
+    for _, step in models.steps(model):
+        out = step(out)
+    assert torch.equal(out, model(x))
+    names = [names for names, _ in models.steps(model)]
+    for layer in (n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))):
+        held = [i for i, step_names in enumerate(names)
+                if any(n in ("", layer) or layer.startswith(n + ".") for n in step_names)]
+        assert len(held) == 1, layer
+    assert len(names) == {"CifarResNet": 11, "Sequential": len(list(model.children()))}.get(type(model).__name__, 1)
