@@ -11,8 +11,8 @@ import torch
 from .config import DATASETS
 from .paths import SHARED_CIFAR10, data_root
 
-__all__ = ["Dataset", "load", "load_for", "load_test", "SYSTEM_DATA", "IDX", "read_idx", "MAX_PIXELS", "augment", "batches",
-           "synthetic_image_folder", "cifar10_source"]
+__all__ = ["Dataset", "load", "load_for", "load_test", "described", "SYSTEM_DATA", "IDX", "read_idx", "MAX_PIXELS",
+           "augment", "batches", "synthetic_image_folder", "cifar10_source"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
@@ -91,6 +91,19 @@ def load_test(config, record: dict | None, count: int = 0) -> Dataset:
     keep = _keep(ds.test_y, count, seed=0)
     ds.train_x, ds.train_y, ds.test_x, ds.test_y = ds.train_x[:0], ds.train_y[:0], ds.test_x[keep], ds.test_y[keep]
     return ds
+
+
+def described(record) -> Dataset | None:
+    """A Dataset with no images, of the shape and classes of a run.json "data" record: enough to build
+    the run's model without its data (export); None when the record lacks them (runs before it)."""
+    if not isinstance(record, dict):
+        return None
+    shape, classes = record.get("shape"), record.get("classes")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and v > 0 for v in shape)
+            and isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        return None
+    none, labels = torch.zeros(0, *shape), torch.zeros(0, dtype=torch.int64)
+    return Dataset("", none, labels, none, labels, classes, False, record.get("mean"), record.get("std"))
 
 
 def _standardization(record) -> bool:

@@ -10,7 +10,8 @@ from .config import MODELS
 from .layers import BitLayer, QuantWeight, bit_layers, replace_module
 from .models import PACT, BasicBlock, CifarResNet, QuantReLU6, build_model
 
-__all__ = ["export", "load_quantized", "load_model", "to_qonnx", "quant_bits", "EXPORT_FORMAT", "QONNX_DOMAIN"]
+__all__ = ["export", "load_quantized", "load_layers_", "load_model", "check_running_max", "to_qonnx", "quant_bits",
+           "EXPORT_FORMAT", "QONNX_DOMAIN"]
 
 EXPORT_FORMAT = "bsq_explore.quantized/1"
 
@@ -55,25 +56,34 @@ def load_quantized(model: nn.Module, exported: dict) -> nn.Module:
     """
     if exported.get("format") != EXPORT_FORMAT:
         raise ValueError(f"not a bsq_explore export (format {exported.get('format')!r})")
-    full = dict(exported["state"])
-    for name, spec in exported["layers"].items():
+    weights = load_layers_(model, exported["layers"])
+    model.load_state_dict({**exported["state"], **{f"{name}.weight.{k}": v for name, w in weights.items()
+                                                    for k, v in w.state_dict().items()}})
+    return model
+
+
+def load_layers_(model: nn.Module, layers: dict) -> dict[str, QuantWeight]:
+    """Make each layer of layers (an export()'s "layers", or some of them) a QuantWeight layer with its
+    integers and scale; the other layers and every other tensor stay as they are. Returns the new weights."""
+    weights = {}
+    for name, spec in layers.items():
         module = model.get_submodule(name)
         like = next(module.parameters())  # device and dtype to build on
         scale = torch.tensor(spec["scale"], dtype=like.dtype, device=like.device)  # 0 for a 0-bit layer
-        weight = QuantWeight.from_integers(spec["q"].to(like.device), scale, spec["nbits"], spec["lsb_offset"])
+        weights[name] = QuantWeight.from_integers(spec["q"].to(like.device), scale, spec["nbits"], spec["lsb_offset"])
         if isinstance(module, BitLayer):
-            module.weight = weight
+            module.weight = weights[name]
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            replace_module(model, name, BitLayer(module, weight))
+            replace_module(model, name, BitLayer(module, weights[name]))
         else:
             raise ValueError(f"layer {name!r} is a {type(module).__name__}, not a conv or linear layer")
-        full.update({f"{name}.weight.{k}": v for k, v in weight.state_dict().items()})
-    model.load_state_dict(full)
-    return model
+    return weights
 
 
 QONNX_DOMAIN = "qonnx.custom_op.general"  # where QONNX's Quant operator lives
 _OPSET = 13
+_NO_RUNNING_MAX = "layer {} has no running max (the run predates it): its activation scale is unknown; retrain it to export"
+_IR_VERSION = 7  # the lowest IR that opset 13 needs; onnx would write its newest, which older runtimes refuse
 
 
 def to_qonnx(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
@@ -110,7 +120,8 @@ def to_qonnx(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
         helper.make_graph(graph.nodes, "bsq_explore",
                           [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, *input_shape])],
                           [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, classes])], graph.initializers),
-        producer_name="bsq_explore", opset_imports=[helper.make_opsetid("", _OPSET), helper.make_opsetid(QONNX_DOMAIN, 1)])
+        producer_name="bsq_explore", opset_imports=[helper.make_opsetid("", _OPSET), helper.make_opsetid(QONNX_DOMAIN, 1)],
+        ir_version=_IR_VERSION)
     return _with_shapes(proto)
 
 
@@ -186,8 +197,8 @@ class _Graph:
             stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups)
         if isinstance(args["padding"], str):
             raise ValueError(f"layer {name}: padding={args['padding']!r} is not exported; use numbers")
-        return self.node("Conv", inputs, out, strides=list(args["stride"]), pads=list(args["padding"]) * 2,
-                         dilations=list(args["dilation"]), group=args["groups"])
+        return self.node("Conv", inputs, out, kernel_shape=list(m.weight.shape[2:]), strides=list(args["stride"]),
+                         pads=list(args["padding"]) * 2, dilations=list(args["dilation"]), group=args["groups"])
 
     def _activation(self, name: str, m: nn.Module, x: str) -> str:
         """Clip to [0, top], then an unsigned k-bit Quant with scale top / (2^k - 1): the quantizer's
@@ -198,8 +209,7 @@ class _Graph:
         else:
             top, clip = float(m.running_max), 6.0
             if top != top:  # nan
-                raise ValueError(f"layer {name} has no running max (the run predates it): its activation scale is "
-                                 "unknown; retrain it to export")
+                raise ValueError(_NO_RUNNING_MAX.format(name))
         clipped = self.node("Clip", [x, self.const(f"{name}.min", 0.0), self.const(f"{name}.max", clip)],
                             f"{name}.clipped")
         return self.node("Quant", [clipped, self.const(f"{name}.scale", top / levels(m.bits)),
@@ -239,9 +249,21 @@ def quant_bits(graph) -> dict[str, int]:
             for node in graph.node if node.op_type == "Quant" and node.output[0].endswith(".weight")}
 
 
-def load_model(run, data) -> nn.Module:
+def load_model(run, data=None) -> nn.Module:
     """The final quantized model of a finished run (a runs.Run): its model.pt loaded into its
-    architecture, built for data (the run's dataset)."""
+    architecture, built for data (a data.Dataset; default: the image shape and classes its run.json
+    records, so that no image is read, else its dataset, loaded)."""
+    from .data import described, load_for
+
+    data = data or described(run.info.get("data")) or load_for(run.config)
     model = build_model(run.config, data)
     load_quantized(model, run.read_model())
     return model
+
+
+def check_running_max(exported: dict) -> None:
+    """A ValueError when an activation of an export() has no running max, before any model is built:
+    QONNX needs each activation's fixed scale (see to_qonnx)."""
+    for key, value in exported["state"].items():
+        if key.endswith(".running_max") and value.isnan().any():
+            raise ValueError(_NO_RUNNING_MAX.format(key.removesuffix(".running_max")))

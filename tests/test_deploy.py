@@ -146,3 +146,49 @@ def test_export_leaves_the_model_as_it_was():
     before = model[2].running_max.clone()
     to_qonnx(model, (4,))
     assert model.training and torch.equal(model[2].running_max, before)
+
+
+def test_an_exported_conv_net_lowers_to_matmuls_and_costs_with_qonnx_at_the_lowest_ir_opset_13_needs():
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+    from qonnx.util.inference_cost import inference_cost
+
+    run = load_run(EXAMPLES / "fashion-a0.01")
+    data = load_for(run.config)
+    model = load_model(run, data).eval()
+    proto = to_qonnx(model, tuple(data.shape))  # batch 1, as FINN's lowering takes it
+    assert proto.ir_version == 7 and {o.domain: o.version for o in proto.opset_import}[""] == 13
+    assert all(node.op_type != "Conv" or any(a.name == "kernel_shape" for a in node.attribute)
+               for node in proto.graph.node)
+    lowered = ModelWrapper(proto).transform(LowerConvsToMatMul()).model
+    assert not [n for n in lowered.graph.node if n.op_type == "Conv"]
+    for x in data.test_x[:8].split(1):
+        assert np.allclose(run_graph(lowered, x), run_graph(proto, x), rtol=1e-4, atol=1e-4)
+    cost = inference_cost(ModelWrapper(proto), discount_sparsity=False)["total_cost"]["total_mem_w_bits"]
+    assert cost == sum(spec["q"].numel() * (spec["nbits"] + 1) for spec in run.read_model()["layers"].values()
+                       if spec["nbits"])  # QONNX counts the sign bit that the kit's magnitude bits leave out
+
+
+def test_export_reads_no_image_when_the_run_records_its_shape_even_far_from_its_data(tmp_path, monkeypatch, capsys):
+    import bsq_explore.data
+
+    from bsq_explore.store import MODEL
+
+    run = load_run(EXAMPLES / "cifar10-a0.05")  # config: folder:../shared/datasets/cifar10, relative to the checkout
+    assert run.config.dataset.startswith("folder:../")
+    monkeypatch.chdir(tmp_path)  # from another folder that path leads nowhere
+
+    def no_data(*_):
+        raise AssertionError("export loaded the data")
+    monkeypatch.setattr(bsq_explore.data, "load_for", no_data)
+    assert main(["export", "cifar10-a0.05", "--format", "qonnx", "--out", "r.onnx", "--runs", str(EXAMPLES)]) == 0
+    proto = onnx.load("r.onnx")
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]
+    assert quant_bits(proto.graph) == {k: v for k, v in run.final_layers().set_index("layer").nbits.items() if v}
+
+    old = copy_run(EXAMPLES / "cifar10-a0.05", tmp_path, "old")  # as a run from before the running max
+    exported = torch.load(old / MODEL, weights_only=True)
+    exported["state"]["layer2.1.act1.running_max"] = torch.tensor(float("nan"))
+    torch.save(exported, old / MODEL)
+    capsys.readouterr()
+    assert main(["export", "old", "--format", "qonnx", "--out", "o.onnx", "--runs", str(tmp_path)]) == 2
+    assert "layer layer2.1.act1 has no running max" in one_line(capsys.readouterr().err)
