@@ -181,7 +181,7 @@ def drawn(page, url: str, shown: str = PLOT):
 
 
 TABLE_PAGES = ["runs", "sweep?sweep=fashion", "sweep?sweep=digits", "sweep?sweep=cifar10", "heatmap?run={heaviest}",
-               "heatmap?run=tiny", "compare?run=fashion-a0.02&other=fashion-u2", "playground"]
+               "heatmap?run=tiny", "playground"]
 
 
 @pytest.mark.parametrize("path", TABLE_PAGES)
@@ -196,6 +196,17 @@ def test_every_table_shows_every_row_and_column_at_1024x768(server, page, path):
     assert tables
     for table in tables:  # no scroll box inside a table: no row below its edge, no column cut on the right
         assert table["drawn"] == table["rows"] and table["tall"] <= 1 and table["wide"] <= 1, (path, table)
+
+
+@pytest.mark.parametrize("runs, layers", [("fashion-a0.02&other=fashion-u2", 5), ("{heaviest}&other=cifar10-a0.02", 20)])
+def test_compare_shows_every_layer_of_both_runs_in_static_tables_at_1024x768(server, page, runs, layers):
+    drawn(page, f"{server}/compare?run={runs.format(heaviest=heaviest())}", "[data-testid='stTable']")
+    tables = page.eval_on_selector_all("[data-testid='stTable']", """els => els.map(e => ({
+        rows: e.querySelectorAll('tbody tr').length, wide: e.scrollWidth - e.clientWidth,
+        right: e.getBoundingClientRect().right}))""")
+    assert len(tables) == 2
+    for table in tables:  # every layer a row, nothing cut on the right
+        assert table["rows"] == layers and table["wide"] <= 1 and table["right"] <= 1024, table
 
 
 @pytest.mark.parametrize("run", [heaviest(), "tiny"])

@@ -170,7 +170,6 @@ def test_an_exported_conv_net_lowers_to_matmuls_and_costs_with_qonnx_at_the_lowe
 
 def test_export_reads_no_image_when_the_run_records_its_shape_even_far_from_its_data(tmp_path, monkeypatch, capsys):
     import bsq_explore.data
-
     from bsq_explore.store import MODEL
 
     run = load_run(EXAMPLES / "cifar10-a0.05")  # config: folder:../shared/datasets/cifar10, relative to the checkout

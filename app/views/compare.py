@@ -26,8 +26,7 @@ for col, run in zip(st.columns(2), (a, b)):
             continue
         dashboard.chart(figs[run.name], key=f"heat_{run.name}")
         final = run.final_layers()[["layer", "numel", "nbits"]]
-        st.dataframe(final, hide_index=True, height="content", column_config={
-            "numel": st.column_config.NumberColumn("weights"), "nbits": st.column_config.NumberColumn("final bits")})
+        dashboard.static_table(final.rename(columns={"numel": "weights", "nbits": "final bits"}))
 st.caption("Curves are aligned by stage: BSQ epoch 1 sits at the same place for both runs, whatever their float "
            "pretraining (a sweep's runs start from its shared float model).")
 dashboard.chart(plots.compare_metrics({a.name: a.metrics, b.name: b.metrics}))
