@@ -381,9 +381,9 @@ def _report(err: Exception) -> int:
     """Print err in one line; return its exit code. The modules that define errors are imported
     here, not up front, so that --help and bad options answer without importing torch."""
     from .runs import DamagedRun
-    from .train import RunFailed
 
-    if isinstance(err, RunFailed):
+    train = sys.modules.get(f"{__package__}.train")  # never imported: no run of it can have failed (and no torch)
+    if train is not None and isinstance(err, train.RunFailed):
         print(printable(f"bsq-explore: {err}".splitlines()[0]), file=sys.stderr)
         return 1
     if isinstance(err, (UsageError, ValueError, TypeError, OSError, DamagedRun)):

@@ -115,13 +115,16 @@ def test_no_function_in_the_package_is_longer_than_40_lines_beside_its_docstring
     assert long == []
 
 
-def test_the_storage_modules_and_ls_do_not_import_torch():
+def test_the_storage_modules_ls_and_show_do_not_import_torch():
     code = "import sys, bsq_explore.store, bsq_explore.runs, bsq_explore.catalog, bsq_explore.jobs; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
-    ls = subprocess.run([sys.executable, "-X", "importtime", "-m", "bsq_explore.cli", "ls", str(ROOT / "data" / "examples")],
-                        capture_output=True, text=True)
-    assert ls.returncode == 0 and "| torch" not in ls.stderr, "bsq-explore ls imports torch"
+    examples = str(ROOT / "data" / "examples")
+    for args, code in [(["ls", examples], 0), (["show", "digits-a0.3"], 0), (["show", "no-such-run"], 2),
+                       (["ls", "--bad"], 2)]:  # answers and one-line errors alike
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bsq_explore.cli", *args],
+                              capture_output=True, text=True)
+        assert done.returncode == code and "| torch" not in done.stderr, f"bsq-explore {' '.join(args)} imports torch"
 
 
 def test_make_app_listens_on_this_machine_only_unless_told():
