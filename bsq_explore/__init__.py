@@ -3,8 +3,8 @@ __version__ = "0.1.0"
 
 # The verbs a user starts with, each imported on first use so that `import bsq_explore` stays light.
 # train and sweep are modules of the same name: from bsq_explore.train import train.
-_VERBS = {"preset": "config", "BSQConfig": "config", "resume": "train", "load_run": "runs", "list_runs": "catalog",
-          "convert_": "layers", "requantize_": "bsq", "bit_lasso": "bsq", "ProgressBar": "progress"}
+_VERBS = {"preset": "config", "BSQConfig": "config", "resume": "train", "fit": "train", "load_run": "runs",
+          "list_runs": "catalog", "convert_": "layers", "requantize_": "bsq", "bit_lasso": "bsq", "ProgressBar": "progress"}
 __all__ = sorted(_VERBS)
 
 

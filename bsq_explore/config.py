@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 __all__ = ["MAX_BITS", "BSQConfig", "STAGES", "ACT_BITS_RULE", "act_bits_ok", "Schedule", "MAX_THREADS",
            "MAX_EPOCHS", "MAX_BATCH", "MAX_IMAGES", "DEVICES", "LR_SCHEDULES", "PRECISIONS", "UNIFORM_BITS",
-           "MODELS", "TORCHVISION", "DATASETS", "PRESETS", "DEFAULT_PRESET", "preset", "differences"]
+           "MODELS", "TORCHVISION", "CUSTOM", "DATASETS", "PRESETS", "DEFAULT_PRESET", "preset", "differences"]
 
 MAX_BITS = 16  # float32 holds every integer below 2**24 exactly; 16 bits leaves ample margin
 
@@ -157,9 +157,9 @@ def _rules(c: BSQConfig) -> list[tuple[bool, str]]:
         (c.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
         (c.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
         (c.device in DEVICES or c.device.startswith("cuda:"), f"device must be {', '.join(DEVICES)} or cuda:N"),
-        (c.model in MODELS or c.model.startswith(TORCHVISION),
+        (c.model in MODELS or c.model.startswith((TORCHVISION, CUSTOM)),
          f"unknown model {c.model!r}; choose one of: {', '.join(MODELS)}, {TORCHVISION}NAME"),
-        (c.dataset in DATASETS or c.dataset.startswith("folder:"),
+        (c.dataset in DATASETS or c.dataset.startswith(("folder:", CUSTOM)),
          f"unknown dataset {c.dataset!r}; choose one of: {', '.join(DATASETS)}, folder:PATH"),
     ]
 
@@ -203,6 +203,7 @@ PRECISIONS = ("fp32", "bf16")
 UNIFORM_BITS = (2, 3, 4, 8)  # a sweep's uniform-precision baselines unless it names others
 MODELS = ("mlp", "lenet5", "resnet20", "resnet32", "resnet56")
 TORCHVISION = "torchvision:"  # --model torchvision:resnet18: any torchvision classifier, untrained
+CUSTOM = "custom:"  # a model or dataset of one's own, given to fit(): custom:<its class name>
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 # Presets are data: the fields that differ from BSQConfig's defaults.

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .config import DATASETS
+from .config import CUSTOM, DATASETS
 from .paths import SHARED_CIFAR10, data_root
 
-__all__ = ["Dataset", "load", "load_for", "load_test", "described", "SYSTEM_DATA", "IDX", "read_idx", "MAX_PIXELS",
+__all__ = ["Dataset", "load", "load_for", "load_test", "described", "in_memory", "SYSTEM_DATA", "IDX", "read_idx", "MAX_PIXELS",
            "augment", "batches", "synthetic_image_folder", "cifar10_source"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -62,9 +62,40 @@ def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool 
         ds = _idx(name, download, subsets, seed)
     elif name == "cifar10":
         ds = _cifar10(download, subsets, seed)
+    elif name.startswith(CUSTOM):
+        raise ValueError(f"dataset {name!r} was given to fit(), so the kit cannot load it (fit() again resumes a run)")
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, folder:PATH")
     return _normalized(ds)
+
+
+def in_memory(train, test) -> Dataset:
+    """A Dataset of one's own data for fit(): train and test each (x, y) tensors, or an iterable of
+    (x, y) batches (a DataLoader), read once into memory (the engine batches from tensors, so a
+    loader's random transforms run once, not every epoch). Labels are 0..classes - 1."""
+    (train_x, train_y), (test_x, test_y) = _tensors(train, "train"), _tensors(test, "test")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise ValueError(f"train and test items differ in shape: {tuple(train_x.shape[1:])} and {tuple(test_x.shape[1:])}")
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    if min(train_y.min(), test_y.min()) < 0:
+        raise ValueError("labels must be class numbers 0, 1, 2, ...")
+    name = CUSTOM + (type(getattr(train, "dataset", train)).__name__ if not isinstance(train, (tuple, list)) else "tensors")
+    return Dataset(name, train_x, train_y, test_x, test_y, [str(c) for c in range(classes)], False)
+
+
+def _tensors(split, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x float32, y int64) of a split given as an (x, y) pair or an iterable of (x, y) batches."""
+    if isinstance(split, (tuple, list)) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split):
+        x, y = split
+    else:
+        try:
+            batches = [(b[0], b[1]) for b in split]
+            x, y = torch.cat([torch.as_tensor(b[0]) for b in batches]), torch.cat([torch.as_tensor(b[1]) for b in batches])
+        except (TypeError, IndexError, RuntimeError) as err:
+            raise ValueError(f"{which} must be (x, y) tensors or a DataLoader of (x, y) batches ({err})") from None
+    if len(x) == 0 or len(x) != len(y) or y.dim() != 1 or y.is_floating_point():
+        raise ValueError(f"{which}: give as many integer labels y as items x, at least one")
+    return x.float(), y.long()
 
 
 def load_for(config) -> Dataset:
@@ -99,7 +130,7 @@ def described(record) -> Dataset | None:
     if not isinstance(record, dict):
         return None
     shape, classes = record.get("shape"), record.get("classes")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and v > 0 for v in shape)
+    if not (isinstance(shape, list) and shape and all(type(v) is int and v > 0 for v in shape)
             and isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
         return None
     none, labels = torch.zeros(0, *shape), torch.zeros(0, dtype=torch.int64)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bits import levels, quantize
-from .config import ACT_BITS_RULE, TORCHVISION, act_bits_ok
+from .config import ACT_BITS_RULE, CUSTOM, TORCHVISION, act_bits_ok
 
 __all__ = ["QuantReLU6", "PACT", "activation", "mlp", "lenet5", "BasicBlock", "CifarResNet", "resnet20", "resnet32",
            "resnet56", "steps", "step_of", "not_shortcut", "build_model", "torchvision_classifiers", "check_model",
@@ -202,6 +202,9 @@ def not_shortcut(module: nn.Module, name: str) -> bool:
 
 def build_model(config, data) -> nn.Module:
     """The network config.model names, sized for data's image shape and classes (a data.Dataset)."""
+    if config.model.startswith(CUSTOM):
+        raise ValueError(f"model {config.model!r} was given to fit(): the kit cannot build it (load_quantized "
+                         "loads a run's model.pt into one of your own)")
     c, h, w = data.shape
     classes = len(data.classes)
     if config.model == "mlp":

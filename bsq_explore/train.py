@@ -1,6 +1,7 @@
 """The recipe: float pretraining -> convert_ -> BSQ, requantize_ every few epochs -> freeze_ -> finetune."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -18,7 +19,7 @@ from torch import nn
 
 from . import data
 from .bsq import bit_lasso, bit_weights, clamp_bits_, freeze_, requantize_
-from .config import TORCHVISION, BSQConfig, differences
+from .config import CUSTOM, TORCHVISION, BSQConfig, differences
 from .export import export
 from .jobs import check_idle, owning
 from .layers import convert_, weights_up_front
@@ -28,7 +29,7 @@ from .runs import DamagedRun, load_run, read_checkpoint, read_info, read_torch, 
 from .stats import FLOAT_BITS, bit_sparsity, layer_precision, size_of
 from .store import CHECKPOINT, FRAME_COLUMNS, RunFolder, check_name, prepare_root
 
-__all__ = ["train", "resume", "train_step", "optimizer", "requantize_and_rebuild_", "evaluate", "Event",
+__all__ = ["train", "resume", "fit", "train_step", "optimizer", "requantize_and_rebuild_", "evaluate", "Event",
            "RunFailed", "Diverged", "COMPUTE_DTYPES"]
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # config.precision -> autocast type
@@ -60,7 +61,7 @@ def _recipe(run: RunState) -> None:
         for bits in sorted(set(chosen.values())):
             convert_(run.model, bits, filter_fn=lambda module, name, bits=bits: chosen.get(name) == bits)
     else:
-        convert_(run.model, config.nbits, filter_fn=convert_filter(config))
+        convert_(run.model, config.nbits, filter_fn=run.keep)
     run.stage_("bsq")                            # epoch 0, the model as converted, then the BSQ epochs,
     freeze_(run.model)                           # each re-quantizing every requant_every epochs
     run.stage_("finetune")
@@ -82,6 +83,7 @@ class RunState:
     generator: torch.Generator
     folder: RunFolder
     callbacks: list = field(default_factory=list)
+    keep: Callable | None = None    # convert_'s filter_fn: the layers that quantize (None: all)
     checkpoint: dict | None = None  # a resumed run's, loaded where its epochs end
     opt: torch.optim.Optimizer | None = None
     index: int = 0                  # epochs of the run passed, done before or now
@@ -314,9 +316,79 @@ def resume(path: str | os.PathLike, config: BSQConfig | None = None,
         device = resolve_device(saved.device)
         with _cpu_threads(saved.threads):
             ds, model, generator = _setup(saved, device)
-            run = load_run(path)
-            folder = RunFolder.reopen(path, run.info, run.frames(), ckpt["done"], ds.record())
-            return _run(RunState(saved, model, ds, generator, folder, list(callbacks), ckpt))
+            return _carry_on(path, ckpt, ds, model, generator, callbacks, convert_filter(saved))
+
+
+def _carry_on(path: Path, ckpt: dict, ds: data.Dataset, model: nn.Module, generator: torch.Generator,
+             callbacks=(), keep: Callable | None = None) -> Path:
+    """Continue the run at path from its checkpoint ckpt, with the data, float model and generator
+    that its config builds (resume) or that were given again (fit). keep: convert_'s filter."""
+    run = load_run(path)
+    folder = RunFolder.reopen(path, run.info, run.frames(), ckpt["done"], ds.record())
+    config = BSQConfig.from_dict(ckpt["config"])
+    return _run(RunState(config, model, ds, generator, folder, list(callbacks), keep, ckpt))
+
+
+def fit(model: nn.Module, train, test, config: BSQConfig | None = None, runs: str | os.PathLike | None = None,
+        name: str | None = None, callbacks: Iterable[Callable[[Event], None]] = (),
+        filter_fn: Callable[[nn.Module, str], bool] | None = None, overwrite: bool = False, force: bool = False) -> Path:
+    """Train model on train, scored on test, through the recipe (float epochs, BSQ, finetune) into
+    the run folder <runs>/<name>/, which `bsq-explore ls/show/export`, the app and the notebooks read.
+
+    The model is copied first (yours stays float); fit again with the same name, model and data
+    resumes a stopped run from its checkpoint. config.model and config.dataset are recorded as
+    custom:<class name>: the kit cannot rebuild them (What-if and QONNX export say so), but every
+    frame, the summary and model.pt (export.load_quantized loads it into your model) are there.
+
+    Args:
+        model: any nn.Module whose Conv2d and Linear layers are to be quantized.
+        train, test: each (x, y) tensors, or a DataLoader (any iterable of (x, y) batches), read once
+            into memory; y holds class numbers 0, 1, ...
+        config: the schedule, alpha, precision, ... (default BSQConfig()); its model and dataset are
+            replaced as above.
+        runs: the runs root (default $BSQ_RUNS, else data/runs of this checkout).
+        name: the run's folder name (default: custom-<class>-<time>).
+        callbacks: each gets an Event after every epoch.
+        filter_fn: convert_'s filter, (module, name) -> bool: the layers that quantize (default all).
+        overwrite: replace a run of that name, finished or not.
+        force: take over a run marked running on another host.
+
+    Returns:
+        The run folder's path.
+
+    Example:
+        >>> path = fit(MyNet(), (x_train, y_train), test_loader, preset("digits-cnn", alpha=0.1), name="mine")
+        >>> load_run(path).summary["avg_bits"]
+    """
+    ds = data.in_memory(train, test)
+    config = (config or BSQConfig()).replace(model=CUSTOM + type(model).__name__, dataset=ds.name)
+    root = runs_root(runs)
+    path = root / check_name(name or f"custom-{type(model).__name__.lower()}-{datetime.now():%Y%m%d-%H%M%S}")
+    prepare_root(root)
+    device = resolve_device(config.device)
+    with owning(path), _cpu_threads(config.threads):
+        if path.exists():
+            check_idle(path, force)
+        ckpt = _resumable(path, config) if path.exists() and not overwrite else None
+        torch.manual_seed(config.seed)  # dropout and any other draw from the global generator, as in train
+        model, ds = copy.deepcopy(model).to(device), ds.to(device)
+        generator = torch.Generator(device).manual_seed(config.seed)
+        if ckpt is None:
+            return _begin(path, config, ds, model, generator, callbacks=callbacks, keep=filter_fn)
+        return _carry_on(path, ckpt, ds, model, generator, callbacks, filter_fn)
+
+
+def _resumable(path: Path, config: BSQConfig) -> dict | None:
+    """The checkpoint of the unfinished run at path, made with config (None: killed before its first);
+    a finished run, or one of another config, is a FileExistsError or ValueError."""
+    info = read_info(path)
+    if info["status"] == "finished":
+        raise FileExistsError(f"run {path} has finished (pick another name, or pass overwrite=True to train it anew)")
+    if not (path / CHECKPOINT).exists():
+        return None
+    ckpt = read_checkpoint(path)
+    _check_same(path, config, BSQConfig.from_dict(ckpt["config"]))
+    return ckpt
 
 
 def _check_same(path: Path, given: BSQConfig | None, saved: BSQConfig) -> None:
@@ -337,10 +409,17 @@ def _start(path: Path, config: BSQConfig, sweep: str | None, callbacks) -> Path:
             except RuntimeError as err:  # torch lists every missing and unexpected key, over many lines
                 raise ValueError(f"--pretrained {config.pretrained} is not a float {config.model} for this dataset "
                                  f"({str(err).splitlines()[0][:100]}, ...)") from None
-        _check_fits(model, ds, config)
-        _check_converts(model, config)
-        folder = RunFolder.create(path, config, device, sweep, ds.record())  # then at once into _run, which marks how it ends
-        return _run(RunState(config, model, ds, generator, folder, list(callbacks)))
+        return _begin(path, config, ds, model, generator, sweep, callbacks, convert_filter(config))
+
+
+def _begin(path: Path, config: BSQConfig, ds: data.Dataset, model: nn.Module, generator: torch.Generator,
+          sweep: str | None = None, callbacks=(), keep: Callable | None = None) -> Path:
+    """Check that model takes ds's items and leaves keep (convert_'s filter) a layer to quantize,
+    then run config from its first epoch into the folder at path (a run's files there replaced)."""
+    _check_fits(model, ds, config)
+    _check_converts(model, config, keep)
+    folder = RunFolder.create(path, config, ds.train_x.device, sweep, ds.record())  # then at once into _run
+    return _run(RunState(config, model, ds, generator, folder, list(callbacks), keep))
 
 
 def _run(run: RunState) -> Path:
@@ -409,9 +488,8 @@ def _check_fits(model: nn.Module, ds, config: BSQConfig) -> None:
         model.train()
 
 
-def _check_converts(model: nn.Module, config: BSQConfig) -> None:
+def _check_converts(model: nn.Module, config: BSQConfig, keep: Callable | None) -> None:
     """A run that quantizes must leave convert_ a layer to quantize, and layer_bits must name exactly those."""
-    keep = convert_filter(config)
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and (keep is None or keep(m, n))]
     if (config.bsq_epochs or config.finetune_epochs) and not layers:
         raise ValueError(f"--float-layers {config.float_layers!r} leaves no layer of {config.model} to quantize")
