@@ -21,7 +21,7 @@ class QuantReLU6(nn.Module):
 
     The batch max is the paper's scale, in training and evaluation alike, so a prediction depends
     on its batch. Training also keeps running_max, a running average of the batch max (as batch
-    norm keeps its statistics, momentum 0.1), the fixed scale a deployed graph uses (export.to_qonnx).
+    norm keeps its statistics, momentum 0.1), the fixed scale a deployed graph uses (graphs.to_qonnx).
     """
     MOMENTUM = 0.1
 

@@ -10,7 +10,8 @@ from qonnx.core.onnx_exec import execute_onnx
 
 from bsq_explore.cli import main
 from bsq_explore.data import load_for
-from bsq_explore.export import QONNX_DOMAIN, load_model, quant_bits, to_qonnx
+from bsq_explore.export import load_model
+from bsq_explore.graphs import QONNX_DOMAIN, quant_bits, to_qonnx
 from bsq_explore.layers import convert_
 from bsq_explore.models import lenet5
 from bsq_explore.runs import load_run
@@ -191,3 +192,50 @@ def test_export_reads_no_image_when_the_run_records_its_shape_even_far_from_its_
     capsys.readouterr()
     assert main(["export", "old", "--format", "qonnx", "--out", "o.onnx", "--runs", str(tmp_path)]) == 2
     assert "layer layer2.1.act1 has no running max" in one_line(capsys.readouterr().err)
+
+
+def test_a_converted_torchvision_model_is_traced_to_qonnx_and_computes_what_pytorch_computes():
+    from bsq_explore.models import torchvision_model
+
+    torch.manual_seed(0)
+    model = torchvision_model("resnet18", 3, 10)
+    model(torch.randn(8, 3, 32, 32))  # a training pass: batch norm statistics that are not the defaults
+    convert_(model, nbits=4, filter_fn=lambda m, name: name != "fc").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    proto = to_qonnx(model, (3, 32, 32), batch=2)
+    got = run_graph(proto, x)
+    assert np.allclose(got, expected, rtol=1e-3, atol=1e-4) and np.array_equal(got.argmax(1), expected.argmax(1))
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Module) and type(m).__name__ == "BitLayer"]
+    assert quant_bits(proto.graph) == {name: 4 for name in convs} and "fc" not in quant_bits(proto.graph)
+    assert proto.ir_version == 8 and all(any(a.name == "kernel_shape" for a in n.attribute)
+                                         for n in proto.graph.node if n.op_type == "Conv")
+    assert sum(n.op_type == "BatchNormalization" for n in proto.graph.node) == 20  # kept, not folded into weights
+
+
+def test_a_model_of_ones_own_trained_with_fit_exports_to_qonnx(tmp_path):
+    from bsq_explore.export import load_quantized
+    from bsq_explore.train import fit
+
+    from test_fit import CONFIG, TinyNet
+
+    ds = load_for(load_run(EXAMPLES / "digits-a0.3").config)
+    torch.manual_seed(0)
+    run = load_run(fit(TinyNet(), (ds.train_x[:256], ds.train_y[:256]), (ds.test_x, ds.test_y), CONFIG,
+                       runs=tmp_path, name="mine"))
+    model = load_quantized(TinyNet(), run.read_model()).eval()
+    x = ds.test_x[:16]
+    proto = to_qonnx(model, (1, 8, 8), batch=len(x))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.allclose(run_graph(proto, x), expected, rtol=1e-4, atol=1e-4)
+    assert quant_bits(proto.graph) == {k: v for k, v in run.final_layers().set_index("layer").nbits.items() if v}
+
+
+def test_a_traced_model_with_activation_quantizers_is_refused_in_one_line():
+    from bsq_explore.models import QuantReLU6
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(), QuantReLU6(4))  # Dropout: not the kit's
+    with pytest.raises(ValueError, match="cannot trace its activation quantizers \\(QuantReLU6\\)"):
+        to_qonnx(model.eval(), (4,))

@@ -47,7 +47,7 @@ def test_the_packages_verbs_are_the_modules_own():
     import bsq_explore
     from bsq_explore import bsq, catalog, config, layers, progress, runs, train
 
-    owners = {"preset": config, "BSQConfig": config, "resume": train, "load_run": runs, "list_runs": catalog,
+    owners = {"preset": config, "BSQConfig": config, "resume": train, "fit": train, "load_run": runs, "list_runs": catalog,
               "convert_": layers, "requantize_": bsq, "bit_lasso": bsq, "ProgressBar": progress}
     assert sorted(bsq_explore.__all__) == sorted(owners)
     for name, module in owners.items():

@@ -185,7 +185,8 @@ def test_a_shipped_cifar10_bsq_run_exported_to_qonnx_scores_its_recorded_accurac
     from qonnx.core.onnx_exec import execute_onnx
 
     from bsq_explore.data import load_for
-    from bsq_explore.export import load_model, to_qonnx
+    from bsq_explore.export import load_model
+    from bsq_explore.graphs import to_qonnx
 
     table = sweep_table(list_runs(EXAMPLES), "cifar10").query("kind == 'bsq' and status == 'finished'")
     if table.empty:
@@ -271,7 +272,8 @@ def test_a_hessian_twin_exports_to_qonnx_and_scores_as_the_model_does(twin_sweep
     from qonnx.core.onnx_exec import execute_onnx
 
     from bsq_explore.data import load_for
-    from bsq_explore.export import load_model, to_qonnx
+    from bsq_explore.export import load_model
+    from bsq_explore.graphs import to_qonnx
 
     root, table = twin_sweep
     run = load_run(root / table[table.kind == "hessian"].name.iloc[-1])
