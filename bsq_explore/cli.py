@@ -205,9 +205,10 @@ def _add_reading_commands(sub) -> None:
     export = sub.add_parser("export", help="write a run's quantized model (integer weights, bits, scales)")
     export.add_argument("run")
     export.add_argument("--out", required=True)
-    export.add_argument("--format", choices=["pt", "qonnx"], default="pt",
+    export.add_argument("--format", choices=["pt", "qonnx", "qcdq"], default="pt",
                         help="pt: the kit's integer weights, bits and scales; qonnx: an ONNX graph with a QONNX "
-                             "Quant node at each layer's bit width (needs 'bsq_explore[qonnx]'; the kit's networks)")
+                             "Quant node at each layer's bit width; qcdq: QuantizeLinear/Clip/DequantizeLinear "
+                             "instead, which onnxruntime runs (both need 'bsq_explore[qonnx]')")
     export.add_argument("--runs")
 
 
@@ -315,14 +316,22 @@ def cmd_export(args) -> int:
     if run.kind == "float":
         raise UsageError(f"run {run.name} is a float model: it has no quantized layers to export")
     exported = run.read_model()  # checks it loads (weights only) before anything is written
-    if args.format == "qonnx":
+    if args.format in ("qonnx", "qcdq"):
         from .data import described, load_for
         from .export import load_model
-        from .graphs import check_running_max, to_qonnx
+        from .graphs import QCDQ_BITS, check_running_max, to_qcdq, to_qonnx
 
         check_running_max(exported)
         data = described(run.info.get("data")) or load_for(run.config)  # no image read when the run records its shape
-        content = to_qonnx(load_model(run, data).eval(), tuple(data.shape)).SerializeToString()
+        model = load_model(run, data).eval()
+        if args.format == "qonnx":
+            content = to_qonnx(model, tuple(data.shape)).SerializeToString()
+        else:
+            proto, wide = to_qcdq(model, tuple(data.shape))
+            content = proto.SerializeToString()
+            if wide:
+                print(f"  {', '.join(wide)}: float weights in the QCDQ graph (their {QCDQ_BITS + 1}-bit integers, "
+                      f"8 bits and a sign, do not fit QuantizeLinear's {QCDQ_BITS}; the values are the same)")
     else:
         content = (run.path / MODEL).read_bytes()
     write_atomic(out, content)

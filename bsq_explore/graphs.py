@@ -11,7 +11,7 @@ from .bits import levels
 from .layers import BitLayer, BitWeight, QuantWeight, replace_module
 from .models import PACT, BasicBlock, CifarResNet, QuantReLU6
 
-__all__ = ["to_qonnx", "quant_bits", "check_running_max", "QONNX_DOMAIN"]
+__all__ = ["to_qonnx", "to_qcdq", "quant_bits", "check_running_max", "QONNX_DOMAIN", "QCDQ_BITS"]
 
 QONNX_DOMAIN = "qonnx.custom_op.general"  # where QONNX's Quant operator lives
 _NO_RUNNING_MAX = "layer {} has no running max (the run predates it): its activation scale is unknown; retrain it to export"
@@ -238,6 +238,34 @@ def quant_bits(graph) -> dict[str, int]:
             for node in graph.node if node.op_type == "Quant" and node.output[0].endswith(".weight")}
 
 
+QCDQ_BITS = 8  # QuantizeLinear's integers: int8 and uint8
+
+
+def to_qcdq(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
+    """to_qonnx, then each Quant node as QuantizeLinear -> Clip -> DequantizeLinear (QONNX's
+    QuantToQCDQ): a graph of standard ONNX operators that onnxruntime runs without QONNX.
+
+    QuantizeLinear holds at most 8-bit integers: a layer of 8 magnitude bits is 9 with its sign, so
+    its weight stays as its plain float values (the same numbers: they lie on its grid already).
+
+    Returns:
+        (the onnx.ModelProto, the layers whose weights stayed float).
+    """
+    from onnx import numpy_helper
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.qonnx_to_qcdq import QuantToQCDQ
+
+    proto = to_qonnx(model, input_shape, batch)
+    wide = [layer for layer, bits in quant_bits(proto.graph).items() if bits + 1 > QCDQ_BITS]
+    for layer in wide:  # its Quant node goes; the values it would round, already on the grid, take its name
+        node = next(n for n in proto.graph.node if n.op_type == "Quant" and n.output[0] == f"{layer}.weight")
+        proto.graph.node.remove(node)
+        values = next(t for t in proto.graph.initializer if t.name == node.input[0])
+        values.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(values), f"{layer}.weight"))
+    proto = ModelWrapper(proto).transform(QuantToQCDQ()).model
+    if any(n.op_type == "Quant" for n in proto.graph.node):
+        raise ValueError("an activation quantizer of more than 8 bits has no QCDQ form; use the QONNX export")
+    return proto, wide
 
 
 def check_running_max(exported: dict) -> None:

@@ -239,3 +239,25 @@ def test_a_traced_model_with_activation_quantizers_is_refused_in_one_line():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(), QuantReLU6(4))  # Dropout: not the kit's
     with pytest.raises(ValueError, match="cannot trace its activation quantizers \\(QuantReLU6\\)"):
         to_qonnx(model.eval(), (4,))
+
+
+def test_the_cli_writes_a_qcdq_graph_that_onnxruntime_runs_as_qonnx_runs_the_quant_graph(tmp_path, capsys):
+    import onnxruntime
+
+    from bsq_explore.data import load_test
+
+    run = load_run(EXAMPLES / "cifar10-a0.05")
+    out = tmp_path / "q.onnx"
+    assert main(["export", "cifar10-a0.05", "--format", "qcdq", "--out", str(out), "--runs", str(EXAMPLES)]) == 0
+    assert "conv1: float weights in the QCDQ graph (their 9-bit integers" in capsys.readouterr().out  # conv1: 8 bits
+    proto = onnx.load(str(out))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "Quant" not in ops and proto.ir_version == 7
+    assert all(o.domain == "" for o in proto.opset_import)  # standard ONNX only
+    quantized = {n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    final = run.final_layers().set_index("layer").nbits
+    assert {layer for layer, bits in final.items() if 0 < bits < 8} <= {q.removesuffix(".weight_float") for q in quantized}
+    session = onnxruntime.InferenceSession(out.read_bytes())
+    qonnx = to_qonnx(load_model(run).eval(), (3, 32, 32))
+    for x in load_test(run.config, run.info["data"], 4).test_x.split(1):  # one image at a time, as exported
+        assert np.allclose(session.run(None, {"input": x.numpy()})[0], run_graph(qonnx, x), rtol=1e-4, atol=1e-4)
