@@ -14,7 +14,7 @@ ADDRESS ?= 127.0.0.1
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip  # -qq: errors only (warnings about absent local indexes are noise)
-	$(BIN)/python -m pip install -qq -e '.[dev,ray,tensorboard,qonnx]'
+	$(BIN)/python -m pip install -qq -e '.[dev,ray]'  # dev: every extra the tests use
 	touch $(STAMP)
 
 install: $(STAMP)

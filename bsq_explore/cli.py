@@ -1,8 +1,9 @@
-"""The bsq-explore command: train | sweep | ls | show | export. Bad input: one line, exit code 2."""
+"""The bsq-explore command: train | sweep | ls | show | export | app. Bad input: one line, exit code 2."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import sys
@@ -89,6 +90,9 @@ def build_parser() -> Parser:
 
     _add_sweep_command(sub)
     _add_reading_commands(sub)
+    app = sub.add_parser("app", help="serve the Streamlit app (needs 'bsq_explore[app]')")
+    app.add_argument("--port", type=int, default=8501)
+    app.add_argument("--address", default="127.0.0.1", help="127.0.0.1: this machine only (README: serving a class)")
     return parser
 
 
@@ -210,6 +214,18 @@ def _add_reading_commands(sub) -> None:
                              "Quant node at each layer's bit width; qcdq: QuantizeLinear/Clip/DequantizeLinear "
                              "instead, which onnxruntime runs (both need 'bsq_explore[qonnx]')")
     export.add_argument("--runs")
+
+
+def cmd_app(args) -> int:
+    """streamlit run on the app's main.py, in this process's place (Ctrl-C stops the server)."""
+    import os
+
+    from .paths import APP
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise UsageError("the app needs Streamlit: pip install 'bsq_explore[app]'")
+    os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+                              "--server.port", str(args.port), "--server.address", args.address])
 
 
 def cmd_train(args) -> int:
@@ -368,7 +384,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return {"train": cmd_train, "sweep": cmd_sweep, "ls": cmd_ls, "show": cmd_show,
-                "export": cmd_export}[args.command](args)
+                "export": cmd_export, "app": cmd_app}[args.command](args)
     except SystemExit as done:  # argparse exits after printing --help
         return done.code if isinstance(done.code, int) else 0
     except KeyboardInterrupt:

@@ -4,20 +4,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["REPO", "EXAMPLES", "RUNS", "DATASETS", "SHARED_CIFAR10", "runs_root", "check_not_examples", "data_root"]
+import platformdirs
+
+__all__ = ["REPO", "CHECKOUT", "EXAMPLES", "RUNS", "DATASETS", "SHARED_CIFAR10", "APP", "runs_root",
+           "check_not_examples", "data_root"]
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "data" / "examples"   # the shipped example runs, tracked in git
-RUNS = REPO / "data" / "runs"           # new runs unless told otherwise, ignored by git
-DATASETS = REPO / "data" / "datasets"   # torchvision downloads unless $BSQ_DATA says otherwise
+CHECKOUT = (REPO / "pyproject.toml").is_file()  # else installed from a wheel: REPO is then site-packages
+# A checkout keeps everything in data/; an installed kit in the user's data folder (~/.local/share/bsq_explore
+# on Linux), never in site-packages, and finds the shipped examples where $BSQ_EXAMPLES says (a checkout's
+# data/examples), else in that folder's examples/
+_HOME = REPO / "data" if CHECKOUT else platformdirs.user_data_path("bsq_explore")
+EXAMPLES = REPO / "data" / "examples" if CHECKOUT else Path(os.environ.get("BSQ_EXAMPLES") or _HOME / "examples")
+RUNS = _HOME / "runs"                   # new runs unless told otherwise (ignored by git in a checkout)
+DATASETS = _HOME / "datasets"           # torchvision downloads unless $BSQ_DATA says otherwise
 SHARED_CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"  # the CIFAR-10 JPEG folder beside a checkout
+APP = REPO / "app" / "main.py" if CHECKOUT else Path(__file__).parent / "app" / "main.py"  # the wheel's copy
 
 
 def runs_root(path: str | os.PathLike | None = None) -> Path:
-    """The folder new runs go to: path, else $BSQ_RUNS, else data/runs of this checkout (the same
-    folder whatever the working folder: the CLI and a notebook in notebooks/ agree). $BSQ_RUNS may
-    not be the shipped examples, which notebooks would overwrite; an explicit path may
-    (`make examples` writes them)."""
+    """The folder new runs go to: path, else $BSQ_RUNS, else RUNS (data/runs of this checkout, or
+    the user's data folder: the same folder whatever the working folder, so the CLI and a notebook
+    agree). $BSQ_RUNS may not be the shipped examples, which notebooks would overwrite; an explicit
+    path may (`make examples` writes them)."""
     if path:
         return Path(path)
     if not os.environ.get("BSQ_RUNS"):
@@ -35,5 +44,5 @@ def check_not_examples(root: Path, what: str) -> None:
 
 
 def data_root() -> Path:
-    """Where torchvision datasets are kept: $BSQ_DATA, else data/datasets of this checkout."""
+    """Where torchvision datasets are kept: $BSQ_DATA, else DATASETS (data/datasets of this checkout)."""
     return Path(os.environ["BSQ_DATA"]) if os.environ.get("BSQ_DATA") else DATASETS
