@@ -24,6 +24,10 @@ def test_environment_yml_installs_this_project_with_a_supported_python():
     assert re.search(r"^\s*-\s*pip\s*$", text, re.M)
     extras = re.search(r'-e \.\[([\w,]+)\]', text)
     assert extras and set(extras.group(1).split(",")) <= set(pyproject()["project"]["optional-dependencies"])
+    make = re.search(r"pip install .*-e '\.\[([\w,]+)\]'", (ROOT / "Makefile").read_text())
+    assert make and extras.group(1) == make.group(1), "environment.yml installs what make test installs"
+    dev = " ".join(pyproject()["project"]["optional-dependencies"]["dev"])
+    assert all(extra in dev for extra in ("app", "notebooks", "qonnx", "tensorboard")), "dev holds every extra tests use"
 
 
 def test_pyproject_admits_the_local_torch_pair():
