@@ -81,10 +81,13 @@ def _traced(model: nn.Module, input_shape: tuple[int, ...], batch: int):
         layers[name] = m
         replace_module(plain, name, _float_layer(m))
     with torch.no_grad():
+        # optimize=False: the exporter's optimizer changes what the graph computes (batch norms among it)
         proto = torch.onnx.export(plain, (torch.zeros(batch, *input_shape),), dynamo=True, optimize=False,
                                   opset_version=_TRACED_OPSET, input_names=["input"], verbose=False).model_proto
     shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
+    del proto.graph.value_info[:]  # the tracer's shapes: _with_shapes infers them again, Quant nodes included
     for node in proto.graph.node:  # QONNX's lowering needs each Conv's kernel shape, which the tracer leaves out
+        del node.metadata_props[:]  # the tracer's stack traces: this machine's file paths
         if node.op_type == "Conv" and not any(a.name == "kernel_shape" for a in node.attribute):
             node.attribute.append(helper.make_attribute("kernel_shape", shapes[node.input[1]][2:]))
     quant = _Graph()  # each converted weight, named as the tracer named it: its consumers read the Quant node

@@ -346,10 +346,11 @@ def fit(model: nn.Module, train, test, config: BSQConfig | None = None, runs: st
             into memory; y holds class numbers 0, 1, ...
         config: the schedule, alpha, precision, ... (default BSQConfig()); its model and dataset are
             replaced as above.
-        runs: the runs root (default $BSQ_RUNS, else data/runs of this checkout).
+        runs: the runs root (default $BSQ_RUNS, else paths.RUNS).
         name: the run's folder name (default: custom-<class>-<time>).
         callbacks: each gets an Event after every epoch.
-        filter_fn: convert_'s filter, (module, name) -> bool: the layers that quantize (default all).
+        filter_fn: convert_'s filter, (module, name) -> bool: the layers that quantize (default: all
+            but those config.float_layers names).
         overwrite: replace a run of that name, finished or not.
         force: take over a run marked running on another host.
 
@@ -373,9 +374,10 @@ def fit(model: nn.Module, train, test, config: BSQConfig | None = None, runs: st
         torch.manual_seed(config.seed)  # dropout and any other draw from the global generator, as in train
         model, ds = copy.deepcopy(model).to(device), ds.to(device)
         generator = torch.Generator(device).manual_seed(config.seed)
+        keep = filter_fn or convert_filter(config)
         if ckpt is None:
-            return _begin(path, config, ds, model, generator, callbacks=callbacks, keep=filter_fn)
-        return _carry_on(path, ckpt, ds, model, generator, callbacks, filter_fn)
+            return _begin(path, config, ds, model, generator, callbacks=callbacks, keep=keep)
+        return _carry_on(path, ckpt, ds, model, generator, callbacks, keep)
 
 
 def _resumable(path: Path, config: BSQConfig) -> dict | None:

@@ -107,3 +107,11 @@ def test_fit_refuses_bad_data_in_one_line_before_any_folder(tmp_path, digits, tr
     with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)")):
         fit(TinyNet(), train, digits[1], CONFIG, runs=tmp_path, name="bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_fit_quantizes_the_layers_its_filter_or_the_configs_float_layers_leave(tmp_path, digits):
+    torch.manual_seed(0)
+    by_filter = fit(TinyNet(), *digits, CONFIG, runs=tmp_path, name="f", filter_fn=lambda m, name: name != "head")
+    by_config = fit(TinyNet(), *digits, CONFIG.replace(float_layers="conv"), runs=tmp_path, name="c")
+    assert load_run(by_filter).final_layers().layer.tolist() == ["conv"]
+    assert load_run(by_config).final_layers().layer.tolist() == ["head"]
