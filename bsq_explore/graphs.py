@@ -81,7 +81,7 @@ def _traced(model: nn.Module, input_shape: tuple[int, ...], batch: int):
         layers[name] = m
         replace_module(plain, name, _float_layer(m))
     with torch.no_grad():
-        # optimize=False: the exporter's optimizer changes what the graph computes (batch norms among it)
+        # optimize=False: with the exporter's optimizer the traced ResNet-18 of the tests no longer matched PyTorch
         proto = torch.onnx.export(plain, (torch.zeros(batch, *input_shape),), dynamo=True, optimize=False,
                                   opset_version=_TRACED_OPSET, input_names=["input"], verbose=False).model_proto
     shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
