@@ -1,6 +1,7 @@
 """Questions asked of runs: the BSQ-versus-uniform verdict of a sweep, against hand-worked tables."""
 import pandas as pd
 import pytest
+import torch
 
 from bsq_explore.analysis import VERDICT_COLUMNS, verdict, verdict_sentence
 from bsq_explore.catalog import list_runs, sweep_table
@@ -80,6 +81,8 @@ def test_what_if_scores_a_fixed_sample_and_all_images_give_the_runs_own_score():
     run = load_run(EXAMPLES / "fashion-a0.02")
     sample, every = WhatIf(run), WhatIf(run, images=0)
     assert sample.images == WHAT_IF_IMAGES and every.images == 10_000
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # a sample in bfloat16 where the CPU has it; all in float32
+    assert sample.in_bf16 == native and not every.in_bf16
     assert every.trained["test_acc"] == pytest.approx(run.summary["test_acc"], abs=1e-9)
     assert abs(sample.trained["test_acc"] - every.trained["test_acc"]) < 0.06  # about 4 SE of a 500 sample
     layer = next(iter(sample.bits))
@@ -181,4 +184,5 @@ def test_what_if_reruns_only_the_steps_from_the_first_changed_layer_and_scores_a
         score = what_if.evaluate(choice)["test_acc"]
         assert set(ran) == expected and max(ran.values()) == 1
         fresh = load_quantized(build_model(run.config, what_if.data), reduce_precision(what_if.exported, choice))
-        assert score == evaluate(fresh, what_if.data.test_x, what_if.data.test_y)
+        with torch.autocast("cpu", what_if.dtype, enabled=what_if.dtype != torch.float32):
+            assert score == evaluate(fresh, what_if.data.test_x, what_if.data.test_y)

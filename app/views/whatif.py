@@ -53,10 +53,12 @@ def sliders_and_metrics() -> None:  # a slider move re-runs only this, not the p
     size = f"{now['compression']:.1f}x vs float32" if now["avg_bits"] else "no weight left"
     m[2].metric("packed weights", f"{now['packed_bytes'] / 1024:.1f} KiB", size, delta_color="off")
     se = 100 * (now["test_acc"] * (1 - now["test_acc"]) / model.images) ** 0.5
-    top.caption(f"Scored on a fixed sample of {model.images:,} test images, so that a slider answers at once: "
-                f"1 standard error is {se:.1f} points. The run's own score on all its test images is "
+    bf16 = " (convolutions in bfloat16, which this CPU computes fast)" if model.in_bf16 else ""
+    top.caption(f"Scored on a fixed sample of {model.images:,} test images{bf16}, so that a slider answers at "
+                f"once: 1 standard error is {se:.1f} points. The run's own score on all its test images is "
                 f"{100 * run.summary.get('test_acc', float('nan')):.1f} %.")
-    if top.button("score this choice on every test image", help="slower: seconds on a CPU for 10,000 images"):
+    if top.button("score this choice on every test image", help="in float32, as the run scored itself: seconds "
+                                                                  "on a CPU for 10,000 images"):
         with st.spinner("scoring every test image"):
             full = what_if(str(run.path), dashboard.stamp(run.path), 0)
             every = full.change(chosen)
