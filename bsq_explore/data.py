@@ -11,8 +11,8 @@ import torch
 from .config import CUSTOM, DATASETS
 from .paths import SHARED_CIFAR10, data_root
 
-__all__ = ["Dataset", "load", "load_for", "load_test", "described", "in_memory", "SYSTEM_DATA", "IDX", "read_idx", "MAX_PIXELS",
-           "augment", "batches", "synthetic_image_folder", "cifar10_source"]
+__all__ = ["Dataset", "load", "load_for", "load_test", "load_for_model", "load_splits", "SYSTEM_DATA", "IDX",
+           "read_idx", "MAX_PIXELS", "augment", "batches", "synthetic_image_folder", "cifar10_source"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
@@ -69,7 +69,7 @@ def load(name: str, train_subset: int = 0, test_subset: int = 0, download: bool 
     return _normalized(ds)
 
 
-def in_memory(train, test) -> Dataset:
+def load_splits(train, test) -> Dataset:
     """A Dataset of one's own data for fit(): train and test each (x, y) tensors, or an iterable of
     (x, y) batches (a DataLoader), read once into memory (the engine batches from tensors, so a
     loader's random transforms run once, not every epoch). Labels are 0..classes - 1."""
@@ -91,7 +91,7 @@ def _tensors(split, which: str) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             batches = [(b[0], b[1]) for b in split]
             x, y = torch.cat([torch.as_tensor(b[0]) for b in batches]), torch.cat([torch.as_tensor(b[1]) for b in batches])
-        except (TypeError, IndexError, RuntimeError) as err:
+        except (TypeError, IndexError, KeyError, RuntimeError) as err:  # KeyError: batches of dicts
             raise ValueError(f"{which} must be (x, y) tensors or a DataLoader of (x, y) batches ({err})") from None
     if len(x) == 0 or len(x) != len(y) or y.dim() != 1 or y.is_floating_point():
         raise ValueError(f"{which}: give as many integer labels y as items x, at least one")
@@ -124,9 +124,15 @@ def load_test(config, record: dict | None, count: int = 0) -> Dataset:
     return ds
 
 
-def described(record) -> Dataset | None:
-    """A Dataset with no images, of the shape and classes of a run.json "data" record: enough to build
-    the run's model without its data (export); None when the record lacks them (runs before it)."""
+def load_for_model(config, record) -> Dataset:
+    """A run's data as building its model needs it: no images at all when its run.json "data" record
+    gives the shape and classes (runs record them), else the data config names, loaded."""
+    return _from_record(record) or load_for(config)
+
+
+def _from_record(record) -> Dataset | None:
+    """A Dataset with no images, of the shape and classes of a run.json "data" record; None when the
+    record lacks them (runs from before it)."""
     if not isinstance(record, dict):
         return None
     shape, classes = record.get("shape"), record.get("classes")

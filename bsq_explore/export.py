@@ -80,9 +80,9 @@ def load_model(run, data=None) -> nn.Module:
     """The final quantized model of a finished run (a runs.Run): its model.pt loaded into its
     architecture, built for data (a data.Dataset; default: the image shape and classes its run.json
     records, so that no image is read, else its dataset, loaded)."""
-    from .data import described, load_for
+    from .data import load_for_model
 
-    data = data or described(run.info.get("data")) or load_for(run.config)
+    data = data or load_for_model(run.config, run.info.get("data"))
     model = build_model(run.config, data)
     load_quantized(model, run.read_model())
     return model

@@ -1,4 +1,4 @@
-"""The quantized model as an ONNX graph for QONNX tools (FINN, hls4ml): each n-bit weight through a Quant node."""
+"""The quantized model as an ONNX graph: QONNX's Quant nodes (FINN, hls4ml) or standard QCDQ nodes (onnxruntime)."""
 from __future__ import annotations
 
 import copy
@@ -49,7 +49,7 @@ def to_qonnx(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
     """
     from onnx import TensorProto, helper
 
-    if not all(isinstance(m, _WRITTEN) for m in model.modules()):
+    if not all(type(m) in _WRITTEN for m in model.modules()):  # exactly: a subclass may have a forward of its own
         return _with_shapes(_traced(model, input_shape, batch))
     graph = _Graph()
     x = graph.module("", model, "input")
@@ -252,14 +252,15 @@ def to_qcdq(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1):
     its weight stays as its plain float values (the same numbers: they lie on its grid already).
 
     Returns:
-        (the onnx.ModelProto, the layers whose weights stayed float).
+        (the onnx.ModelProto, {layer: bits} of the layers whose weights stayed float).
     """
     from onnx import numpy_helper
+
+    proto = to_qonnx(model, input_shape, batch)  # first: without qonnx, its one-line error says what to install
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.qonnx_to_qcdq import QuantToQCDQ
 
-    proto = to_qonnx(model, input_shape, batch)
-    wide = [layer for layer, bits in quant_bits(proto.graph).items() if bits + 1 > QCDQ_BITS]
+    wide = {layer: bits for layer, bits in quant_bits(proto.graph).items() if bits + 1 > QCDQ_BITS}
     for layer in wide:  # its Quant node goes; the values it would round, already on the grid, take its name
         node = next(n for n in proto.graph.node if n.op_type == "Quant" and n.output[0] == f"{layer}.weight")
         proto.graph.node.remove(node)

@@ -12,7 +12,7 @@ from .bits import levels, quantize
 from .config import ACT_BITS_RULE, CUSTOM, TORCHVISION, act_bits_ok
 
 __all__ = ["QuantReLU6", "PACT", "activation", "mlp", "lenet5", "BasicBlock", "CifarResNet", "resnet20", "resnet32",
-           "resnet56", "steps", "step_of", "not_shortcut", "build_model", "torchvision_classifiers", "check_model",
+           "resnet56", "steps", "find_step", "not_shortcut", "build_model", "torchvision_classifiers", "check_model",
            "torchvision_model", "convert_filter"]
 
 
@@ -182,14 +182,14 @@ def steps(model: nn.Module) -> list[tuple[tuple[str, ...], Callable]]:
     """model's forward pass as a chain of steps, each (the names of the modules it runs, the step), so
     that a change to one layer re-runs only the steps from the one that holds it (analysis.WhatIf).
     A Sequential is a step per child; a model the kit does not know is one step, named "" (every module)."""
-    if isinstance(model, CifarResNet):
+    if type(model) is CifarResNet:  # exactly: a subclass may have a forward of its own
         return model.steps()
-    if isinstance(model, nn.Sequential):
+    if type(model) is nn.Sequential:
         return [((name,), child) for name, child in model.named_children()]
     return [(("",), model)]
 
 
-def step_of(chain: list[tuple[tuple[str, ...], Callable]], layer: str) -> int:
+def find_step(chain: list[tuple[tuple[str, ...], Callable]], layer: str) -> int:
     """The place in chain (a steps() list) of the step that runs the module named layer."""
     return next(i for i, (names, _) in enumerate(chain) if any(n in ("", layer) or layer.startswith(n + ".")
                                                                for n in names))
@@ -224,7 +224,10 @@ def torchvision_classifiers() -> list[str]:
 
 
 def check_model(name: str) -> None:
-    """A torchvision:NAME that torchvision lacks is a ValueError listing the names it has."""
+    """A torchvision:NAME that torchvision lacks is a ValueError listing the names it has; a custom:NAME
+    (recorded by fit) is one too, since only fit, given the model itself, can train it."""
+    if name.startswith(CUSTOM):
+        raise ValueError(f"model {name!r} is one of your own: train it with bsq_explore.fit(model, train, test)")
     if name.startswith(TORCHVISION) and name.removeprefix(TORCHVISION) not in torchvision_classifiers():
         raise ValueError(f"torchvision has no classifier {name.removeprefix(TORCHVISION)!r}; choose one of: "
                          f"{', '.join(torchvision_classifiers())}")

@@ -10,7 +10,8 @@ __all__ = ["REPO", "CHECKOUT", "EXAMPLES", "RUNS", "DATASETS", "SHARED_CIFAR10",
            "check_not_examples", "data_root"]
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKOUT = (REPO / "pyproject.toml").is_file()  # else installed from a wheel: REPO is then site-packages
+# else installed from a wheel: REPO is then site-packages, where another package's pyproject.toml could lie
+CHECKOUT = (REPO / "pyproject.toml").is_file() and 'name = "bsq_explore"' in (REPO / "pyproject.toml").read_text()
 # A checkout keeps everything in data/; an installed kit in the user's data folder (~/.local/share/bsq_explore
 # on Linux), never in site-packages, and finds the shipped examples where $BSQ_EXAMPLES says (a checkout's
 # data/examples), else in that folder's examples/

@@ -361,7 +361,7 @@ def fit(model: nn.Module, train, test, config: BSQConfig | None = None, runs: st
         >>> path = fit(MyNet(), (x_train, y_train), test_loader, preset("digits-cnn", alpha=0.1), name="mine")
         >>> load_run(path).summary["avg_bits"]
     """
-    ds = data.in_memory(train, test)
+    ds = data.load_splits(train, test)
     config = (config or BSQConfig()).replace(model=CUSTOM + type(model).__name__, dataset=ds.name)
     root = runs_root(runs)
     path = root / check_name(name or f"custom-{type(model).__name__.lower()}-{datetime.now():%Y%m%d-%H%M%S}")
@@ -370,7 +370,7 @@ def fit(model: nn.Module, train, test, config: BSQConfig | None = None, runs: st
     with owning(path), _cpu_threads(config.threads):
         if path.exists():
             check_idle(path, force)
-        ckpt = _resumable(path, config) if path.exists() and not overwrite else None
+        ckpt = _resumable(path, config, ds) if path.exists() and not overwrite else None
         torch.manual_seed(config.seed)  # dropout and any other draw from the global generator, as in train
         model, ds = copy.deepcopy(model).to(device), ds.to(device)
         generator = torch.Generator(device).manual_seed(config.seed)
@@ -380,12 +380,16 @@ def fit(model: nn.Module, train, test, config: BSQConfig | None = None, runs: st
         return _carry_on(path, ckpt, ds, model, generator, callbacks, keep)
 
 
-def _resumable(path: Path, config: BSQConfig) -> dict | None:
-    """The checkpoint of the unfinished run at path, made with config (None: killed before its first);
-    a finished run, or one of another config, is a FileExistsError or ValueError."""
+def _resumable(path: Path, config: BSQConfig, ds: data.Dataset) -> dict | None:
+    """The checkpoint of the unfinished run at path, made with config on data like ds (None: killed
+    before its first); a finished run is a FileExistsError, another config or data a ValueError."""
     info = read_info(path)
     if info["status"] == "finished":
         raise FileExistsError(f"run {path} has finished (pick another name, or pass overwrite=True to train it anew)")
+    ran, given = info.get("data") or {}, ds.record()
+    if (ran.get("shape"), ran.get("classes")) != (given["shape"], given["classes"]):
+        raise ValueError(f"cannot resume {path} with other data: it trained on items of shape {ran.get('shape')} "
+                         f"in {len(ran.get('classes') or [])} classes")
     if not (path / CHECKPOINT).exists():
         return None
     ckpt = read_checkpoint(path)
@@ -494,7 +498,8 @@ def _check_converts(model: nn.Module, config: BSQConfig, keep: Callable | None) 
     """A run that quantizes must leave convert_ a layer to quantize, and layer_bits must name exactly those."""
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and (keep is None or keep(m, n))]
     if (config.bsq_epochs or config.finetune_epochs) and not layers:
-        raise ValueError(f"--float-layers {config.float_layers!r} leaves no layer of {config.model} to quantize")
+        raise ValueError(f"no layer of {config.model} is left to quantize (float_layers {config.float_layers!r}, "
+                         "or fit's filter_fn)")
     chosen = config.chosen_bits()
     if chosen and set(chosen) != set(layers):
         wrong = sorted(set(chosen) ^ set(layers))

@@ -198,7 +198,7 @@ def test_compare_page_shows_both_runs(app):
     assert len(first) == 3
     for table, name in zip(at.table, ("digits-a0.3", "digits-a0.1")):  # cells escaped for st.table's markdown
         final = load_run(EXAMPLES / name).final_layers()
-        assert [shown(cell) for cell in table.value["layer"]] == final.layer.tolist()
+        assert [shown(cell) for cell in table.value.index] == final.layer.tolist()
         assert table.value["final bits"].tolist() == final.nbits.astype(str).tolist()
     at.selectbox[1].set_value("digits-a0.4").run()
     assert charts(at)[1] != first[1] and charts(at)[0] == first[0]

@@ -286,7 +286,7 @@ def test_misc_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     (tmp_path / "file").write_text("a file, not a folder")
-    for argv, says in [(["train", "--float-layers", "*", "--runs", str(tmp_path / "r")], "leaves no layer of mlp"),
+    for argv, says in [(["train", "--float-layers", "*", "--runs", str(tmp_path / "r")], "no layer of mlp is left to quantize"),
                        (["train", "--config", "/dev/zero"], "cannot read --config /dev/zero: not a regular file"),
                        (["train", "--config", str(fifo)], "not a regular file"),
                        (["sweep", "--alphas", "0.1", "--runs", str(tmp_path / "file" / "sub")],

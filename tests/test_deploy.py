@@ -12,7 +12,7 @@ from bsq_explore.cli import main
 from bsq_explore.data import load_for
 from bsq_explore.export import load_model
 from bsq_explore.graphs import QONNX_DOMAIN, quant_bits, to_qonnx
-from bsq_explore.layers import convert_
+from bsq_explore.layers import BitLayer, convert_
 from bsq_explore.models import lenet5
 from bsq_explore.runs import load_run
 
@@ -207,7 +207,7 @@ def test_a_converted_torchvision_model_is_traced_to_qonnx_and_computes_what_pyto
     proto = to_qonnx(model, (3, 32, 32), batch=2)
     got = run_graph(proto, x)
     assert np.allclose(got, expected, rtol=1e-3, atol=1e-4) and np.array_equal(got.argmax(1), expected.argmax(1))
-    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Module) and type(m).__name__ == "BitLayer"]
+    convs = [n for n, m in model.named_modules() if isinstance(m, BitLayer)]
     assert quant_bits(proto.graph) == {name: 4 for name in convs} and "fc" not in quant_bits(proto.graph)
     assert proto.ir_version == 8 and all(any(a.name == "kernel_shape" for a in n.attribute)
                                          for n in proto.graph.node if n.op_type == "Conv")
@@ -249,7 +249,7 @@ def test_the_cli_writes_a_qcdq_graph_that_onnxruntime_runs_as_qonnx_runs_the_qua
     run = load_run(EXAMPLES / "cifar10-a0.05")
     out = tmp_path / "q.onnx"
     assert main(["export", "cifar10-a0.05", "--format", "qcdq", "--out", str(out), "--runs", str(EXAMPLES)]) == 0
-    assert "conv1: float weights in the QCDQ graph (their 9-bit integers" in capsys.readouterr().out  # conv1: 8 bits
+    assert "float weights in the QCDQ graph, the same values: conv1 (8 bits and a sign);" in capsys.readouterr().out
     proto = onnx.load(str(out))
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "Quant" not in ops and proto.ir_version == 7
@@ -261,3 +261,17 @@ def test_the_cli_writes_a_qcdq_graph_that_onnxruntime_runs_as_qonnx_runs_the_qua
     qonnx = to_qonnx(load_model(run).eval(), (3, 32, 32))
     for x in load_test(run.config, run.info["data"], 4).test_x.split(1):  # one image at a time, as exported
         assert np.allclose(session.run(None, {"input": x.numpy()})[0], run_graph(qonnx, x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_sequential_subclass_with_its_own_forward_is_traced_not_written_child_by_child():
+    class Residual(torch.nn.Sequential):
+        def forward(self, x):
+            return x + super().forward(x)
+
+    torch.manual_seed(0)
+    model = convert_(Residual(torch.nn.Linear(4, 4), torch.nn.ReLU()), nbits=3).eval()
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    proto = to_qonnx(model, (4,), batch=2)
+    assert np.allclose(run_graph(proto, x), expected, rtol=1e-4, atol=1e-5) and quant_bits(proto.graph) == {"0": 3}

@@ -102,11 +102,27 @@ def test_a_fit_run_is_read_by_the_cli_and_the_app(tmp_path, digits, monkeypatch,
 @pytest.mark.parametrize("train, says", [((torch.zeros(4, 1, 8, 8), torch.zeros(4)), "integer labels"),
                                          ((torch.zeros(4, 1, 8, 8), torch.zeros(3, dtype=torch.long)), "as many"),
                                          ((torch.zeros(4, 1, 9, 9), torch.zeros(4, dtype=torch.long)), "differ in shape"),
-                                         ([1, 2, 3], "DataLoader of (x, y) batches")])
+                                         ([1, 2, 3], "DataLoader of (x, y) batches"),
+                                         ([{"x": torch.zeros(2, 1, 8, 8), "y": torch.zeros(2)}], "(x, y) batches")])
 def test_fit_refuses_bad_data_in_one_line_before_any_folder(tmp_path, digits, train, says):
-    with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)")) as err:
         fit(TinyNet(), train, digits[1], CONFIG, runs=tmp_path, name="bad")
-    assert not (tmp_path / "bad").exists()
+    assert "\n" not in str(err.value) and not (tmp_path / "bad").exists()
+
+
+def test_fit_resumes_only_on_data_of_the_same_shape_and_classes(tmp_path, digits):
+    def stop(event):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(TinyNet(), *digits, CONFIG, runs=tmp_path, name="s", callbacks=[stop])
+    (x, y), test = digits
+    with pytest.raises(ValueError, match="other data: it trained on items of shape \\[1, 8, 8\\] in 10 classes"):
+        fit(TinyNet(), (x, y % 5), (test[0], test[1] % 5), CONFIG, runs=tmp_path, name="s")
+
+
+def test_the_cli_refuses_a_custom_model_before_any_data(tmp_path, capsys):
+    assert main(["train", "--model", "custom:Mine", "--runs", str(tmp_path), "--name", "c"]) == 2
+    assert "train it with bsq_explore.fit" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
 def test_fit_quantizes_the_layers_its_filter_or_the_configs_float_layers_leave(tmp_path, digits):

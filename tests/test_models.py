@@ -119,3 +119,14 @@ def test_steps_chain_to_the_forward_pass_and_hold_each_layer_once(build, shape):
                 if any(n in ("", layer) or layer.startswith(n + ".") for n in step_names)]
         assert len(held) == 1, layer
     assert len(names) == {"CifarResNet": 11, "Sequential": len(list(model.children()))}.get(type(model).__name__, 1)
+
+
+def test_a_sequential_subclass_with_its_own_forward_is_one_step():
+    class Residual(torch.nn.Sequential):  # its forward adds the input back: not a chain of its children
+        def forward(self, x):
+            return x + super().forward(x)
+
+    model = Residual(torch.nn.Linear(4, 4), torch.nn.ReLU()).eval()
+    (names, step), = models.steps(model)
+    x = torch.randn(3, 4)
+    assert names == ("",) and torch.equal(step(x), model(x))

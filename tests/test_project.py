@@ -134,4 +134,7 @@ def test_the_storage_modules_ls_and_show_do_not_import_torch():
 def test_make_app_listens_on_this_machine_only_unless_told():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^ADDRESS \?= 127\.0\.0\.1$", makefile, re.M)
-    assert re.search(r"streamlit run app/main.py .*--server\.address \$\(ADDRESS\)", makefile)
+    assert re.search(r"bsq-explore app --port \$\(PORT\) --address \$\(ADDRESS\)$", makefile, re.M)
+    from bsq_explore.cli import build_parser
+
+    assert build_parser().parse_args(["app"]).address == "127.0.0.1"  # bsq-explore app alone: this machine only
