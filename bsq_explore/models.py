@@ -154,7 +154,7 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _, step in self.steps():
+        for _, step in self.steps():  # the chain What-if re-runs in part: one definition, so the two cannot differ
             x = step(x)
         return x
 
