@@ -24,6 +24,14 @@ def run_graph(proto, x: torch.Tensor) -> np.ndarray:
     return execute_onnx(ModelWrapper(proto), {"input": x.numpy()})[proto.graph.output[0].name]
 
 
+def assert_graph_computes(proto, model, x: torch.Tensor, rtol: float, atol: float) -> None:
+    """QONNX's executor on proto gives the model's outputs within tolerance, and every input the same class."""
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = run_graph(proto, x)
+    assert np.allclose(got, expected, rtol=rtol, atol=atol) and np.array_equal(got.argmax(1), expected.argmax(1))
+
+
 @pytest.mark.parametrize("name", ["digits-a0.1", "digits-a0.3", "digits-a1", "digits-u2", "fashion-a0.01"])
 def test_shipped_runs_exported_to_qonnx_compute_what_the_pytorch_model_computes(name):
     run = load_run(EXAMPLES / name)
@@ -31,10 +39,7 @@ def test_shipped_runs_exported_to_qonnx_compute_what_the_pytorch_model_computes(
     model = load_model(run, data).eval()
     x = data.test_x  # the whole test set
     proto = to_qonnx(model, tuple(data.shape), batch=len(x))
-    with torch.no_grad():
-        expected = model(x).numpy()
-    got = run_graph(proto, x)
-    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4) and np.array_equal(got.argmax(1), expected.argmax(1))
+    assert_graph_computes(proto, model, x, rtol=1e-4, atol=1e-4)
     final = run.layers[run.layers.step == run.layers.step.max()].set_index("layer").nbits
     assert quant_bits(proto.graph) == {layer: bits for layer, bits in final.items() if bits}  # n bits: Quant of n + 1
     for node in proto.graph.node:
@@ -50,10 +55,7 @@ def test_a_converted_conv_net_with_random_bits_exports_exactly():
     torch.manual_seed(0)
     model = convert_(lenet5(in_channels=3, num_classes=5, image_size=12), nbits=3).eval()
     x = torch.randn(16, 3, 12, 12)
-    with torch.no_grad():
-        expected = model(x).numpy()
-    got = run_graph(to_qonnx(model, (3, 12, 12), batch=16), x)
-    assert np.allclose(got, expected, rtol=1e-4, atol=1e-5) and np.array_equal(got.argmax(1), expected.argmax(1))
+    assert_graph_computes(to_qonnx(model, (3, 12, 12), batch=16), model, x, rtol=1e-4, atol=1e-5)
 
 
 def test_the_cli_writes_a_qonnx_graph_and_prints_its_size(tmp_path, capsys):
@@ -106,10 +108,7 @@ def test_activation_quantizers_export_at_their_fixed_scale(tmp_path, act_bits):
         m.register_forward_hook(fixed)
     x = data.test_x
     proto = to_qonnx(model, tuple(data.shape), batch=len(x))
-    with torch.no_grad():
-        expected = model(x).numpy()
-    got = run_graph(proto, x)
-    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4) and np.array_equal(got.argmax(1), expected.argmax(1))
+    assert_graph_computes(proto, model, x, rtol=1e-4, atol=1e-4)
     values = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
     activation_quants = [n for n in proto.graph.node if n.op_type == "Quant" and not n.output[0].endswith(".weight")]
     assert [int(values[n.input[3]]) for n in activation_quants] == [act_bits] * 4
@@ -130,11 +129,8 @@ def test_a_converted_resnet_exports_with_its_batch_norms_shortcuts_and_residual_
     model(torch.randn(8, 3, 32, 32))  # a training pass: batch norm statistics that are not the defaults
     model.eval()
     x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        expected = model(x).numpy()
     proto = to_qonnx(model, (3, 32, 32), batch=4)
-    got = run_graph(proto, x)
-    assert np.allclose(got, expected, rtol=1e-3, atol=1e-4) and np.array_equal(got.argmax(1), expected.argmax(1))
+    assert_graph_computes(proto, model, x, rtol=1e-3, atol=1e-4)
     assert len(quant_bits(proto.graph)) == 20 and set(quant_bits(proto.graph).values()) == {3}  # 19 convs and fc
     assert sum(n.op_type == "Add" for n in proto.graph.node) == 9  # one per residual block
 
@@ -202,11 +198,8 @@ def test_a_converted_torchvision_model_is_traced_to_qonnx_and_computes_what_pyto
     model(torch.randn(8, 3, 32, 32))  # a training pass: batch norm statistics that are not the defaults
     convert_(model, nbits=4, filter_fn=lambda m, name: name != "fc").eval()
     x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = model(x).numpy()
     proto = to_qonnx(model, (3, 32, 32), batch=2)
-    got = run_graph(proto, x)
-    assert np.allclose(got, expected, rtol=1e-3, atol=1e-4) and np.array_equal(got.argmax(1), expected.argmax(1))
+    assert_graph_computes(proto, model, x, rtol=1e-3, atol=1e-4)
     convs = [n for n, m in model.named_modules() if isinstance(m, BitLayer)]
     assert quant_bits(proto.graph) == {name: 4 for name in convs} and "fc" not in quant_bits(proto.graph)
     assert proto.ir_version == 8 and all(any(a.name == "kernel_shape" for a in n.attribute)
