@@ -203,8 +203,7 @@ def not_shortcut(module: nn.Module, name: str) -> bool:
 def build_model(config, data) -> nn.Module:
     """The network config.model names, sized for data's image shape and classes (a data.Dataset)."""
     if config.model.startswith(CUSTOM):
-        raise ValueError(f"model {config.model!r} was given to fit(): the kit cannot build it (load_quantized "
-                         "loads a run's model.pt into one of your own)")
+        check_model(config.model)  # says why the kit cannot build it
     c, h, w = data.shape
     classes = len(data.classes)
     if config.model == "mlp":
@@ -227,7 +226,8 @@ def check_model(name: str) -> None:
     """A torchvision:NAME that torchvision lacks is a ValueError listing the names it has; a custom:NAME
     (recorded by fit) is one too, since only fit, given the model itself, can train it."""
     if name.startswith(CUSTOM):
-        raise ValueError(f"model {name!r} is one of your own: train it with bsq_explore.fit(model, train, test)")
+        raise ValueError(f"model {name!r} was given to fit(): the kit cannot build it (train it with "
+                         "bsq_explore.fit(model, train, test); export.load_quantized loads its model.pt into yours)")
     if name.startswith(TORCHVISION) and name.removeprefix(TORCHVISION) not in torchvision_classifiers():
         raise ValueError(f"torchvision has no classifier {name.removeprefix(TORCHVISION)!r}; choose one of: "
                          f"{', '.join(torchvision_classifiers())}")
