@@ -15,9 +15,10 @@ from .paths import EXAMPLES, check_not_examples, runs_root
 from .runs import DamagedRun, Run, load_run
 from .store import check_name
 
-__all__ = ["APP_RUNS", "max_app_runs", "verdict_table", "twin_table", "RUN_COLUMNS", "run_table", "plain", "pick_sweep",
-           "pick_alpha", "epoch_seconds", "duration", "delta", "chart", "roots", "runs_table", "all_runs", "find",
-           "open_run", "empty_state", "pick_run", "pick_step", "url_radio", "url_toggle", "style", "sidebar"]
+__all__ = ["APP_RUNS", "max_app_runs", "static_table", "verdict_table", "twin_table", "run_table", "static_run_table",
+           "plain", "pick_sweep", "pick_alpha", "epoch_seconds", "duration", "delta", "chart", "roots", "runs_table",
+           "all_runs", "find", "open_run", "empty_state", "pick_run", "pick_step", "url_radio", "url_toggle", "style",
+           "sidebar"]
 
 APP_RUNS = "BSQ_APP_RUNS"  # how many runs the Train page may have training at once
 
@@ -31,21 +32,32 @@ def max_app_runs() -> int:
     return int(text)
 
 
-_PERCENT = dict(format="%.1f %%")  # accuracies are shown as percentages, one decimal everywhere
 _ACCURACIES = ("acc", "best_acc", "smallest_acc", "test_acc", "bsq_acc", "bsq_test_acc", "hessian_test_acc")
-_VERDICT_COLUMNS = {  # analysis.verdict's columns as the Sweep page shows them, narrow enough for 1024 px
-    "baseline": st.column_config.TextColumn("baseline", help="the uniform k-bit run"),
-    "acc": st.column_config.NumberColumn("accuracy", help="the baseline's final test accuracy", **_PERCENT),
-    "best_bsq": st.column_config.TextColumn("best BSQ", help="most accurate BSQ run of at most the baseline's bits"),
-    "best_acc": st.column_config.NumberColumn("its accuracy", **_PERCENT),
-    "gain": st.column_config.NumberColumn("gain", help="its accuracy minus the baseline's, in points",
-                                          format="%+.1f"),
-    "smallest_bsq": st.column_config.TextColumn("smallest as good",
-                                                help="the BSQ run of fewest average bits within half a point of "
-                                                     "the baseline's accuracy"),
-    "smallest_bits": st.column_config.NumberColumn("its bits", help="its average bits", format="%.2f"),
-    "size_ratio": st.column_config.NumberColumn("size ratio", help="baseline bits / its bits: above 1, BSQ is smaller",
-                                                format="%.2fx"),
+_TEXT, _PERCENT = "%s", "%.1f %%"  # accuracies are shown as percentages, one decimal everywhere
+# each table's columns as the app shows them: header, printf format, help (narrow enough for 1024 px)
+_VERDICT_COLUMNS = {
+    "baseline": ("baseline", _TEXT), "acc": ("accuracy", _PERCENT), "best_bsq": ("best BSQ", _TEXT),
+    "best_acc": ("its accuracy", _PERCENT), "gain": ("gain", "%+.1f"), "smallest_bsq": ("smallest as good", _TEXT),
+    "smallest_bits": ("its bits", "%.2f"), "size_ratio": ("size ratio", "%.2fx"),
+}
+_TWIN_COLUMNS = {
+    "alpha": ("alpha", "%g"), "bsq": ("BSQ run", _TEXT), "bsq_bits": ("BSQ bits", "%.2f"),
+    "bsq_test_acc": ("BSQ accuracy", _PERCENT), "hessian": ("Hessian twin", _TEXT),
+    "hessian_bits": ("twin bits", "%.2f"), "hessian_test_acc": ("twin accuracy", _PERCENT), "gain": ("gain", "%+.1f"),
+}
+_RUN_COLUMNS = {  # list_runs / sweep_table columns
+    "name": ("run", _TEXT, "the run's folder name"),
+    "status": ("status", _TEXT, "running, finished, failed, damaged or stale (killed)"),
+    "sweep": ("sweep", _TEXT, "the sweep the run belongs to"),
+    "kind": ("kind", _TEXT, "bsq: trained with the bit penalty; uniform k-bit: fixed bits, the baseline; hessian: "
+                            "each layer's bits chosen from its Hessian trace; float: the 32-bit model a sweep starts from"),
+    "alpha": ("alpha", "%g", "strength of the bit penalty"),
+    "test_acc": ("accuracy", _PERCENT, "final test accuracy, after finetuning"),
+    "bsq_acc": ("after BSQ", _PERCENT, "test accuracy before finetuning"),
+    "avg_bits": ("avg bits", "%.2f", "bits per weight over the quantized layers"),
+    "compression": ("compression", "%.1fx", "32 / average bits"),
+    "epochs": ("epochs", "%d", "epochs logged so far"),
+    "reason": ("reason", _TEXT, "why a run failed or cannot be read"),
 }
 
 
@@ -56,64 +68,52 @@ def _in_percent(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-_TWIN_COLUMNS = {  # analysis.twins' columns as the Sweep page shows them
-    "alpha": st.column_config.NumberColumn("alpha", format="%g"),
-    "bsq": st.column_config.TextColumn("BSQ run"),
-    "bsq_bits": st.column_config.NumberColumn("its bits", format="%.2f"),
-    "bsq_test_acc": st.column_config.NumberColumn("its accuracy", **_PERCENT),
-    "hessian": st.column_config.TextColumn("Hessian twin"),
-    "hessian_bits": st.column_config.NumberColumn("its bits", format="%.2f"),
-    "hessian_test_acc": st.column_config.NumberColumn("its accuracy", **_PERCENT),
-    "gain": st.column_config.NumberColumn("gain", help="BSQ's accuracy minus the twin's, in points", format="%+.1f"),
-}
-
-
-def twin_table(pairs: pd.DataFrame) -> None:
-    """analysis.twins as a table: every row shown, accuracies in %."""
-    st.dataframe(_in_percent(pairs), hide_index=True, height="content", column_config=_TWIN_COLUMNS,
-                 column_order=list(_TWIN_COLUMNS))
-
-
-def verdict_table(verdict: pd.DataFrame) -> None:
-    """analysis.verdict as a table: every row shown, accuracies in %."""
-    st.dataframe(_in_percent(verdict), hide_index=True, height="content", column_config=_VERDICT_COLUMNS,
-                 column_order=list(_VERDICT_COLUMNS), placeholder="–")
-
-
-RUN_COLUMNS = {  # list_runs / sweep_table columns as the app shows them
-    "name": st.column_config.TextColumn("run", help="the run's folder name"),
-    "status": st.column_config.TextColumn("status", help="running, finished, failed, damaged or stale (killed)"),
-    "sweep": st.column_config.TextColumn("sweep", help="the sweep the run belongs to"),
-    "kind": st.column_config.TextColumn("kind", help="bsq: trained with the bit penalty; uniform k-bit: fixed bits, "
-                                                     "the baseline; hessian: each layer's bits chosen from its Hessian "
-                                                     "trace; float: the 32-bit model a sweep starts from"),
-    "alpha": st.column_config.NumberColumn("alpha", help="strength of the bit penalty", format="%g"),
-    "test_acc": st.column_config.NumberColumn("accuracy", help="final test accuracy, after finetuning", **_PERCENT),
-    "bsq_acc": st.column_config.NumberColumn("after BSQ", help="test accuracy before finetuning", **_PERCENT),
-    "avg_bits": st.column_config.NumberColumn("avg bits", help="bits per weight over the quantized layers",
-                                              format="%.2f"),
-    "compression": st.column_config.NumberColumn("compression", help="32 / average bits", format="%.1fx"),
-    "epochs": st.column_config.NumberColumn("epochs", help="epochs logged so far"),
-    "reason": st.column_config.TextColumn("reason", help="why a run failed or cannot be read"),
-}
+def _formatted(frame: pd.DataFrame, columns: dict) -> pd.DataFrame:
+    """frame's columns as text under their headers, accuracies in %, "–" where a value is missing."""
+    frame = _in_percent(frame)
+    return pd.DataFrame({spec[0]: ["–" if pd.isna(v) else spec[1] % v for v in frame[c]]
+                         for c, spec in columns.items() if c in frame})
 
 
 def static_table(frame: pd.DataFrame) -> None:
     """A small table as plain HTML, every row shown, its first column as the row labels: lighter than
-    st.dataframe's grid (Compare draws a third faster without two of them). st.table reads cells as
+    st.dataframe's grid (Compare and Sweep draw faster without them). st.table reads cells as
     markdown, so each goes through plain()."""
     st.table(frame.map(plain).set_index(frame.columns[0]))
 
 
-def run_table(frame: pd.DataFrame) -> None:
-    """A table of runs (list_runs or sweep_table rows) with readable headers, help, accuracy in %;
-    columns that are empty in every row are left out."""
+def twin_table(pairs: pd.DataFrame) -> None:
+    """analysis.twins as a static table: every row shown, accuracies in %."""
+    static_table(_formatted(pairs, _TWIN_COLUMNS))
+
+
+def verdict_table(verdict: pd.DataFrame) -> None:
+    """analysis.verdict as a static table: every row shown, accuracies in %."""
+    static_table(_formatted(verdict, _VERDICT_COLUMNS))
+
+
+def _run_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """list_runs or sweep_table rows as the app lists them: no column that is empty in every row, a
+    uniform run's bits in its kind (one column less on a 1024 px screen)."""
     frame = frame.drop(columns=[c for c in ("path", "reason") if c in frame and not frame[c].astype(bool).any()])
-    frame = _in_percent(frame.assign(alpha=pd.to_numeric(frame.alpha, errors="coerce")))
-    uniform = frame.kind == "uniform"  # its bits in its kind: one column less on a 1024 px screen
+    frame = frame.assign(alpha=pd.to_numeric(frame.alpha, errors="coerce"))
+    uniform = frame.kind == "uniform"
     frame.loc[uniform, "kind"] = [f"uniform {b:g}-bit" for b in pd.to_numeric(frame.nbits[uniform])]
-    st.dataframe(frame[[c for c in RUN_COLUMNS if c in frame]], hide_index=True, column_config=RUN_COLUMNS,
-                 height="content", placeholder="–")
+    return frame[[c for c in _RUN_COLUMNS if c in frame]]
+
+
+def run_table(frame: pd.DataFrame) -> None:
+    """A table of runs to sort and scroll, with readable headers, help, accuracy in %."""
+    config = {c: st.column_config.TextColumn(header, help=help) if form == _TEXT else
+              st.column_config.NumberColumn(header, help=help, format=form)
+              for c, (header, form, help) in _RUN_COLUMNS.items()}
+    st.dataframe(_in_percent(_run_rows(frame)), hide_index=True, column_config=config, height="content",
+                 placeholder="–")
+
+
+def static_run_table(frame: pd.DataFrame) -> None:
+    """The runs of one sweep (a few dozen at most) as a static table: lighter than run_table's grid."""
+    static_table(_formatted(_run_rows(frame), _RUN_COLUMNS))
 
 
 def pick_sweep(table: pd.DataFrame) -> str | None:

@@ -1,4 +1,5 @@
 """Every app page through streamlit's AppTest: no exception, and the main widget changes the view."""
+import json
 import logging
 import shutil
 import sys
@@ -10,7 +11,7 @@ from streamlit.logger import get_logger
 from streamlit.testing.v1 import AppTest
 
 from bsq_explore.analysis import featured
-from bsq_explore.catalog import list_runs, sweep_table
+from bsq_explore.catalog import finished_bsq, list_runs, sweep_table
 from bsq_explore.runs import load_run
 
 from conftest import shown
@@ -132,12 +133,13 @@ def test_precision_page_follows_the_run_picker(app):
 
 
 def test_sweep_page_alpha_picker_opens_that_heatmap(app):
-    at = app("sweep", sweep="digits")  # pareto, the picked run's heatmap, its Hessian twin's bits, bits per alpha
-    assert at.selectbox[0].value == "digits" and len(charts(at)) == 4
-    verdict = at.dataframe[0].value  # BSQ against each uniform baseline, computed from the runs
-    assert verdict.baseline.tolist() == ["digits-u2", "digits-u3", "digits-u4", "digits-u8"]
-    listed = at.dataframe[1].value
-    assert "reason" not in listed and "path" not in listed, "no column that is empty in every row"
+    at = app("sweep", sweep="digits")  # pareto, the picked run's heatmap, its Hessian twin's bits
+    assert at.selectbox[0].value == "digits" and len(charts(at)) == 3
+    verdict = at.table[0].value  # BSQ against each uniform baseline, computed from the runs
+    assert [shown(b) for b in verdict.index] == ["digits-u2", "digits-u3", "digits-u4", "digits-u8"]
+    listed = at.table[-1].value  # every run of the sweep
+    assert [shown(n) for n in listed.index] == sweep_table(list_runs(EXAMPLES), "digits").name.tolist()
+    assert "reason" not in listed, "no column that is empty in every row"
     table = list_runs(EXAMPLES)
     assert at.selectbox[1].value == featured(table[table.sweep == "digits"])  # not alpha 0, the least interesting
     assert at.query_params["alpha"] == f"{table.set_index('name').alpha[at.selectbox[1].value]:g}"
@@ -145,6 +147,16 @@ def test_sweep_page_alpha_picker_opens_that_heatmap(app):
     assert '"type":"heatmap"' in heat.replace(" ", "")
     at.selectbox[1].set_value("digits-a0.1").run()
     assert charts(at)[1] != heat and at.query_params["sweep"] == "digits" and at.query_params["alpha"] == "0.1"
+
+
+def test_sweep_page_draws_every_alphas_bits_per_layer_on_request(app):
+    at = app("sweep", sweep="digits")
+    assert not any("final precision per layer" in c for c in charts(at))
+    at.toggle[0].set_value(True).run()
+    bars = next(c for c in charts(at) if "final precision per layer" in c)
+    alphas = finished_bsq(sweep_table(list_runs(EXAMPLES), "digits")).alpha
+    assert len(json.loads(bars)["data"]) == len(alphas) and at.query_params["layers"] == "1"  # a bar per alpha
+    assert any("final precision per layer" in c for c in charts(app("sweep", sweep="digits", layers="1")))
 
 
 def test_sweep_page_states_the_schedule_of_its_bsq_runs_not_of_its_float_run(app):
@@ -428,7 +440,7 @@ def test_every_page_takes_any_query_parameters_without_an_exception(app, page):
 
 def test_sweep_page_takes_two_runs_of_one_alpha(app, tmp_path):
     shutil.copytree(EXAMPLES / "digits-a0.3", tmp_path / "digits-a0.3-copy")  # a copied run folder
-    at = app("sweep", sweep="digits")
+    at = app("sweep", sweep="digits", layers="1")  # every alpha's bars: two runs of alpha 0.3
     assert len(charts(at)) == 4 and not at.exception
 
 
@@ -540,9 +552,9 @@ def test_sweep_page_puts_each_bsq_run_beside_its_hessian_twin(app, tmp_path):
     assert len(pairs) == 2
     at = app("sweep", sweep="hw", alpha="0.3")
     assert shown(at.markdown[0].value).endswith(twins_sentence(pairs))
-    shown_pairs = next(d.value for d in at.dataframe if "hessian" in d.value.columns)
-    assert shown_pairs.hessian.tolist() == ["hw-h0", "hw-h0.3"]
-    assert shown_pairs.hessian_test_acc.tolist() == pytest.approx((100 * pairs.hessian_test_acc).tolist())  # in %
+    shown_pairs = next(t.value for t in at.table if "Hessian twin" in t.value.columns)
+    assert [shown(h) for h in shown_pairs["Hessian twin"]] == ["hw-h0", "hw-h0.3"]
+    assert [shown(a) for a in shown_pairs["twin accuracy"]] == [f"{100 * a:.1f} %" for a in pairs.hessian_test_acc]
     assert any("where the two methods put the bits" in c for c in charts(at))
     link = next(p for p in at.get("page_link") if "Hessian twin" in p.proto.label)
     assert "hw-h0.3" in link.proto.label

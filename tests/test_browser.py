@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bsq_explore.catalog import list_runs, sweep_table
 from bsq_explore.runs import load_run
 
 from test_sweep import EXAMPLES
@@ -18,6 +19,7 @@ CHROMIUM = "/usr/bin/chromium"
 ROOT = EXAMPLES.parents[1]
 # page url path -> what it shows once rendered, with the default selection
 PLOT, METRIC, BUTTON = ".js-plotly-plot .main-svg", "[data-testid='stMetric']", "[data-testid='stButton']"
+GRID, TABLE = "[data-testid='stDataFrame']", "[data-testid='stTable']"  # st.dataframe's grid, st.table
 PAGES = {"": PLOT, "runs": METRIC, "heatmap": PLOT, "precision": PLOT, "sweep": PLOT, "compare": PLOT, "whatif": METRIC,
          "train": BUTTON, "playground": PLOT}
 
@@ -186,24 +188,34 @@ TABLE_PAGES = ["runs", "sweep?sweep=fashion", "sweep?sweep=digits", "sweep?sweep
 
 @pytest.mark.parametrize("path", TABLE_PAGES)
 def test_every_table_shows_every_row_and_column_at_1024x768(server, page, path):
-    drawn(page, f"{server}/{path.format(heaviest=heaviest())}", "[data-testid='stDataFrame']")
-    page.wait_for_function("""() => [...document.querySelectorAll("[data-testid='stDataFrame']")]
+    drawn(page, f"{server}/{path.format(heaviest=heaviest())}", f"{GRID}, {TABLE}")
+    page.wait_for_function(f"""() => [...document.querySelectorAll("{GRID}")]
         .every(e => e.querySelector('table') && e.querySelector('.dvn-scroller'))""", timeout=60_000)  # each grid drawn
-    tables = page.eval_on_selector_all("[data-testid='stDataFrame']", """els => els.map(e => {
+    grids = page.eval_on_selector_all(GRID, """els => els.map(e => {
         const s = e.querySelector('.dvn-scroller'), t = e.querySelector('table');
         return {rows: +t.getAttribute('aria-rowcount'), drawn: t.querySelectorAll('tr').length,
                 tall: s.scrollHeight - s.clientHeight, wide: s.scrollWidth - s.clientWidth}})""")
-    assert tables
-    for table in tables:  # no scroll box inside a table: no row below its edge, no column cut on the right
-        assert table["drawn"] == table["rows"] and table["tall"] <= 1 and table["wide"] <= 1, (path, table)
+    for grid in grids:  # no scroll box inside a table: no row below its edge, no column cut on the right
+        assert grid["drawn"] == grid["rows"] and grid["tall"] <= 1 and grid["wide"] <= 1, (path, grid)
+    tables = static_tables(page)
+    assert grids or tables
+    for table in tables:  # a static table shows every row it has: nothing may be cut on the right
+        assert table["wide"] <= 1 and table["right"] <= 1024, (path, table)
+    if path.startswith("sweep"):  # its last table lists every run of the sweep
+        assert tables[-1]["rows"] == len(sweep_table(list_runs(EXAMPLES), path.split("=")[1])), tables
+
+
+def static_tables(page) -> list[dict]:
+    """Each st.table on the page: its rows, how far it overflows on the right, where its right edge is."""
+    return page.eval_on_selector_all(TABLE, """els => els.map(e => ({
+        rows: e.querySelectorAll('tbody tr').length, wide: e.scrollWidth - e.clientWidth,
+        right: e.getBoundingClientRect().right}))""")
 
 
 @pytest.mark.parametrize("runs, layers", [("fashion-a0.02&other=fashion-u2", 5), ("{heaviest}&other=cifar10-a0.02", 20)])
 def test_compare_shows_every_layer_of_both_runs_in_static_tables_at_1024x768(server, page, runs, layers):
-    drawn(page, f"{server}/compare?run={runs.format(heaviest=heaviest())}", "[data-testid='stTable']")
-    tables = page.eval_on_selector_all("[data-testid='stTable']", """els => els.map(e => ({
-        rows: e.querySelectorAll('tbody tr').length, wide: e.scrollWidth - e.clientWidth,
-        right: e.getBoundingClientRect().right}))""")
+    drawn(page, f"{server}/compare?run={runs.format(heaviest=heaviest())}", TABLE)
+    tables = static_tables(page)
     assert len(tables) == 2
     for table in tables:  # every layer a row, nothing cut on the right
         assert table["rows"] == layers and table["wide"] <= 1 and table["right"] <= 1024, table

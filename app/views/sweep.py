@@ -1,4 +1,4 @@
-"""One alpha sweep: the verdict in a sentence, accuracy against compression, any run's heatmap, per-layer bits."""
+"""One alpha sweep: the verdict in a sentence, accuracy against compression, any run's heatmap, per-layer bits on request."""
 import streamlit as st
 
 from bsq_explore import analysis, catalog, dashboard, plots
@@ -52,7 +52,9 @@ if len(pairs):
     st.caption("Each BSQ run beside its Hessian twin: the same float model, every layer's bits chosen from its "
                "Hessian trace to fit the BSQ run's average bits, then finetuned as the uniform baselines are.")
     dashboard.twin_table(pairs)
-opened = [r for r in (dashboard.open_run(n) for n in bsq.name) if r is not None]
-dashboard.chart(plots.layer_precision_bars(analysis.sweep_layers(opened), plots.alpha_colors(sweep.alpha.dropna())))
+# on request: it opens every BSQ run of the sweep, which would slow the page's first draw by a third
+if not bsq.empty and dashboard.url_toggle("Show every alpha's final bits per layer", "layers"):
+    opened = [r for r in (dashboard.open_run(n) for n in bsq.name) if r is not None]
+    dashboard.chart(plots.layer_precision_bars(analysis.sweep_layers(opened), plots.alpha_colors(sweep.alpha.dropna())))
 st.subheader("Every run of the sweep")
-dashboard.run_table(sweep)
+dashboard.static_run_table(sweep)
