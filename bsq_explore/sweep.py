@@ -39,13 +39,14 @@ TRACE_IMAGES = 512  # training images the Hessian traces are measured on: a fixe
 
 
 def hessian_twins(config: BSQConfig, table: pd.DataFrame, float_model: Path, samples: int,
-                  equal_compute: bool = False) -> tuple[list[BSQConfig], pd.DataFrame]:
+                  equal_compute: bool = False, traces: pd.DataFrame | None = None) -> tuple[list[BSQConfig], pd.DataFrame]:
     """A Hessian twin for every finished BSQ run of a sweep table: the float model's layer traces
     (sensitivity.layer_traces on TRACE_IMAGES training images, `samples` Hutchinson samples), then
     the bits per layer that minimise the HAWQ objective at the BSQ run's average bits
     (sensitivity.allocate_bits, each layer 1 to nbits bits, as BSQ starts), finetuned as the
     sweep's uniform baselines are. A BSQ run below 1 average bit (collapsed) has no twin: the
-    allocation gives every layer at least 1 bit.
+    allocation gives every layer at least 1 bit. traces: the float model's traces measured before
+    (by an earlier call: a finished twin keeps them), not measured again.
 
     Returns:
         The twins' configs (alpha: their BSQ run's) and the traces frame.
@@ -59,9 +60,10 @@ def hessian_twins(config: BSQConfig, table: pd.DataFrame, float_model: Path, sam
     data = load_for(config)
     model = build_model(config, data)
     model.load_state_dict(read_torch(float_model, f"the sweep's float model {float_model} is missing"))
-    keep = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(config.seed))[:TRACE_IMAGES]
-    traces = layer_traces(model, data.train_x[keep], data.train_y[keep], samples, config.batch_size,
-                          convert_filter(config), config.seed)
+    if traces is None:
+        keep = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(config.seed))[:TRACE_IMAGES]
+        traces = layer_traces(model, data.train_x[keep], data.train_y[keep], samples, config.batch_size,
+                              convert_filter(config), config.seed)
     epochs = config.finetune_epochs + (config.bsq_epochs if equal_compute else 0)
     twins = []
     for row in finished_bsq(table).itertuples():
@@ -266,7 +268,7 @@ def _run_twins(config: BSQConfig, root: Path, name: str, float_model: Path, samp
     table = sweep_table(list_runs(root), name)
     if finished_bsq(table).empty:  # said with the sweep's other errors: its table still comes back
         return [f"no Hessian twin: sweep {name} has no finished BSQ run"]
-    twins, traces = hessian_twins(config, table, float_model, samples, equal_compute)
+    twins, traces = hessian_twins(config, table, float_model, samples, equal_compute, _kept_traces(root, table, samples))
     _check_names(twins, name)
     _check_same_configs(root, name, twins)
     trained = [root / run_name(t, name) for t in twins if _state(root / run_name(t, name), name) in ("new", "resumable")]
@@ -275,6 +277,19 @@ def _run_twins(config: BSQConfig, root: Path, name: str, float_model: Path, samp
         if _state(path, name) == "finished":  # finished a twin's files are never written again
             write_frame(path / TRACES, traces)
     return errors
+
+
+def _kept_traces(root: Path, table: pd.DataFrame, samples: int) -> pd.DataFrame | None:
+    """The float model's traces that a finished twin of the sweep keeps, measured with `samples`
+    samples: a rerun of the sweep need not measure them again (minutes on a ResNet-20)."""
+    for run in table[(table.kind == "hessian") & (table.status == "finished")].name:
+        try:
+            traces = pd.read_parquet(root / run / TRACES)
+        except Exception:  # absent or unreadable: measured again
+            continue
+        if len(traces) and (traces.samples == samples).all():
+            return traces
+    return None
 
 
 def _run_all(configs: list[BSQConfig], root: Path, name: str, execute) -> list[str | None]:

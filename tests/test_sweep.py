@@ -257,6 +257,16 @@ def test_hessian_twins_take_each_bsq_runs_size_and_keep_their_traces(twin_sweep)
         small_sweep(root, progress=False, hessian=-1)
 
 
+def test_a_rerun_takes_the_traces_its_finished_twins_keep_instead_of_measuring_them_again(twin_sweep, monkeypatch):
+    from bsq_explore import sensitivity
+
+    root, table = twin_sweep
+    monkeypatch.setattr(sensitivity, "layer_traces", lambda *a, **k: pytest.fail("traces measured again"))
+    assert small_sweep(root, progress=False, hessian=4).equals(table)
+    with pytest.raises(pytest.fail.Exception, match="measured again"):  # other samples: other traces
+        small_sweep(root, progress=False, hessian=3)
+
+
 def test_twins_of_a_sweep_without_a_finished_bsq_run_are_an_error_of_the_sweep_not_a_traceback(local_sweep):
     from bsq_explore.config import preset
     from bsq_explore.sweep import _run_twins
