@@ -287,9 +287,9 @@ def pareto(table: pd.DataFrame):
     their Hessian twins as diamonds of the same colours, joined by a dashed line; uniform baselines
     as squares, named above the frame on a dotted line; the float model as a dashed line. The frame
     holds the region where a choice is made: accuracies down to PARETO_BAND points below the float
-    model (or the best run). A run below it (a collapsed run, a 1-bit baseline) is a triangle on the
-    frame's lower edge (and its right edge, when it is further right), listed in the corner with its
-    true accuracy and compression."""
+    model (or the best run). A run below it (a collapsed run, a 1-bit baseline) is a triangle in a
+    grey strip under the frame (at its right edge, when it is further right), without a line to it
+    and without a y tick beside it, and is listed in the strip with its true accuracy and compression."""
     go = _go()
     fig = go.Figure()
     done = table[(table.status == "finished") & table.compression.map(lambda c: c is not None and math.isfinite(c))]
@@ -301,8 +301,9 @@ def pareto(table: pd.DataFrame):
     top = 100 * (floats.test_acc.iloc[0] if len(floats) else runs.test_acc.max() if len(runs) else 1.0)
     inside = runs[100 * runs.test_acc >= top - PARETO_BAND]
     frame = _Frame(lo=min([*(100 * inside.test_acc), top]) - 1.5,
-                   right=1.3 * inside.compression.max() if len(inside) else None)
+                   right=1.3 * inside.compression.max() if len(inside) else None, top=min(100.0, top + 2))
     for rows, name, dash in ((bsq, "BSQ, in order", None), (hessian, "Hessian, in order", "dash")):
+        rows = rows[100 * rows.test_acc >= frame.lo]  # a line to a point in the strip would draw a false slope
         if len(rows):
             x, y = frame.place(rows)
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=dict(color="#777777", width=2, dash=dash),
@@ -318,7 +319,7 @@ def pareto(table: pd.DataFrame):
         fig.add_annotation(x=math.log10(xi), y=1, yref="paper", yanchor="bottom", showarrow=False, text=f"{bits:g}-bit",
                            font_size=16)
     emptied = table[(table.status == "finished") & table.compression.map(lambda c: c is not None and not math.isfinite(c))]
-    _below_note_(fig, pd.concat([runs[100 * runs.test_acc < frame.lo], emptied]))  # a run with no weight left has no x
+    _below_note_(fig, frame, pd.concat([runs[100 * runs.test_acc < frame.lo], emptied]))  # no weight left: no x
     if len(floats):
         fig.add_hline(y=top, line_dash="dash", annotation_text="float model", annotation_position="bottom right",
                       annotation_font_size=16)
@@ -328,17 +329,30 @@ def pareto(table: pd.DataFrame):
                   legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
                   xaxis=dict(title="compression (x, vs float32 weights)", range=x_range,
                              **_power_ticks([*inside.compression, right or 1])),
-                  yaxis=dict(title="final test accuracy (%)", range=[frame.lo - 1.5, min(100.0, top + 2)]))
+                  yaxis=dict(title="final test accuracy (%)", range=[frame.bottom, frame.top],
+                             **_accuracy_ticks(frame.lo, frame.top)))
+
+
+def _accuracy_ticks(lo: float, hi: float) -> dict:
+    """Whole-number y ticks from lo to hi, at most 8: none in the strip below the frame."""
+    step = next(s for s in (1, 2, 5, 10, 20) if (hi - lo) / s <= 8)
+    return dict(tickmode="array", tickvals=list(range(math.ceil(lo / step) * step, math.floor(hi) + 1, step)))
 
 
 class _Frame(NamedTuple):
-    """The pareto chart's frame: its lowest accuracy (%) and its right edge (compression)."""
+    """The pareto chart's frame: its lowest accuracy (%), its right edge (compression) and its top (%);
+    under it, a strip for the runs below it."""
     lo: float
     right: float | None
+    top: float
 
-    def place(self, rows) -> tuple[list, list]:  # (x, y) drawn: a run outside the frame moves onto its edge
+    @property
+    def bottom(self) -> float:  # the strip's lower edge: a tenth of the chart's height under the frame
+        return self.lo - max(1.0, (self.top - self.lo) / 9)
+
+    def place(self, rows) -> tuple[list, list]:  # (x, y) drawn: a run outside the frame moves into the strip
         return ([min(c, self.right) if self.right else c for c in rows.compression],
-                [max(100 * a, self.lo) for a in rows.test_acc])
+                [100 * a if 100 * a >= self.lo else (self.lo + self.bottom) / 2 for a in rows.test_acc])
 
     def symbol(self, accuracy: float, inside: str) -> str:
         return "triangle-down" if 100 * accuracy < self.lo else inside
@@ -359,16 +373,16 @@ def _points_(fig, frame: _Frame, rows: pd.DataFrame, name: str, symbol: str, col
                                             line=dict(color="black", width=1)), **frame.hover(list(rows.itertuples()))))
 
 
-def _below_note_(fig, below: pd.DataFrame) -> None:
-    """The runs below the frame, listed in its corner: labels at the edge would pile up on each other."""
+def _below_note_(fig, frame: _Frame, below: pd.DataFrame) -> None:
+    """The strip under the frame, grey, listing the runs drawn in it: labels beside each would pile up."""
     if below.empty:
         return
     names = [f"{b:g}-bit" if k == "uniform" else f"Hessian α={a:g}" if k == "hessian" else f"α={a:g}"
              for k, a, b in zip(below.kind, below.alpha, below.nbits)]
     sizes = [f"{c:.0f}x" if math.isfinite(c) else "no weight left" for c in below.compression]
-    fig.add_annotation(x=0, xref="paper", y=0, yref="paper", xanchor="left", yanchor="bottom", showarrow=False,
-                       align="left", font_size=16, bgcolor="rgba(255,255,255,0.85)",
-                       text="▼ below the frame:<br>" + "<br>".join(
+    fig.add_hrect(y0=frame.bottom, y1=frame.lo, fillcolor="#e8e8e8", line_width=0, layer="below")
+    fig.add_annotation(x=0, xref="paper", y=(frame.lo + frame.bottom) / 2, xanchor="left", yanchor="middle",
+                       showarrow=False, font_size=16, text="▼ below the frame: " + "; ".join(
                            f"{n}: {100 * a:.1f} %, {c}" for n, a, c in zip(names, below.test_acc, sizes)))
 
 

@@ -131,7 +131,9 @@ def test_pareto_marks_bsq_baselines_and_float():
     finite = table[(table.kind == "bsq") & table.compression.map(math.isfinite)].sort_values("compression")
     assert sorted(twins.customdata) == sorted(table[table.kind == "hessian"].name)  # the shipped Hessian twins
     assert set(twins.marker.symbol) == {"diamond"}
-    assert list(line.x) == [p.x[0] for p in points]  # the BSQ line joins its points in order of compression
+    inside = [p for p in points if p.marker.symbol == "circle"]  # alphas 0.5 and 1 collapse to 8.6 %: in the strip
+    assert len(inside) == len(points) - 2
+    assert list(line.x) == [p.x[0] for p in inside]  # the BSQ line joins the framed points in order of compression
     colors = plots.alpha_colors(table[table.kind == "bsq"].alpha)
     assert [(p.name, p.marker.color, p.customdata[0]) for p in points] == [
         (f"α={a:g}", colors[a], n) for a, n in zip(finite.alpha, finite.name)]
@@ -163,6 +165,10 @@ def test_pareto_frames_where_the_choice_is_made_and_puts_collapsed_runs_on_its_e
     assert dict(zip(uniform.customdata, uniform.marker.symbol))["fashion-u1"] == "triangle-down"
     corner = next(a.text for a in fig.layout.annotations if a.text.startswith("▼ below the frame"))
     assert "α=0.2: 10.0 %, 1006x" in corner and "α=0.5: 10.0 %, 5736x" in corner and "1-bit: 58.7 %, 32x" in corner
+    strip, = [s for s in fig.layout.shapes if s.type == "rect"]  # grey, under the frame: the collapsed runs sit in it
+    assert strip.y0 == pytest.approx(lo) and strip.y1 < 83.6 and strip.y0 < y < strip.y1
+    assert min(fig.layout.yaxis.tickvals) >= strip.y1  # no accuracy tick beside a point that is not at its accuracy
+    assert 100 * table.set_index("name").test_acc["fashion-a0.1"] == pytest.approx(fig.data[0].y[-1])  # line ends there
 
 
 def test_alpha_colours_are_ordered_and_the_same_on_every_chart():
