@@ -45,18 +45,19 @@ _TWIN_COLUMNS = {
     "bsq_test_acc": ("BSQ accuracy", _PERCENT), "hessian": ("Hessian twin", _TEXT),
     "hessian_bits": ("twin bits", "%.2f"), "hessian_test_acc": ("twin accuracy", _PERCENT), "gain": ("gain", "%+.1f"),
 }
-_RUN_COLUMNS = {  # list_runs / sweep_table columns
+_RUN_COLUMNS = {  # list_runs / sweep_table columns (not the sweep: a sweep's run names start with it)
     "name": ("run", _TEXT, "the run's folder name"),
     "status": ("status", _TEXT, "running, finished, failed, damaged or stale (killed)"),
-    "sweep": ("sweep", _TEXT, "the sweep the run belongs to"),
     "kind": ("kind", _TEXT, "bsq: trained with the bit penalty; uniform k-bit: fixed bits, the baseline; hessian: "
-                            "each layer's bits chosen from its Hessian trace; float: the 32-bit model a sweep starts from"),
+                            "each layer's bits chosen from its Hessian trace; float: the 32-bit model a sweep starts from",
+             120),  # px: the grid sizes a column by its first rows, and "uniform 8-bit" comes late
     "alpha": ("alpha", "%g", "strength of the bit penalty"),
     "test_acc": ("accuracy", _PERCENT, "final test accuracy, after finetuning"),
     "bsq_acc": ("after BSQ", _PERCENT, "test accuracy before finetuning"),
     "avg_bits": ("avg bits", "%.2f", "bits per weight over the quantized layers"),
     "compression": ("compression", "%.1fx", "32 / average bits"),
-    "epochs": ("epochs", "%d", "epochs logged so far"),
+    "epochs": ("evaluations", "%d", "test evaluations logged so far: one after each epoch, and one as BSQ starts "
+                                    "(bsq 0: the model just converted to bit planes)"),
     "reason": ("reason", _TEXT, "why a run failed or cannot be read"),
 }
 
@@ -104,9 +105,9 @@ def _run_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def run_table(frame: pd.DataFrame) -> None:
     """A table of runs to sort and scroll, with readable headers, help, accuracy in %."""
-    config = {c: st.column_config.TextColumn(header, help=help) if form == _TEXT else
-              st.column_config.NumberColumn(header, help=help, format=form)
-              for c, (header, form, help) in _RUN_COLUMNS.items()}
+    config = {c: st.column_config.TextColumn(header, help=help, width=width[0] if width else None) if form == _TEXT
+              else st.column_config.NumberColumn(header, help=help, format=form)
+              for c, (header, form, help, *width) in _RUN_COLUMNS.items()}
     st.dataframe(_in_percent(_run_rows(frame)), hide_index=True, column_config=config, height="content",
                  placeholder="–")
 

@@ -396,14 +396,18 @@ def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None =
     colors = colors or alpha_colors(layers.alpha)
     runs = layers.get("run", layers.alpha.astype(str))  # two runs of one alpha (a copied folder) are two bars
     shared = runs.groupby(layers.alpha).nunique()
+    numbered = len(order) * shared.sum() <= _NUMBERED_BARS
     for (alpha, run), rows in layers.groupby([layers.alpha, runs]):
         rows = rows.drop_duplicates("layer").set_index("layer").reindex(order)
         name = f"α={alpha:g}" + (f" ({run})" if shared[alpha] > 1 else "")
         fig.add_trace(go.Bar(x=order, y=rows.nbits, name=name, marker_color=colors[float(alpha)],
-                             text=rows.nbits, textposition="outside", textfont_size=14))
+                             text=rows.nbits if numbered else None, textposition="outside", textfont_size=14))
     return _style(fig, "final precision per layer", 460, barmode="group", legend_title_text="alpha",
-                  uniformtext=dict(minsize=14, mode="hide"),  # a number too small to read is left out: the bar says it
-                  xaxis=dict(title="layer (network order)", type="category"), yaxis_title="bits per weight")
+                  xaxis=dict(title="layer (network order)", type="category"),
+                  yaxis=dict(title="bits per weight", range=[0, layers.nbits.max() + 1 if len(layers) else 9]))
+
+
+_NUMBERED_BARS = 40  # more bars than this on a 1024 px page are too narrow for their numbers: they would run together
 
 
 def twin_bits(bsq: pd.DataFrame, hessian: pd.DataFrame, traces: pd.DataFrame):
@@ -423,8 +427,9 @@ def twin_bits(bsq: pd.DataFrame, hessian: pd.DataFrame, traces: pd.DataFrame):
     per = traces.set_index("layer").reindex(order)
     fig.add_trace(go.Bar(x=order, y=(per.trace / per.numel).clip(lower=1e-12), name="trace / weights",
                          marker_color="#777777", error_y=dict(array=per.trace_std / per.numel)), 2, 1)
-    fig.update_yaxes(title_text="bits", row=1, col=1)
-    fig.update_yaxes(title_text="trace / weight", type="log", exponentformat="power", row=2, col=1)
+    fig.update_yaxes(title_text="bits", range=[0, max(bsq.nbits.max(), hessian.nbits.max()) + 1.5], row=1, col=1)
+    fig.update_yaxes(title_text="trace / weight", type="log", exponentformat="power", dtick=1,  # powers of ten only
+                     row=2, col=1)
     return _style(fig, "where the two methods put the bits", 640, barmode="group", uniformtext=dict(minsize=14, mode="hide"),
                   xaxis2=dict(title="layer (network order)", type="category"), xaxis=dict(type="category"))
 

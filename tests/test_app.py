@@ -80,15 +80,16 @@ def test_runs_page_lists_every_run_and_the_damaged_reason(app):
 def test_heatmap_epoch_slider_changes_the_figure_and_the_url(app):
     at = app("heatmap", run="digits-a0.3")
     first = charts(at)
-    assert at.select_slider[0].value == 60 and len(at.dataframe[0].value) > 0  # death table
+    assert at.select_slider[0].value == 60 and len(at.table[0].value) > 0  # death table
     at.select_slider[0].set_value(10).run()
     assert charts(at) != first and at.query_params["epoch"] == "10"
     at.radio[0].set_value("norm").run()
     assert '"title":{"text":"norm' in charts(at)[0].replace(" ", "") and at.query_params["colour"] == "norm"
     legend = next(c.value for c in at.caption if c.value.startswith("Each row"))
     assert "norm" in legend and "few" not in legend
-    deaths = at.dataframe[0].value  # a row per layer, not per plane: 20 rows for a ResNet-20, not 160
-    assert deaths.layer.tolist() == ["fc1", "fc2", "fc3"] and list(deaths.columns) == ["layer", "alive", "died"]
+    deaths = at.table[0].value  # a row per layer, not per plane: 20 rows for a ResNet-20, not 160
+    assert list(deaths.index) == ["fc1", "fc2", "fc3"] and list(deaths.columns) == ["bits alive", "planes removed"]
+    assert "none" not in deaths["planes removed"].tolist()  # every layer of digits-a0.3 lost a plane
     at.toggle[0].set_value(True).run()  # the animation replaces the still chart and the page's epoch slider
     assert len(charts(at)) == 1 and '"frames"' in charts(at)[0] and at.query_params["animate"] == "1"
     assert not at.select_slider, "a second epoch slider would disagree with the animation's"
@@ -538,6 +539,18 @@ def test_durations_read_at_a_glance():
 
     assert [duration(s) for s in (40, 119, 720, 7200 + 1800, 3 * 86400)] == ["40 s", "119 s", "12 min", "2.5 hours",
                                                                              "3 days"]
+
+
+def test_sweep_page_without_a_uniform_baseline_says_so_and_draws_no_empty_table(app, tmp_path):
+    from bsq_explore.sweep import sweep
+
+    from conftest import TINY
+
+    sweep("digits-mlp", [0.3], runs=tmp_path, name="nob", uniform_bits=[], progress=False,
+          **{k: v for k, v in TINY.items() if k != "alpha"})
+    at = app("sweep", sweep="nob")
+    assert "no finished uniform baseline" in shown(at.markdown[0].value)
+    assert not at.table[:-1] and [shown(h.value) for h in at.subheader] == ["Every run of the sweep"]
 
 
 def test_sweep_page_puts_each_bsq_run_beside_its_hessian_twin(app, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bsq_explore import analysis, plots
-from bsq_explore.catalog import list_runs, sweep_table
+from bsq_explore.catalog import finished_bsq, list_runs, sweep_table
 from bsq_explore.runs import load_run
 
 from test_sweep import EXAMPLES
@@ -190,6 +190,10 @@ def test_layer_precision_bars_one_group_per_alpha():
     assert [t.name for t in fig.data] == ["α=0", "α=0.3"] and fig.layout.barmode == "group"
     assert list(fig.data[0].y) == [8, 8, 8]
     assert list(fig.data[1].y) == runs[1].final_layers().nbits.tolist()
+    assert list(fig.data[1].text) == list(fig.data[1].y) and fig.layout.yaxis.range[1] >= 9  # 8 printed above 8
+    fashion = [load_run(EXAMPLES / n) for n in sorted(finished_bsq(sweep_table(list_runs(EXAMPLES), "fashion")).name)]
+    crowded = plots.layer_precision_bars(analysis.sweep_layers(fashion))  # 5 layers x 11 alphas: bars ~12 px wide
+    assert all(t.text is None for t in crowded.data), "numbers on bars that narrow run together"
 
 
 def test_bit_planes_image_shows_signed_digits():
@@ -276,6 +280,8 @@ def test_twin_bits_shows_both_methods_bits_over_the_trace_per_weight():
     assert list(bsq.x) == ["a", "b", "c"] and list(bsq.y) == [6, 3, 2] and list(hessian.y) == [8, 2, 2]
     assert list(per.y) == pytest.approx([0.2, 0.002, 0.5]) and fig.layout.yaxis2.type == "log"
     assert list(per.error_y.array) == pytest.approx([0.01, 0.0002, 0.05])
+    assert fig.layout.yaxis.range[1] >= 9  # room above the 8-bit bar for its number
+    assert fig.layout.yaxis2.dtick == 1  # labels at powers of ten only: no "2 3 4 5" crammed between them
 
 
 def test_pareto_hover_names_each_points_own_size_and_accuracy():

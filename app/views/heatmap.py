@@ -41,10 +41,8 @@ def heatmap() -> None:  # a slider move or toggle redraws this chart only, not t
 heatmap()
 st.subheader("When each plane died")
 st.caption("BSQ drops a plane when re-quantization finds it all zero: usually the top bits of big layers first, "
-           "because the penalty weighs a plane by its layer's size and large weights are rare.")
+           "because the penalty weighs a plane by its layer's size and large weights are rare. '7 at bsq 3': bit 7 "
+           "(the top bit of an 8-bit start) was removed by the re-quantization after BSQ epoch 3.")
 deaths = analysis.deaths_by_layer(run.bits)
-st.dataframe(deaths, hide_index=True, height="content", column_config={
-    "layer": st.column_config.TextColumn("layer", help="in network order"),
-    "alive": st.column_config.NumberColumn("bits alive", help="its planes still there at the end"),
-    "died": st.column_config.TextColumn("planes removed", help="each removed bit (7: the top bit of an 8-bit start) "
-                                                               "and the stage and epoch whose re-quantization removed it")})
+dashboard.static_table(deaths.assign(died=deaths.died.replace("", "none")).rename(  # a long cell wraps, never cut
+    columns={"alive": "bits alive", "died": "planes removed"}))

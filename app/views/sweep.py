@@ -42,11 +42,12 @@ if not bsq.empty:  # a clicked point opens its run right here, under the chart
         dashboard.chart(plots.twin_bits(run.final_layers(), hessian.final_layers(), traces))
         st.page_link("views/compare.py", label=f"Compare {pick} with its Hessian twin {hessian.name}",
                      query_params={"run": pick, "other": hessian.name})
-st.subheader("BSQ against uniform quantization")
-st.caption("For each uniform k-bit baseline: the most accurate BSQ run of at most k average bits (gain: its "
-           "accuracy minus the baseline's, in points), and the smallest BSQ run within half a point of the "
-           "baseline (size ratio above 1: BSQ is smaller). Final test accuracies.")
-dashboard.verdict_table(verdict)
+if len(verdict):  # without a finished baseline the sentence above says so, and the table would be empty
+    st.subheader("BSQ against uniform quantization")
+    st.caption("For each uniform k-bit baseline: the most accurate BSQ run of at most k average bits (gain: its "
+               "accuracy minus the baseline's, in points), and the smallest BSQ run within half a point of the "
+               "baseline (size ratio above 1: BSQ is smaller). Final test accuracies.")
+    dashboard.verdict_table(verdict)
 if len(pairs):
     st.subheader("BSQ against Hessian-chosen bits")
     st.caption("Each BSQ run beside its Hessian twin: the same float model, every layer's bits chosen from its "
