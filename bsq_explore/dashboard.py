@@ -1,6 +1,7 @@
 """Streamlit glue shared by the app's pages: runs roots, cached loading, the URL's run/sweep/epoch."""
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -34,7 +35,7 @@ def max_app_runs() -> int:
 
 _ACCURACIES = ("acc", "best_acc", "smallest_acc", "test_acc", "bsq_acc", "bsq_test_acc", "hessian_test_acc")
 _TEXT, _PERCENT = "%s", "%.1f %%"  # accuracies are shown as percentages, one decimal everywhere
-# each table's columns as the app shows them: header, printf format, help (narrow enough for 1024 px)
+# each table's columns as the app shows them: header, printf format[, help[, width in px]] (narrow for 1024 px)
 _VERDICT_COLUMNS = {
     "baseline": ("baseline", _TEXT), "acc": ("accuracy", _PERCENT), "best_bsq": ("best BSQ", _TEXT),
     "best_acc": ("its accuracy", _PERCENT), "gain": ("gain", "%+.1f"), "smallest_bsq": ("smallest as good", _TEXT),
@@ -69,10 +70,11 @@ def _in_percent(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _formatted(frame: pd.DataFrame, columns: dict) -> pd.DataFrame:
-    """frame's columns as text under their headers, accuracies in %, "–" where a value is missing."""
+def _format_columns(frame: pd.DataFrame, columns: dict) -> pd.DataFrame:
+    """frame's columns as text under their headers, accuracies in %, "–" where a value is missing and
+    "∞" for an infinite one (the compression of a run with no weight left)."""
     frame = _in_percent(frame)
-    return pd.DataFrame({spec[0]: ["–" if pd.isna(v) else spec[1] % v for v in frame[c]]
+    return pd.DataFrame({spec[0]: ["–" if pd.isna(v) else "∞" if v == math.inf else spec[1] % v for v in frame[c]]
                          for c, spec in columns.items() if c in frame})
 
 
@@ -85,15 +87,15 @@ def static_table(frame: pd.DataFrame) -> None:
 
 def twin_table(pairs: pd.DataFrame) -> None:
     """analysis.twins as a static table: every row shown, accuracies in %."""
-    static_table(_formatted(pairs, _TWIN_COLUMNS))
+    static_table(_format_columns(pairs, _TWIN_COLUMNS))
 
 
 def verdict_table(verdict: pd.DataFrame) -> None:
     """analysis.verdict as a static table: every row shown, accuracies in %."""
-    static_table(_formatted(verdict, _VERDICT_COLUMNS))
+    static_table(_format_columns(verdict, _VERDICT_COLUMNS))
 
 
-def _run_rows(frame: pd.DataFrame) -> pd.DataFrame:
+def _select_run_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """list_runs or sweep_table rows as the app lists them: no column that is empty in every row, a
     uniform run's bits in its kind (one column less on a 1024 px screen)."""
     frame = frame.drop(columns=[c for c in ("path", "reason") if c in frame and not frame[c].astype(bool).any()])
@@ -105,16 +107,16 @@ def _run_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def run_table(frame: pd.DataFrame) -> None:
     """A table of runs to sort and scroll, with readable headers, help, accuracy in %."""
-    config = {c: st.column_config.TextColumn(header, help=help, width=width[0] if width else None) if form == _TEXT
-              else st.column_config.NumberColumn(header, help=help, format=form)
-              for c, (header, form, help, *width) in _RUN_COLUMNS.items()}
-    st.dataframe(_in_percent(_run_rows(frame)), hide_index=True, column_config=config, height="content",
+    config = {c: st.column_config.TextColumn(header, help=tip, width=width[0] if width else None) if form == _TEXT
+              else st.column_config.NumberColumn(header, help=tip, format=form)
+              for c, (header, form, tip, *width) in _RUN_COLUMNS.items()}
+    st.dataframe(_in_percent(_select_run_columns(frame)), hide_index=True, column_config=config, height="content",
                  placeholder="–")
 
 
 def static_run_table(frame: pd.DataFrame) -> None:
     """The runs of one sweep (a few dozen at most) as a static table: lighter than run_table's grid."""
-    static_table(_formatted(_run_rows(frame), _RUN_COLUMNS))
+    static_table(_format_columns(_select_run_columns(frame), _RUN_COLUMNS))
 
 
 def pick_sweep(table: pd.DataFrame) -> str | None:

@@ -300,13 +300,16 @@ def pareto(table: pd.DataFrame):
     runs = pd.concat([bsq, hessian, uniform])
     top = 100 * (floats.test_acc.iloc[0] if len(floats) else runs.test_acc.max() if len(runs) else 1.0)
     inside = runs[100 * runs.test_acc >= top - PARETO_BAND]
-    frame = _Frame(lo=min([*(100 * inside.test_acc), top]) - 1.5,
-                   right=1.3 * inside.compression.max() if len(inside) else None, top=min(100.0, top + 2))
+    lo = min([*(100 * inside.test_acc), top]) - 1.5
+    emptied = table[(table.status == "finished") & table.compression.map(lambda c: c is not None and not math.isfinite(c))]
+    below = pd.concat([runs[100 * runs.test_acc < lo], emptied])  # a run with no weight left has no x
+    frame = _Frame(lo, 1.3 * inside.compression.max() if len(inside) else None, min(100.0, top + 2),
+                   math.ceil(len(below) / _NOTE_ENTRIES))
     for rows, name, dash in ((bsq, "BSQ, in order", None), (hessian, "Hessian, in order", "dash")):
-        rows = rows[100 * rows.test_acc >= frame.lo]  # a line to a point in the strip would draw a false slope
-        if len(rows):
+        if len(rows):  # a gap at a run in the strip: a line to it would draw a false slope
             x, y = frame.place(rows)
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=dict(color="#777777", width=2, dash=dash),
+            fig.add_trace(go.Scatter(x=x, y=[yi if 100 * a >= lo else None for yi, a in zip(y, rows.test_acc)],
+                                     mode="lines", name=name, line=dict(color="#777777", width=2, dash=dash),
                                      hoverinfo="skip"))
     for row, xi, yi in zip(bsq.itertuples(), *frame.place(bsq)):
         fig.add_trace(go.Scatter(x=[xi], y=[yi], mode="markers", name=f"α={row.alpha:g}", customdata=[row.name],
@@ -314,45 +317,57 @@ def pareto(table: pd.DataFrame):
                                              symbol=frame.symbol(row.test_acc, "circle")), **frame.hover([row])))
     _points_(fig, frame, hessian, "Hessian-chosen bits", "diamond", [colors.get(a, "#777777") for a in hessian.alpha])
     _points_(fig, frame, uniform, "uniform k-bit", "square", "#E69F00")
-    for bits, xi in zip(uniform.nbits, frame.place(uniform)[0]):  # named above the frame, clear of the points
-        fig.add_vline(x=xi, line_dash="dot", line_color="#999999", line_width=1)
-        fig.add_annotation(x=math.log10(xi), y=1, yref="paper", yanchor="bottom", showarrow=False, text=f"{bits:g}-bit",
-                           font_size=16)
-    emptied = table[(table.status == "finished") & table.compression.map(lambda c: c is not None and not math.isfinite(c))]
-    _below_note_(fig, frame, pd.concat([runs[100 * runs.test_acc < frame.lo], emptied]))  # no weight left: no x
+    _name_baselines_(fig, uniform.nbits, frame.place(uniform)[0])
+    _below_note_(fig, frame, below)
     if len(floats):
         fig.add_hline(y=top, line_dash="dash", annotation_text="float model", annotation_position="bottom right",
                       annotation_font_size=16)
-    right = frame.right
-    x_range = [math.log10(min(inside.compression) / 1.3), math.log10(1.15 * right)] if right else None
+    x_range = [math.log10(min(inside.compression) / 1.3), math.log10(1.15 * frame.right)] if frame.right else None
     return _style(fig, "test accuracy against compression", 600,
                   legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
                   xaxis=dict(title="compression (x, vs float32 weights)", range=x_range,
-                             **_power_ticks([*inside.compression, right or 1])),
+                             **_power_ticks([*inside.compression, frame.right or 1])),
                   yaxis=dict(title="final test accuracy (%)", range=[frame.bottom, frame.top],
                              **_accuracy_ticks(frame.lo, frame.top)))
 
 
 def _accuracy_ticks(lo: float, hi: float) -> dict:
     """Whole-number y ticks from lo to hi, at most 8: none in the strip below the frame."""
-    step = next(s for s in (1, 2, 5, 10, 20) if (hi - lo) / s <= 8)
+    step = next((s for s in (1, 2) if (hi - lo) / s <= 8), 5)  # the frame spans at most PARETO_BAND + 3.5 points
     return dict(tickmode="array", tickvals=list(range(math.ceil(lo / step) * step, math.floor(hi) + 1, step)))
 
 
+def _name_baselines_(fig, bits, xs) -> None:
+    """Each uniform baseline named above the frame, on a dotted line: clear of the points."""
+    for b, x in zip(bits, xs):
+        fig.add_vline(x=x, line_dash="dot", line_color="#999999", line_width=1)
+        fig.add_annotation(x=math.log10(x), y=1, yref="paper", yanchor="bottom", showarrow=False, text=f"{b:g}-bit",
+                           font_size=16)
+
+
+_NOTE_ENTRIES = 2  # runs per line of the strip's list: two fit 700 px at 16 px
+
+
 class _Frame(NamedTuple):
-    """The pareto chart's frame: its lowest accuracy (%), its right edge (compression) and its top (%);
-    under it, a strip for the runs below it."""
+    """The pareto chart's frame: its lowest accuracy (%), its right edge (compression), its top (%),
+    and under it a strip for the runs below it: a row of triangles over `lines` lines of their list."""
     lo: float
     right: float | None
     top: float
+    lines: int
 
     @property
-    def bottom(self) -> float:  # the strip's lower edge: a tenth of the chart's height under the frame
-        return self.lo - max(1.0, (self.top - self.lo) / 9)
+    def row(self) -> float:  # one row of the strip, in points: about a fifteenth of the frame's height
+        return max(0.5, (self.top - self.lo) / 15)
 
-    def place(self, rows) -> tuple[list, list]:  # (x, y) drawn: a run outside the frame moves into the strip
+    @property
+    def bottom(self) -> float:
+        return self.lo - self.row * (1 + max(1, self.lines))
+
+    def place(self, rows) -> tuple[list, list]:
+        """(x, y) drawn: a run below the frame in the strip's top row, a run right of it on its right edge."""
         return ([min(c, self.right) if self.right else c for c in rows.compression],
-                [100 * a if 100 * a >= self.lo else (self.lo + self.bottom) / 2 for a in rows.test_acc])
+                [100 * a if 100 * a >= self.lo else self.lo - self.row / 2 for a in rows.test_acc])
 
     def symbol(self, accuracy: float, inside: str) -> str:
         return "triangle-down" if 100 * accuracy < self.lo else inside
@@ -374,16 +389,20 @@ def _points_(fig, frame: _Frame, rows: pd.DataFrame, name: str, symbol: str, col
 
 
 def _below_note_(fig, frame: _Frame, below: pd.DataFrame) -> None:
-    """The strip under the frame, grey, listing the runs drawn in it: labels beside each would pile up."""
+    """The strip under the frame, grey, listing the runs drawn in its top row: labels beside each would pile up."""
     if below.empty:
         return
     names = [f"{b:g}-bit" if k == "uniform" else f"Hessian α={a:g}" if k == "hessian" else f"α={a:g}"
              for k, a, b in zip(below.kind, below.alpha, below.nbits)]
     sizes = [f"{c:.0f}x" if math.isfinite(c) else "no weight left" for c in below.compression]
+    entries = [f"{n}: {100 * a:.1f} %, {c}" for n, a, c in zip(names, below.test_acc, sizes)]
     fig.add_hrect(y0=frame.bottom, y1=frame.lo, fillcolor="#e8e8e8", line_width=0, layer="below")
-    fig.add_annotation(x=0, xref="paper", y=(frame.lo + frame.bottom) / 2, xanchor="left", yanchor="middle",
-                       showarrow=False, font_size=16, text="▼ below the frame: " + "; ".join(
-                           f"{n}: {100 * a:.1f} %, {c}" for n, a, c in zip(names, below.test_acc, sizes)))
+    fig.add_annotation(x=0, xref="paper", y=frame.bottom, xanchor="left", yanchor="bottom", showarrow=False,
+                       align="left", font_size=16, text="▼ below the frame: " + "<br>".join(
+                           "; ".join(entries[i:i + _NOTE_ENTRIES]) for i in range(0, len(entries), _NOTE_ENTRIES)))
+
+
+_NUMBERED_BARS = 40  # more bars than this on a 1024 px page are too narrow for their numbers: they would run together
 
 
 def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None = None):
@@ -406,8 +425,6 @@ def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None =
                   xaxis=dict(title="layer (network order)", type="category"),
                   yaxis=dict(title="bits per weight", range=[0, layers.nbits.max() + 1 if len(layers) else 9]))
 
-
-_NUMBERED_BARS = 40  # more bars than this on a 1024 px page are too narrow for their numbers: they would run together
 
 
 def twin_bits(bsq: pd.DataFrame, hessian: pd.DataFrame, traces: pd.DataFrame):

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .config import STAGES, BSQConfig
-from .store import CHECKPOINT, FLOAT_MODEL, FRAME_COLUMNS, INFO, MODEL, SUMMARY_KEYS, TRACES, frame_file
+from .store import (CHECKPOINT, FLOAT_MODEL, FRAME_COLUMNS, INFO, MODEL, SUMMARY_KEYS, TRACE_COLUMNS, TRACES,
+                    frame_file)
 
 __all__ = ["DamagedRun", "Run", "load_run", "read_info", "read_checkpoint", "read_torch", "run_kind", "run_name",
            "check_frame"]
@@ -92,7 +93,7 @@ class Run:
         data = _read_regular(path, _MAX_BYTES["frame"])
         try:
             _check_footer(path.name, _footer(io.BytesIO(data)))
-            frame = pd.read_parquet(io.BytesIO(data), columns=["layer", "numel", "trace", "trace_std"])
+            frame = pd.read_parquet(io.BytesIO(data), columns=TRACE_COLUMNS)
         except DamagedRun:
             raise
         except Exception as err:  # pyarrow raises several types for a damaged file

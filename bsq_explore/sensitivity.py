@@ -17,10 +17,10 @@ from torch import nn
 from .bits import integer_weight, levels
 from .config import MAX_BITS
 from .models import QuantReLU6
+from .store import TRACE_COLUMNS
 
 __all__ = ["layer_traces", "perturbation", "allocate_bits", "allocation_frame"]
 
-_TRACE_COLUMNS = ["layer", "layer_index", "numel", "trace", "trace_std", "samples"]
 
 
 def layer_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, samples: int = 32, batch_size: int = 128,
@@ -189,7 +189,7 @@ def _trace_frame(layers: list[tuple[str, nn.Module]], estimates: torch.Tensor) -
         "trace": estimates.mean(0).numpy(),
         "trace_std": sem.double().numpy(),
         "samples": samples,
-    }, columns=_TRACE_COLUMNS)
+    }, columns=TRACE_COLUMNS)
 
 
 def _check_choices(choices: Iterable[int]) -> list[int]:

@@ -19,7 +19,7 @@ import pandas as pd
 from . import __version__
 from .config import BSQConfig
 
-__all__ = ["INFO", "CHECKPOINT", "FLOAT_MODEL", "MODEL", "TRACES", "RUN_FILES", "FRAME_COLUMNS", "BIT_COLUMNS",
+__all__ = ["INFO", "CHECKPOINT", "FLOAT_MODEL", "MODEL", "TRACES", "TRACE_COLUMNS", "RUN_FILES", "FRAME_COLUMNS", "BIT_COLUMNS",
            "LAYER_COLUMNS", "frame_file", "check_name", "prepare_root", "write_atomic", "write_frame",
            "_summarize", "RunFolder"]
 
@@ -42,6 +42,7 @@ def frame_file(kind: str) -> str:
 
 
 TRACES = "traces.parquet"  # a Hessian twin's layer traces (sensitivity.layer_traces of its float model)
+TRACE_COLUMNS = ["layer", "layer_index", "numel", "trace", "trace_std", "samples"]  # the columns of that frame
 RUN_FILES = (INFO, CHECKPOINT, FLOAT_MODEL, MODEL, TRACES, *(frame_file(k) for k in FRAME_COLUMNS))
 
 

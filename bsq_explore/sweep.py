@@ -1,6 +1,7 @@
 """Alpha sweeps: one shared float model, one BSQ run per alpha, uniform-precision baselines and Hessian twins."""
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import signal
@@ -16,7 +17,7 @@ from .catalog import finished_bsq, list_runs, sweep_table
 from .config import UNIFORM_BITS, BSQConfig, differences, preset
 from .paths import runs_root
 from .progress import ProgressBar
-from .runs import DamagedRun, read_info, read_torch, run_name
+from .runs import DamagedRun, load_run, read_info, read_torch, run_name
 from .store import FLOAT_MODEL, TRACES, check_name, prepare_root, write_frame
 from .train import RunFailed, resume, train
 
@@ -268,7 +269,8 @@ def _run_twins(config: BSQConfig, root: Path, name: str, float_model: Path, samp
     table = sweep_table(list_runs(root), name)
     if finished_bsq(table).empty:  # said with the sweep's other errors: its table still comes back
         return [f"no Hessian twin: sweep {name} has no finished BSQ run"]
-    twins, traces = hessian_twins(config, table, float_model, samples, equal_compute, _kept_traces(root, table, samples))
+    kept = _read_kept_traces(root, table, float_model, samples)
+    twins, traces = hessian_twins(config, table, float_model, samples, equal_compute, kept)
     _check_names(twins, name)
     _check_same_configs(root, name, twins)
     trained = [root / run_name(t, name) for t in twins if _state(root / run_name(t, name), name) in ("new", "resumable")]
@@ -279,15 +281,19 @@ def _run_twins(config: BSQConfig, root: Path, name: str, float_model: Path, samp
     return errors
 
 
-def _kept_traces(root: Path, table: pd.DataFrame, samples: int) -> pd.DataFrame | None:
+def _read_kept_traces(root: Path, table: pd.DataFrame, float_model: Path, samples: int) -> pd.DataFrame | None:
     """The float model's traces that a finished twin of the sweep keeps, measured with `samples`
-    samples: a rerun of the sweep need not measure them again (minutes on a ResNet-20)."""
+    samples after the float model was last written: a rerun of the sweep need not measure them again
+    (minutes on a ResNet-20). None when no twin keeps such traces, readable and finite."""
     for run in table[(table.kind == "hessian") & (table.status == "finished")].name:
         try:
-            traces = pd.read_parquet(root / run / TRACES)
-        except Exception:  # absent or unreadable: measured again
+            if (root / run / TRACES).stat().st_mtime < float_model.stat().st_mtime:
+                continue  # measured on an older float model
+            traces = load_run(root / run).read_traces()
+        except (OSError, DamagedRun):
             continue
-        if len(traces) and (traces.samples == samples).all():
+        if traces is not None and len(traces) and (traces.samples == samples).all() and traces.trace.map(
+                math.isfinite).all():
             return traces
     return None
 

@@ -1,6 +1,7 @@
 """Every app page through streamlit's AppTest: no exception, and the main widget changes the view."""
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -90,6 +91,8 @@ def test_heatmap_epoch_slider_changes_the_figure_and_the_url(app):
     deaths = at.table[0].value  # a row per layer, not per plane: 20 rows for a ResNet-20, not 160
     assert list(deaths.index) == ["fc1", "fc2", "fc3"] and list(deaths.columns) == ["bits alive", "planes removed"]
     assert "none" not in deaths["planes removed"].tolist()  # every layer of digits-a0.3 lost a plane
+    kept = app("heatmap", run="cifar10-a0.05").table[0].value  # its conv1 kept all 8 bits
+    assert kept["planes removed"].iloc[0] == "none" and kept["bits alive"].iloc[0] == "8"
     at.toggle[0].set_value(True).run()  # the animation replaces the still chart and the page's epoch slider
     assert len(charts(at)) == 1 and '"frames"' in charts(at)[0] and at.query_params["animate"] == "1"
     assert not at.select_slider, "a second epoch slider would disagree with the animation's"
@@ -539,6 +542,16 @@ def test_durations_read_at_a_glance():
 
     assert [duration(s) for s in (40, 119, 720, 7200 + 1800, 3 * 86400)] == ["40 s", "119 s", "12 min", "2.5 hours",
                                                                              "3 days"]
+
+
+def test_sweep_tables_show_a_run_with_no_weight_left_as_infinitely_compressed_and_a_missing_value_as_a_dash():
+    from bsq_explore.dashboard import _format_columns, _RUN_COLUMNS
+
+    rows = pd.DataFrame(dict(name=["x-a9", "x-u2"], test_acc=[0.1, 0.885], bsq_acc=[0.1, None],
+                             compression=[math.inf, 16.0], alpha=[9.0, float("nan")]))
+    shown_rows = _format_columns(rows, _RUN_COLUMNS)
+    assert shown_rows.to_dict("list") == {"run": ["x-a9", "x-u2"], "alpha": ["9", "–"], "accuracy": ["10.0 %", "88.5 %"],
+                                          "after BSQ": ["10.0 %", "–"], "compression": ["∞", "16.0x"]}
 
 
 def test_sweep_page_without_a_uniform_baseline_says_so_and_draws_no_empty_table(app, tmp_path):

@@ -131,9 +131,9 @@ def test_pareto_marks_bsq_baselines_and_float():
     finite = table[(table.kind == "bsq") & table.compression.map(math.isfinite)].sort_values("compression")
     assert sorted(twins.customdata) == sorted(table[table.kind == "hessian"].name)  # the shipped Hessian twins
     assert set(twins.marker.symbol) == {"diamond"}
-    inside = [p for p in points if p.marker.symbol == "circle"]  # alphas 0.5 and 1 collapse to 8.6 %: in the strip
-    assert len(inside) == len(points) - 2
-    assert list(line.x) == [p.x[0] for p in inside]  # the BSQ line joins the framed points in order of compression
+    inside = [p.symbol == "circle" for p in (q.marker for q in points)]  # alphas 0.5 and 1 collapse to 8.6 %
+    assert inside.count(False) == 2 and list(line.x) == [p.x[0] for p in points]  # in order of compression
+    assert [y is not None for y in line.y] == inside  # the line joins the framed points, a gap at each in the strip
     colors = plots.alpha_colors(table[table.kind == "bsq"].alpha)
     assert [(p.name, p.marker.color, p.customdata[0]) for p in points] == [
         (f"α={a:g}", colors[a], n) for a, n in zip(finite.alpha, finite.name)]
@@ -147,7 +147,7 @@ def test_pareto_marks_bsq_baselines_and_float():
     assert list(fig.layout.xaxis.ticktext) == [f"{v:g}x" for v in fig.layout.xaxis.tickvals]
 
 
-def test_pareto_frames_where_the_choice_is_made_and_puts_collapsed_runs_on_its_edge():
+def test_pareto_frames_where_the_choice_is_made_and_puts_collapsed_runs_in_a_strip_under_it():
     table = sweep_table(list_runs(EXAMPLES), "fashion")  # a0.2 and a0.5 collapse to 10 % (1006x, 5736x), u1 58.7 %
     fig = plots.pareto(table)
     float_acc = 100 * table.query("kind == 'float'").test_acc.item()
@@ -168,7 +168,24 @@ def test_pareto_frames_where_the_choice_is_made_and_puts_collapsed_runs_on_its_e
     strip, = [s for s in fig.layout.shapes if s.type == "rect"]  # grey, under the frame: the collapsed runs sit in it
     assert strip.y0 == pytest.approx(lo) and strip.y1 < 83.6 and strip.y0 < y < strip.y1
     assert min(fig.layout.yaxis.tickvals) >= strip.y1  # no accuracy tick beside a point that is not at its accuracy
-    assert 100 * table.set_index("name").test_acc["fashion-a0.1"] == pytest.approx(fig.data[0].y[-1])  # line ends there
+    assert 100 * table.set_index("name").test_acc["fashion-a0.1"] == pytest.approx(fig.data[0].y[-3])  # then gaps
+
+
+def test_pareto_lists_many_collapsed_runs_in_lines_under_their_triangles():
+    table = sweep_table(list_runs(EXAMPLES), "fashion")
+    collapsed = table[table.name == "fashion-a0.5"]
+    many = pd.concat([table] + [collapsed.assign(name=f"c{i}", alpha=1.0 + i) for i in range(7)])  # 9 runs below
+    fig = plots.pareto(many)
+    strip, = [s for s in fig.layout.shapes if s.type == "rect"]
+    note = next(a for a in fig.layout.annotations if a.text.startswith("▼ below the frame"))
+    lines = note.text.split("<br>")
+    assert len(lines) == 5 and all(line.count("%") <= 2 for line in lines) and note.text.count("%") == 10  # 2 a line
+    assert note.y == strip.y0 and note.yanchor == "bottom"  # the list fills the strip from its bottom up...
+    rows = (strip.y1 - strip.y0) / (len(lines) + 1)  # ...a row for each line, and one above them
+    triangles = [y for t in fig.data if t.marker.symbol is not None for s, y in zip(
+        [t.marker.symbol] * len(t.y) if isinstance(t.marker.symbol, str) else t.marker.symbol, t.y)
+        if s == "triangle-down"]
+    assert len(triangles) == 10 and all(strip.y1 - rows <= y < strip.y1 for y in triangles)  # ...for the triangles
 
 
 def test_alpha_colours_are_ordered_and_the_same_on_every_chart():

@@ -267,6 +267,32 @@ def test_a_rerun_takes_the_traces_its_finished_twins_keep_instead_of_measuring_t
         small_sweep(root, progress=False, hessian=3)
 
 
+@pytest.mark.parametrize("spoil", ["damaged", "older"])
+def test_a_rerun_measures_the_traces_again_when_the_kept_ones_are_damaged_or_older_than_the_float_model(
+        twin_sweep, monkeypatch, spoil):
+    import os
+
+    from bsq_explore import sensitivity
+    from bsq_explore.store import TRACES
+
+    root, table = twin_sweep
+    kept = {path: (path.read_bytes(), path.stat().st_mtime)
+            for path in (root / n / TRACES for n in table[table.kind == "hessian"].name)}
+    monkeypatch.setattr(sensitivity, "layer_traces", lambda *a, **k: pytest.fail("traces measured again"))
+    try:
+        for path, (data, _) in kept.items():
+            if spoil == "damaged":
+                path.write_bytes(data[:-20])  # cut short: no parquet footer
+            else:  # a float model written after the traces were measured: another model
+                os.utime(path, (1e9, 1e9))
+        with pytest.raises(pytest.fail.Exception, match="measured again"):
+            small_sweep(root, progress=False, hessian=4)
+    finally:  # the module's sweep as it was, for the tests after this one
+        for path, (data, mtime) in kept.items():
+            path.write_bytes(data)
+            os.utime(path, (mtime, mtime))
+
+
 def test_twins_of_a_sweep_without_a_finished_bsq_run_are_an_error_of_the_sweep_not_a_traceback(local_sweep):
     from bsq_explore.config import preset
     from bsq_explore.sweep import _run_twins
@@ -306,7 +332,8 @@ def test_a_damaged_traces_frame_is_refused_in_one_line(twin_sweep, tmp_path):
     (twin / TRACES).write_bytes(b"not parquet")
     with pytest.raises(DamagedRun, match="traces.parquet is unreadable"):
         load_run(twin).read_traces()
-    pd.DataFrame(dict(layer=["<a href=x>"], numel=[1], trace=[1.0], trace_std=[0.1])).to_parquet(twin / TRACES)
+    pd.DataFrame(dict(layer=["<a href=x>"], layer_index=[0], numel=[1], trace=[1.0], trace_std=[0.1],
+                      samples=[4])).to_parquet(twin / TRACES)
     with pytest.raises(DamagedRun, match="has a layer that no run writes"):
         load_run(twin).read_traces()
 

@@ -51,7 +51,8 @@ if len(verdict):  # without a finished baseline the sentence above says so, and 
 if len(pairs):
     st.subheader("BSQ against Hessian-chosen bits")
     st.caption("Each BSQ run beside its Hessian twin: the same float model, every layer's bits chosen from its "
-               "Hessian trace to fit the BSQ run's average bits, then finetuned as the uniform baselines are.")
+               "Hessian trace to fit the BSQ run's average bits, then finetuned as the uniform baselines are. "
+               "Gain: BSQ's accuracy minus the twin's, in points (above 0, BSQ is more accurate).")
     dashboard.twin_table(pairs)
 # on request: it opens every BSQ run of the sweep, which would slow the page's first draw by a third
 if not bsq.empty and dashboard.url_toggle("Show every alpha's final bits per layer", "layers"):
