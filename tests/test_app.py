@@ -223,6 +223,7 @@ def test_compare_page_shows_both_runs(app):
 def test_what_if_slider_changes_accuracy_and_size(app):
     at = app("whatif", run="digits-a0.3")
     assert [m.delta for m in at.metric][:2] == ['', '']  # nothing changed: no arrow, no colour
+    assert at.metric[2].proto.direction == at.metric[2].proto.MetricDirection.NONE  # a size, not a change: no arrow
     before = {m.label: m.value for m in at.metric}
     fc1 = next(s for s in at.slider if s.label == "fc1")
     fc1.set_value(0).run()

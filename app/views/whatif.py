@@ -51,7 +51,8 @@ def sliders_and_metrics() -> None:  # a slider move re-runs only this, not the p
     m[1].metric("average bits", f"{now['avg_bits']:.2f}", dashboard.delta(now["bits_change"], 2),
                 delta_color="inverse")
     size = f"{now['compression']:.1f}x vs float32" if now["avg_bits"] else "no weight left"
-    m[2].metric("packed weights", f"{now['packed_bytes'] / 1024:.1f} KiB", size, delta_color="off")
+    m[2].metric("packed weights", f"{now['packed_bytes'] / 1024:.1f} KiB", size, delta_color="off",
+                delta_arrow="off")  # a size, not a change: no arrow
     se = 100 * (now["test_acc"] * (1 - now["test_acc"]) / model.images) ** 0.5
     bf16 = " (convolutions in bfloat16, which this CPU computes fast)" if model.in_bf16 else ""
     top.caption(f"Scored on a fixed sample of {model.images:,} test images{bf16}, so that a slider answers at "
