@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .config import STAGES, BSQConfig
-from .store import (CHECKPOINT, FLOAT_MODEL, FRAME_COLUMNS, INFO, MODEL, SUMMARY_KEYS, TRACE_COLUMNS, TRACES,
-                    frame_file)
+from .store import CHECKPOINT, FLOAT_MODEL, FRAME_COLUMNS, INFO, MODEL, SUMMARY_KEYS, TRACE_COLUMNS, TRACES, frame_file
 
 __all__ = ["DamagedRun", "Run", "load_run", "read_info", "read_checkpoint", "read_torch", "run_kind", "run_name",
            "check_frame"]

@@ -546,7 +546,7 @@ def test_durations_read_at_a_glance():
 
 
 def test_sweep_tables_show_a_run_with_no_weight_left_as_infinitely_compressed_and_a_missing_value_as_a_dash():
-    from bsq_explore.dashboard import _format_columns, _RUN_COLUMNS
+    from bsq_explore.dashboard import _RUN_COLUMNS, _format_columns
 
     rows = pd.DataFrame(dict(name=["x-a9", "x-u2"], test_acc=[0.1, 0.885], bsq_acc=[0.1, None],
                              compression=[math.inf, 16.0], alpha=[9.0, float("nan")]))
