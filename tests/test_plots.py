@@ -174,7 +174,7 @@ def test_pareto_frames_where_the_choice_is_made_and_puts_collapsed_runs_in_a_str
 def test_pareto_lists_many_collapsed_runs_in_lines_under_their_triangles():
     table = sweep_table(list_runs(EXAMPLES), "fashion")
     collapsed = table[table.name == "fashion-a0.5"]
-    many = pd.concat([table] + [collapsed.assign(name=f"c{i}", alpha=1.0 + i) for i in range(7)])  # 9 runs below
+    many = pd.concat([table] + [collapsed.assign(name=f"c{i}", alpha=1.0 + i) for i in range(7)])  # 10 runs below
     fig = plots.pareto(many)
     strip, = [s for s in fig.layout.shapes if s.type == "rect"]
     note = next(a for a in fig.layout.annotations if a.text.startswith("▼ below the frame"))
@@ -182,9 +182,8 @@ def test_pareto_lists_many_collapsed_runs_in_lines_under_their_triangles():
     assert len(lines) == 5 and all(line.count("%") <= 2 for line in lines) and note.text.count("%") == 10  # 2 a line
     assert note.y == strip.y0 and note.yanchor == "bottom"  # the list fills the strip from its bottom up...
     rows = (strip.y1 - strip.y0) / (len(lines) + 1)  # ...a row for each line, and one above them
-    triangles = [y for t in fig.data if t.marker.symbol is not None for s, y in zip(
-        [t.marker.symbol] * len(t.y) if isinstance(t.marker.symbol, str) else t.marker.symbol, t.y)
-        if s == "triangle-down"]
+    symbols = lambda t: [t.marker.symbol] * len(t.y) if isinstance(t.marker.symbol, str) else t.marker.symbol  # noqa: E731
+    triangles = [y for t in fig.data if t.mode == "markers" for s, y in zip(symbols(t), t.y) if s == "triangle-down"]
     assert len(triangles) == 10 and all(strip.y1 - rows <= y < strip.y1 for y in triangles)  # ...for the triangles
 
 

@@ -54,7 +54,7 @@ if len(pairs):
                "Hessian trace to fit the BSQ run's average bits, then finetuned as the uniform baselines are. "
                "Gain: BSQ's accuracy minus the twin's, in points (above 0, BSQ is more accurate).")
     dashboard.twin_table(pairs)
-# on request: it opens every BSQ run of the sweep, which would slow the page's first draw by a third
+# on request: it opens every BSQ run of the sweep, a fifth of the page's first draw on digits (benchmarks/app.py)
 if not bsq.empty and dashboard.url_toggle("Show every alpha's final bits per layer", "layers"):
     opened = [r for r in (dashboard.open_run(n) for n in bsq.name) if r is not None]
     dashboard.chart(plots.layer_precision_bars(analysis.sweep_layers(opened), plots.alpha_colors(sweep.alpha.dropna())))
