@@ -60,7 +60,7 @@ examples-fashion: $(STAMP)
 # --jobs 1: the preset's runs take 2 threads each; then a Hessian twin of every BSQ run (32 samples)
 examples-cifar10: $(STAMP)
 	$(SWEEP) --jobs 1 --preset cifar10-resnet20-cpu --name cifar10 --dataset folder:$(CIFAR10) \
-	    --alphas 0.02,0.05,0.1,0.15,0.2,0.3,0.6 --uniform 2,3,4 --equal-compute --hessian 32
+	    --alphas 0.02,0.05,0.07,0.1,0.15,0.2,0.3,0.6 --uniform 2,3,4 --equal-compute --hessian 32
 	$(PRUNE)
 
 clean:

@@ -140,7 +140,7 @@ def cifar10_plan():
 
 
 README = REPO / "README.md"
-CIFAR10_ALPHAS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.6]  # as in the Makefile's examples-cifar10
+CIFAR10_ALPHAS = [0.02, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.6]  # as in the Makefile's examples-cifar10
 STEPS_PER_EPOCH = -(-50_000 // 128)  # all of CIFAR-10's training images, batch 128
 
 
