@@ -54,14 +54,18 @@ def hessian_twins(config: BSQConfig, table: pd.DataFrame, float_model: Path, sam
     """
     import torch
 
-    from .data import load_for
+    from .data import load_for, load_for_model
     from .models import build_model, convert_filter
     from .sensitivity import allocate_bits, layer_traces
 
-    data = load_for(config)
-    model = build_model(config, data)
+    try:  # the float run's record of its data's shape and classes: with traces kept, no image is read
+        record = read_info(float_model.parent).get("data")
+    except DamagedRun:
+        record = None
+    model = build_model(config, load_for_model(config, record))
     model.load_state_dict(read_torch(float_model, f"the sweep's float model {float_model} is missing"))
     if traces is None:
+        data = load_for(config)
         keep = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(config.seed))[:TRACE_IMAGES]
         traces = layer_traces(model, data.train_x[keep], data.train_y[keep], samples, config.batch_size,
                               convert_filter(config), config.seed)
