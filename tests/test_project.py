@@ -78,6 +78,18 @@ def test_the_app_caps_uploads_just_above_the_largest_tensor_the_playground_reads
     assert largest <= limit <= 2 * largest, "bigger files are refused before the server reads them whole"
 
 
+def test_the_served_app_skips_streamlits_full_collection_after_every_run(monkeypatch):
+    from streamlit import config
+
+    monkeypatch.chdir(ROOT)  # where `make app` serves from: streamlit reads ./.streamlit/config.toml
+    config.get_config_options(force_reparse=True)
+    try:  # with torch loaded, the collection delays each answer by 0.15 s (benchmarks/app.py)
+        assert config.get_option("runner.postScriptGC") is False
+    finally:
+        monkeypatch.undo()
+        config.get_config_options(force_reparse=True)
+
+
 def test_every_torch_load_in_the_package_and_app_uses_weights_only():
     calls = []
     for path in sorted([*(ROOT / "bsq_explore").rglob("*.py"), *(ROOT / "app").rglob("*.py")]):
