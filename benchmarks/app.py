@@ -8,12 +8,14 @@ a CIFAR-10 run; every page <= 1.3x the floor).
 Run by hand: .venv/bin/python benchmarks/app.py [--run NAME]  (a run under data/examples or $BSQ_RUNS)
 
 Measured 2026-12-05 on the 2-core CI machine, the background sweep paused, on cifar10-a0.05 (ratios
-are medians of 5 page/floor pairs; the floor drew in 2.1-2.2 s):
-    What-if first score 2.08-2.15 s; re-score 0.08 s (median layer), 0.23-0.26 s (first layer)
-    browser: / 1.07-1.21x, heatmap 1.23-1.26x, precision 1.20-1.26x, sweep 1.25-1.26x, compare
-    1.23-1.29x, playground 1.15-1.24x the floor (runs, whatif, train: drawn before the floor)
-    browser: heatmap epoch slider 0.22-0.25 s; What-if slider 0.30-0.37 s (largest layer),
-    0.48-0.55 s (earliest layer: the whole network runs again; its target, 0.5 s, is not always met)
+are medians of 5 page/floor pairs; the floor drew in 2.1 s):
+    What-if first score 2.17 s; re-score 0.08 s (median layer), 0.23 s (first layer)
+    browser: / 1.13x, heatmap 1.22x, precision 1.21x, sweep 1.25x, compare 1.24x, playground 1.19x
+    the floor (runs, whatif, train: drawn before the floor)
+    browser: heatmap epoch slider 0.12 s; What-if slider 0.15 s (largest layer), 0.34 s (earliest
+    layer: the whole network runs again). Before runner.postScriptGC = false (.streamlit/config.toml),
+    the same sliders took 0.22-0.25 s, 0.30-0.37 s and 0.48-0.55 s: Streamlit's full garbage
+    collection after every run held the GIL before each answer reached the browser.
 """
 import argparse
 import os

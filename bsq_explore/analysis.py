@@ -187,7 +187,7 @@ def export_size(exported: dict) -> dict:
     return dict(avg_bits=s.avg_bits, compression=s.compression, packed_bytes=s.packed_bytes)
 
 
-# What-if scores a sample: a slider move re-scores a ResNet-20 in about 0.4 s on 2 cores (benchmarks/app.py), and
+# What-if scores a sample: a slider move re-scores a ResNet-20 in at most 0.25 s on 2 cores (benchmarks/app.py), and
 # one standard error is 1.3 points at 90 %; the page offers a score on every test image on demand. Both score in
 # the batches the run's own evaluation used (train.EVAL_BATCH): quantized activations scale by a batch's maximum
 WHAT_IF_IMAGES = 500
