@@ -40,7 +40,7 @@ bench: $(STAMP)
 # so a sweep can gain alphas later without retraining them.
 # Measured on 2 CPU cores: digits 2.5 min (machine busy), fashion 70 min; cifar10 (all 60k images, bf16,
 # 2 threads, one run at a time): 80 float epochs of 90-120 s each on a quiet machine (up to 280 s while tests
-# share the cores), then 7 alphas and 3 baselines of 17 epochs each (alpha 0.02: 55 min with tests sharing the
+# share the cores), then 9 alphas and 3 baselines of 17 epochs each (alpha 0.02: 55 min with tests sharing the
 # cores), then their Hessian twins of 17 epochs each: hours, across sessions.
 SWEEP  := $(BIN)/bsq-explore sweep --runs data/examples
 PRUNE  := find data/examples -name checkpoint.pt -delete
@@ -60,7 +60,7 @@ examples-fashion: $(STAMP)
 # --jobs 1: the preset's runs take 2 threads each; then a Hessian twin of every BSQ run (32 samples)
 examples-cifar10: $(STAMP)
 	$(SWEEP) --jobs 1 --preset cifar10-resnet20-cpu --name cifar10 --dataset folder:$(CIFAR10) \
-	    --alphas 0.02,0.05,0.07,0.1,0.15,0.2,0.3,0.6 --uniform 2,3,4 --equal-compute --hessian 32
+	    --alphas 0,0.02,0.05,0.07,0.1,0.15,0.2,0.3,0.6 --uniform 2,3,4 --equal-compute --hessian 32
 	$(PRUNE)
 
 clean:

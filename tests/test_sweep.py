@@ -1,4 +1,5 @@
 """Sweeps: one float model shared by every run, baselines, re-running completes instead of repeating."""
+import re
 import subprocess
 from pathlib import Path
 
@@ -140,7 +141,8 @@ def cifar10_plan():
 
 
 README = REPO / "README.md"
-CIFAR10_ALPHAS = [0.02, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.6]  # as in the Makefile's examples-cifar10
+CIFAR10_ALPHAS = [float(a) for a in re.search(r"^examples-cifar10:.*?--alphas ([\d.,]+)", (REPO / "Makefile").read_text(),
+                                                re.M | re.S).group(1).split(",")]  # what `make examples-cifar10` runs
 STEPS_PER_EPOCH = -(-50_000 // 128)  # all of CIFAR-10's training images, batch 128
 
 
@@ -164,7 +166,7 @@ def test_shipped_cifar10_runs_have_the_long_schedule_and_equal_compute_baselines
     assert config.bsq_epochs * STEPS_PER_EPOCH >= 4000 and config.finetune_epochs * STEPS_PER_EPOCH >= 2000
     requants = [e for e in range(1, config.bsq_epochs + 1) if e % config.requant_every == 0 or e == config.bsq_epochs]
     assert len(requants) >= 3
-    assert len(CIFAR10_ALPHAS) >= 6
+    assert len(CIFAR10_ALPHAS) >= 6 and min(CIFAR10_ALPHAS) == 0, "from about 8 bits: no penalty, re-quantization only"
     for c in planned[len(CIFAR10_ALPHAS):]:  # a baseline trains as many steps as a BSQ run
         assert c.bsq_epochs == 0 and c.finetune_epochs == config.bsq_epochs + config.finetune_epochs
     table = sweep_table(list_runs(EXAMPLES), "cifar10")
