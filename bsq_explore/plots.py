@@ -288,8 +288,9 @@ def pareto(table: pd.DataFrame):
     as squares, named above the frame on a dotted line; the float model as a dashed line. The frame
     holds the region where a choice is made: accuracies down to PARETO_BAND points below the float
     model (or the best run). A run below it (a collapsed run, a 1-bit baseline) is a triangle in a
-    grey strip under the frame (at its right edge, when it is further right), without a line to it
-    and without a y tick beside it, and is listed in the strip with its true accuracy and compression."""
+    grey strip under the frame, without a line to it and without a y tick beside it, and is listed in
+    the strip with its true accuracy and compression; one also right of the frame is a corner
+    triangle past its right edge, in order of compression, apart from the others."""
     go = _go()
     fig = go.Figure()
     done = table[(table.status == "finished") & table.compression.map(lambda c: c is not None and math.isfinite(c))]
@@ -302,19 +303,23 @@ def pareto(table: pd.DataFrame):
     inside = runs[100 * runs.test_acc >= top - PARETO_BAND]
     lo = min([*(100 * inside.test_acc), top]) - 1.5
     emptied = table[(table.status == "finished") & table.compression.map(lambda c: c is not None and not math.isfinite(c))]
-    below = pd.concat([runs[100 * runs.test_acc < lo], emptied])  # a run with no weight left has no x
-    frame = _Frame(lo, 1.3 * inside.compression.max() if len(inside) else None, min(100.0, top + 2),
-                   math.ceil(len(below) / _NOTE_ENTRIES))
+    right = 1.3 * inside.compression.max() if len(inside) else None
+    beyond = runs[runs.compression > right].sort_values("compression") if right else runs.iloc[:0]
+    # a run with no weight left has no x; one right of the frame is in the strip too, wherever its accuracy
+    below = pd.concat([runs[(100 * runs.test_acc < lo) & ~runs.name.isin(beyond.name)], beyond, emptied])
+    frame = _Frame(lo, right, min(100.0, top + 2), math.ceil(len(below) / _NOTE_ENTRIES), tuple(beyond.name))
     for rows, name, dash in ((bsq, "BSQ, in order", None), (hessian, "Hessian, in order", "dash")):
         if len(rows):  # a gap at a run in the strip: a line to it would draw a false slope
             x, y = frame.place(rows)
-            fig.add_trace(go.Scatter(x=x, y=[yi if 100 * a >= lo else None for yi, a in zip(y, rows.test_acc)],
+            fig.add_trace(go.Scatter(x=x, y=[None if frame.stripped(n, a) else yi
+                                             for n, a, yi in zip(rows.name, rows.test_acc, y)],
                                      mode="lines", name=name, line=dict(color="#777777", width=2, dash=dash),
                                      hoverinfo="skip"))
     for row, xi, yi in zip(bsq.itertuples(), *frame.place(bsq)):
         fig.add_trace(go.Scatter(x=[xi], y=[yi], mode="markers", name=f"α={row.alpha:g}", customdata=[row.name],
                                  marker=dict(color=colors[row.alpha], size=16, line=dict(color="white", width=1),
-                                             symbol=frame.symbol(row.test_acc, "circle")), **frame.hover([row])))
+                                             symbol=frame.symbol(row.name, row.test_acc, "circle")),
+                                 **frame.hover([row])))
     _points_(fig, frame, hessian, "Hessian-chosen bits", "diamond", [colors.get(a, "#777777") for a in hessian.alpha])
     _points_(fig, frame, uniform, "uniform k-bit", "square", "#E69F00")
     _name_baselines_(fig, uniform.nbits, frame.place(uniform)[0])
@@ -322,7 +327,8 @@ def pareto(table: pd.DataFrame):
     if len(floats):
         fig.add_hline(y=top, line_dash="dash", annotation_text="float model", annotation_position="bottom right",
                       annotation_font_size=16)
-    x_range = [math.log10(min(inside.compression) / 1.3), math.log10(1.15 * frame.right)] if frame.right else None
+    x_range = [math.log10(min(inside.compression) / 1.3), math.log10(1.03 * _BEYOND * frame.right)] if frame.right \
+        else None
     return _style(fig, "test accuracy against compression", 600,
                   legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
                   xaxis=dict(title="compression (x, vs float32 weights)", range=x_range,
@@ -346,15 +352,18 @@ def _name_baselines_(fig, bits, xs) -> None:
 
 
 _NOTE_ENTRIES = 2  # runs per line of the strip's list: two fit 700 px at 16 px
+_BEYOND = 1.3  # the runs right of the frame share the x range from its right edge to this times it
 
 
 class _Frame(NamedTuple):
     """The pareto chart's frame: its lowest accuracy (%), its right edge (compression), its top (%),
-    and under it a strip for the runs below it: a row of triangles over `lines` lines of their list."""
+    and under it a strip for the runs below it: a row of triangles over `lines` lines of their list;
+    `beyond`, the runs right of the frame (all below it), in order of compression."""
     lo: float
     right: float | None
     top: float
     lines: int
+    beyond: tuple[str, ...] = ()
 
     @property
     def row(self) -> float:  # one row of the strip, in points: about a fifteenth of the frame's height
@@ -365,12 +374,19 @@ class _Frame(NamedTuple):
         return self.lo - self.row * (1 + max(1, self.lines))
 
     def place(self, rows) -> tuple[list, list]:
-        """(x, y) drawn: a run below the frame in the strip's top row, a run right of it on its right edge."""
-        return ([min(c, self.right) if self.right else c for c in rows.compression],
-                [100 * a if 100 * a >= self.lo else self.lo - self.row / 2 for a in rows.test_acc])
+        """(x, y) drawn: a run below the frame in the strip's top row, the runs right of it spread in
+        order past its right edge (at their own x they would stretch the axis to thousands)."""
+        slots = len(self.beyond) + 1
+        return ([self.right * _BEYOND ** ((self.beyond.index(n) + 1) / slots) if n in self.beyond else c
+                 for n, c in zip(rows.name, rows.compression)],
+                [self.lo - self.row / 2 if self.stripped(n, a) else 100 * a for n, a in zip(rows.name, rows.test_acc)])
 
-    def symbol(self, accuracy: float, inside: str) -> str:
-        return "triangle-down" if 100 * accuracy < self.lo else inside
+    def stripped(self, name: str, accuracy: float) -> bool:
+        """Whether a run is drawn in the strip, not at its accuracy."""
+        return name in self.beyond or 100 * accuracy < self.lo
+
+    def symbol(self, name: str, accuracy: float, inside: str) -> str:
+        return "triangle-se" if name in self.beyond else "triangle-down" if self.stripped(name, accuracy) else inside
 
     @staticmethod
     def hover(rows) -> dict:  # text, not meta: a trace's meta is one value, its text one per point
@@ -384,7 +400,8 @@ def _points_(fig, frame: _Frame, rows: pd.DataFrame, name: str, symbol: str, col
         return
     x, y = frame.place(rows)
     fig.add_trace(_go().Scatter(x=x, y=y, mode="markers", name=name, customdata=rows.name,
-                                marker=dict(symbol=[frame.symbol(a, symbol) for a in rows.test_acc], size=14, color=color,
+                                marker=dict(symbol=[frame.symbol(n, a, symbol) for n, a in zip(rows.name, rows.test_acc)],
+                                            size=14, color=color,
                                             line=dict(color="black", width=1)), **frame.hover(list(rows.itertuples()))))
 
 
@@ -395,10 +412,12 @@ def _below_note_(fig, frame: _Frame, below: pd.DataFrame) -> None:
     names = [f"{b:g}-bit" if k == "uniform" else f"Hessian α={a:g}" if k == "hessian" else f"α={a:g}"
              for k, a, b in zip(below.kind, below.alpha, below.nbits)]
     sizes = [f"{c:.0f}x" if math.isfinite(c) else "no weight left" for c in below.compression]
-    entries = [f"{n}: {100 * a:.1f} %, {c}" for n, a, c in zip(names, below.test_acc, sizes)]
+    entries = [f"{'◢ ' if run in frame.beyond else ''}{n}: {100 * a:.1f} %, {c}"
+               for run, n, a, c in zip(below.name, names, below.test_acc, sizes)]
+    title = "▼ below the frame" + (", ◢ also right of it" if frame.beyond else "")
     fig.add_hrect(y0=frame.bottom, y1=frame.lo, fillcolor="#e8e8e8", line_width=0, layer="below")
     fig.add_annotation(x=0, xref="paper", y=frame.bottom, xanchor="left", yanchor="bottom", showarrow=False,
-                       align="left", font_size=16, text="▼ below the frame: " + "<br>".join(
+                       align="left", font_size=16, text=f"{title}: " + "<br>".join(
                            "; ".join(entries[i:i + _NOTE_ENTRIES]) for i in range(0, len(entries), _NOTE_ENTRIES)))
 
 

@@ -156,15 +156,20 @@ def test_pareto_frames_where_the_choice_is_made_and_puts_collapsed_runs_in_a_str
     x_lo, x_hi = (10 ** v for v in fig.layout.xaxis.range)
     assert x_hi < 64 and x_lo < 4  # not 8192x: the runs that matter spread over the width
     points = {p.customdata[0]: p for p in fig.data[1:-1]}
+    uniform = fig.data[-1]
+    one_bit = dict(zip(uniform.customdata, uniform.x))["fashion-u1"]  # 32x: in the strip at its own x
+    beyond = []  # 1006x and 5736x: past the frame's right edge, each apart, in order, not on the 1-bit baseline
     for name in ("fashion-a0.2", "fashion-a0.5"):
         (x,), (y,) = points[name].x, points[name].y
-        assert lo < y < 83.5 and x_lo < x < x_hi and points[name].marker.symbol == "triangle-down"
+        assert lo < y < 83.5 and one_bit < x < x_hi and points[name].marker.symbol == "triangle-se"
+        beyond.append(math.log10(x))
+    assert beyond[0] < beyond[1] and beyond[0] - math.log10(one_bit) > 0.02 and beyond[1] - beyond[0] > 0.02
     assert points["fashion-a0.02"].marker.symbol == "circle"
     assert points["fashion-a0.02"].y[0] == pytest.approx(100 * table.set_index("name").test_acc["fashion-a0.02"])
-    uniform = fig.data[-1]
     assert dict(zip(uniform.customdata, uniform.marker.symbol))["fashion-u1"] == "triangle-down"
-    corner = next(a.text for a in fig.layout.annotations if a.text.startswith("▼ below the frame"))
-    assert "α=0.2: 10.0 %, 1006x" in corner and "α=0.5: 10.0 %, 5736x" in corner and "1-bit: 58.7 %, 32x" in corner
+    corner = next(a.text for a in fig.layout.annotations if a.text.startswith("▼ below the frame, ◢ also right of it:"))
+    assert "◢ α=0.2: 10.0 %, 1006x" in corner and "◢ α=0.5: 10.0 %, 5736x" in corner
+    assert "1-bit: 58.7 %, 32x" in corner and "◢ 1-bit" not in corner  # in the strip, not right of the frame
     strip, = [s for s in fig.layout.shapes if s.type == "rect"]  # grey, under the frame: the collapsed runs sit in it
     assert strip.y0 == pytest.approx(lo) and strip.y1 < 83.6 and strip.y0 < y < strip.y1
     assert min(fig.layout.yaxis.tickvals) >= strip.y1  # no accuracy tick beside a point that is not at its accuracy
@@ -183,8 +188,10 @@ def test_pareto_lists_many_collapsed_runs_in_lines_under_their_triangles():
     assert note.y == strip.y0 and note.yanchor == "bottom"  # the list fills the strip from its bottom up...
     rows = (strip.y1 - strip.y0) / (len(lines) + 1)  # ...a row for each line, and one above them
     symbols = lambda t: [t.marker.symbol] * len(t.y) if isinstance(t.marker.symbol, str) else t.marker.symbol  # noqa: E731
-    triangles = [y for t in fig.data if t.mode == "markers" for s, y in zip(symbols(t), t.y) if s == "triangle-down"]
-    assert len(triangles) == 10 and all(strip.y1 - rows <= y < strip.y1 for y in triangles)  # ...for the triangles
+    triangles = [(x, y) for t in fig.data if t.mode == "markers" for s, x, y in zip(symbols(t), t.x, t.y)
+                 if s in ("triangle-down", "triangle-se")]
+    assert len(triangles) == 10 and all(strip.y1 - rows <= y < strip.y1 for _, y in triangles)  # ...for the triangles
+    assert len({x for x, _ in triangles}) == 10, "the 9 runs right of the frame spread past its edge, apart"
 
 
 def test_alpha_colours_are_ordered_and_the_same_on_every_chart():
