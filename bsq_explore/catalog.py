@@ -156,8 +156,11 @@ def epoch_seconds(root: str | os.PathLike, model: str, dataset: str) -> float | 
 
 
 def schedule_text(config: BSQConfig) -> str:
-    """'resnet20 on cifar10, all training images, 80 float + 11 BSQ + 6 finetune epochs'."""
-    return (f"{config.model} on {config.dataset}, {config.train_subset or 'all'} training images, "
+    """'resnet20 on cifar10, all training images, 80 float + 11 BSQ + 6 finetune epochs' (a dataset
+    folder:PATH: 'on NAME (a folder of images)', NAME the folder's own)."""
+    kind, _, path = config.dataset.partition(":")
+    dataset = f"{Path(path).name} (a folder of images)" if kind == "folder" else config.dataset
+    return (f"{config.model} on {dataset}, {config.train_subset or 'all'} training images, "
             f"{config.pretrain_epochs} float + {config.bsq_epochs} BSQ + {config.finetune_epochs} finetune epochs")
 
 

@@ -170,6 +170,9 @@ def test_sweep_page_states_the_schedule_of_its_bsq_runs_not_of_its_float_run(app
     assert any(schedule in shown(t.value) for t in at.caption), [t.value for t in at.caption]
     at = app("sweep", sweep="fashion")
     assert any("20 float + 12 BSQ + 4 finetune epochs" in shown(t.value) for t in at.caption)
+    captions = [shown(t.value) for t in app("sweep", sweep="cifar10").caption]
+    assert any("resnet20 on cifar10 (a folder of images), all training images, 80 float + 11 BSQ" in c for c in captions)
+    assert not any("folder:" in c for c in captions), "a path of this checkout means nothing to a class"
 
 
 def test_sweep_page_states_its_verdict_in_a_sentence_computed_from_its_runs(app):
