@@ -57,6 +57,9 @@ if len(pairs):
 # on request: it opens every BSQ run of the sweep, a fifth of the page's first draw on digits (benchmarks/app.py)
 if not bsq.empty and dashboard.url_toggle("Show every alpha's final bits per layer", "layers"):
     opened = [r for r in (dashboard.open_run(n) for n in bsq.name) if r is not None]
-    dashboard.chart(plots.layer_precision_bars(analysis.sweep_layers(opened), plots.alpha_colors(sweep.alpha.dropna())))
+    layers = analysis.sweep_layers(opened)
+    dashboard.chart(plots.layer_precision_bars(layers, plots.alpha_colors(sweep.alpha.dropna())))
+    if (layers.nbits == 0).any():
+        st.caption("No bar: that alpha left the layer 0 bits. Training emptied it, and every one of its weights is 0.")
 st.subheader("Every run of the sweep")
 dashboard.static_run_table(sweep)
