@@ -358,7 +358,7 @@ _BEYOND = 1.3  # the runs right of the frame share the x range from its right ed
 class _Frame(NamedTuple):
     """The pareto chart's frame: its lowest accuracy (%), its right edge (compression), its top (%),
     and under it a strip for the runs below it: a row of triangles over `lines` lines of their list;
-    `beyond`, the runs right of the frame (all below it), in order of compression."""
+    `beyond`, the runs right of the frame, in order of compression (in the strip, whatever their accuracy)."""
     lo: float
     right: float | None
     top: float
