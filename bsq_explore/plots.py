@@ -300,14 +300,8 @@ def pareto(table: pd.DataFrame):
     colors = alpha_colors(table[table.kind == "bsq"].alpha.dropna())
     runs = pd.concat([bsq, hessian, uniform])
     top = 100 * (floats.test_acc.iloc[0] if len(floats) else runs.test_acc.max() if len(runs) else 1.0)
-    inside = runs[100 * runs.test_acc >= top - PARETO_BAND]
-    lo = min([*(100 * inside.test_acc), top]) - 1.5
     emptied = table[(table.status == "finished") & table.compression.map(lambda c: c is not None and not math.isfinite(c))]
-    right = 1.3 * inside.compression.max() if len(inside) else None
-    beyond = runs[runs.compression > right].sort_values("compression") if right else runs.iloc[:0]
-    # a run with no weight left has no x; one right of the frame is in the strip too, wherever its accuracy
-    below = pd.concat([runs[(100 * runs.test_acc < lo) & ~runs.name.isin(beyond.name)], beyond, emptied])
-    frame = _Frame(lo, right, min(100.0, top + 2), math.ceil(len(below) / _NOTE_ENTRIES), tuple(beyond.name))
+    frame, inside, below = _frame(runs, emptied, top)
     for rows, name, dash in ((bsq, "BSQ, in order", None), (hessian, "Hessian, in order", "dash")):
         if len(rows):  # a gap at a run in the strip: a line to it would draw a false slope
             x, y = frame.place(rows)
@@ -335,6 +329,18 @@ def pareto(table: pd.DataFrame):
                              **_power_ticks([*inside.compression, frame.right or 1])),
                   yaxis=dict(title="final test accuracy (%)", range=[frame.bottom, frame.top],
                              **_accuracy_ticks(frame.lo, frame.top)))
+
+
+def _frame(runs: pd.DataFrame, emptied: pd.DataFrame, top: float) -> tuple["_Frame", pd.DataFrame, pd.DataFrame]:
+    """The pareto chart's frame around the runs within PARETO_BAND points of top (%), those runs, and
+    the runs of its strip: below it, right of it, or with no weight left (emptied: no x)."""
+    inside = runs[100 * runs.test_acc >= top - PARETO_BAND]
+    lo = min([*(100 * inside.test_acc), top]) - 1.5
+    right = 1.3 * inside.compression.max() if len(inside) else None
+    beyond = runs[runs.compression > right].sort_values("compression") if right else runs.iloc[:0]
+    below = pd.concat([runs[(100 * runs.test_acc < lo) & ~runs.name.isin(beyond.name)], beyond, emptied])
+    return (_Frame(lo, right, min(100.0, top + 2), math.ceil(len(below) / _NOTE_ENTRIES), tuple(beyond.name)),
+            inside, below)
 
 
 def _accuracy_ticks(lo: float, hi: float) -> dict:
