@@ -377,9 +377,12 @@ def stub_launch(monkeypatch):
 
     st.cache_resource.clear()  # the page's server-wide list of launched runs starts empty
     for child in psutil.Process().children():  # runs an earlier test started count against the limit
-        if "bsq_explore.cli" in child.cmdline():
-            child.kill()
-            child.wait()
+        try:
+            if "bsq_explore.cli" in child.cmdline():
+                child.kill()
+                child.wait()
+        except psutil.Error:  # gone, or a zombie (exited, not yet reaped): no run to count
+            continue
     started = []
 
     def launch(config, runs, name):
