@@ -217,6 +217,9 @@ def test_layer_precision_bars_one_group_per_alpha():
     fashion = [load_run(EXAMPLES / n) for n in sorted(finished_bsq(sweep_table(list_runs(EXAMPLES), "fashion")).name)]
     crowded = plots.layer_precision_bars(analysis.sweep_layers(fashion))  # 5 layers x 11 alphas: bars ~12 px wide
     assert all(t.text is None for t in crowded.data), "numbers on bars that narrow run together"
+    assert fig.layout.xaxis.tickangle is None and crowded.layout.xaxis.tickangle is None  # plotly's own: level
+    resnet = plots.layer_precision_bars(analysis.sweep_layers([load_run(EXAMPLES / "cifar10-a0.05")]))
+    assert resnet.layout.xaxis.tickangle == -60, "20 layer names at plotly's 30 degrees touch at 1024 px"
 
 
 def test_bit_planes_image_shows_signed_digits():
