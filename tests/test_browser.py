@@ -94,6 +94,9 @@ def test_every_page_renders_in_chromium_for_a_projector_and_offline(server):
             captions = page.eval_on_selector_all("[data-testid='stCaptionContainer']",
                                                  "els => els.map(e => parseFloat(getComputedStyle(e).fontSize))")
             assert not captions or min(captions) >= 16, f"/{path} captions of {min(captions)} px"
+            faded = page.eval_on_selector_all("[data-testid='stCaptionContainer']",
+                                              "els => els.map(e => parseFloat(getComputedStyle(e).opacity))")
+            assert not faded or min(faded) >= 0.8, f"/{path} captions faded to {min(faded)}: grey on a projector"
             if path == "heatmap":
                 box = page.locator(".js-plotly-plot").first.bounding_box()
                 assert box["width"] >= 600 and box["height"] >= 300, box
