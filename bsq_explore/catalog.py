@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import BSQConfig
+from .config import DATASET_CLASSES, DATASETS, BSQConfig
 from .jobs import is_stale
 from .runs import DamagedRun, Run, check_frame, load_run, read_info, run_kind
 from .store import FRAME_COLUMNS, INFO, RUN_FILES, SUMMARY_KEYS, check_name, frame_file
 
-__all__ = ["list_runs", "sweep_table", "list_sweeps", "load_sweep", "finished_bsq", "epoch_seconds", "describe",
-           "caption", "stamp",
-           "sweep_config", "schedule_text"]
+__all__ = ["list_runs", "chance_accuracy", "sweep_table", "list_sweeps", "load_sweep", "finished_bsq", "epoch_seconds",
+           "describe", "caption", "stamp", "sweep_config", "schedule_text"]
 
-_LIST_COLUMNS = ["name", "status", "sweep", "kind", "alpha", "nbits", *SUMMARY_KEYS, "epochs", "reason", "path"]
+_LIST_COLUMNS = ["name", "status", "sweep", "kind", "alpha", "nbits", *SUMMARY_KEYS, "epochs", "chance", "reason",
+                 "path"]
 
 
 def _holds_a_run(entry: Path) -> bool:
@@ -64,7 +64,7 @@ def _row(folder: Path) -> dict:
         kind = run_kind(config)
         row.update(status=info["status"], sweep=info.get("sweep"), kind=kind,
                    alpha=config.get("alpha") if kind in ("bsq", "hessian") else None, nbits=config.get("nbits"),
-                   epochs=epochs,
+                   epochs=epochs, chance=chance_accuracy(config["dataset"], info.get("data")),
                    **{k: summary.get(k) for k in SUMMARY_KEYS})
         if info["status"] == "failed":
             row["reason"] = info.get("error") or ""
@@ -79,6 +79,15 @@ def _row(folder: Path) -> dict:
     return row
 
 
+def chance_accuracy(dataset: str, record) -> float | None:
+    """The test accuracy of guessing: 1 / the classes of a run's data (its run.json "data" record's,
+    else DATASET_CLASSES for the kit's datasets); None when they are not known."""
+    classes = record.get("classes") if isinstance(record, dict) else None
+    if isinstance(classes, list) and classes:
+        return 1 / len(classes)
+    return 1 / DATASET_CLASSES if dataset in DATASETS else None
+
+
 def sweep_table(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
     """The sweep's runs from a list_runs() frame: the float run, BSQ runs by alpha, their Hessian twins,
     then uniform baselines by bits."""
@@ -86,7 +95,7 @@ def sweep_table(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
     table["order"] = table.kind.map({"float": 0, "bsq": 1, "hessian": 2, "uniform": 3})
     table = table.sort_values(["order", "alpha", "nbits"]).drop(columns="order")
     return table[["name", "kind", "alpha", "nbits", "avg_bits", "compression", "bsq_acc", "test_acc",
-                  "status", "reason"]].reset_index(drop=True)
+                  "status", "chance", "reason"]].reset_index(drop=True)
 
 
 def list_sweeps(root: str | os.PathLike) -> pd.DataFrame:

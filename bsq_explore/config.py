@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 __all__ = ["MAX_BITS", "BSQConfig", "STAGES", "ACT_BITS_RULE", "act_bits_ok", "Schedule", "MAX_THREADS",
            "MAX_EPOCHS", "MAX_BATCH", "MAX_IMAGES", "DEVICES", "LR_SCHEDULES", "PRECISIONS", "UNIFORM_BITS",
-           "MODELS", "TORCHVISION", "CUSTOM", "DATASETS", "PRESETS", "DEFAULT_PRESET", "preset", "differences"]
+           "MODELS", "TORCHVISION", "CUSTOM", "DATASETS", "DATASET_CLASSES", "PRESETS", "DEFAULT_PRESET", "preset", "differences"]
 
 MAX_BITS = 16  # float32 holds every integer below 2**24 exactly; 16 bits leaves ample margin
 
@@ -205,6 +205,7 @@ MODELS = ("mlp", "lenet5", "resnet20", "resnet32", "resnet56")
 TORCHVISION = "torchvision:"  # --model torchvision:resnet18: any torchvision classifier, untrained
 CUSTOM = "custom:"  # a model or dataset of one's own, given to fit(): custom:<its class name>
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+DATASET_CLASSES = 10  # each of DATASETS: the digits 0-9, ten kinds of clothes, CIFAR-10's ten objects
 
 # Presets are data: the fields that differ from BSQConfig's defaults.
 PRESETS: dict[str, dict] = {

@@ -33,6 +33,7 @@ def max_app_runs() -> int:
     return int(text)
 
 
+AT_CHANCE = 0.05  # a finished run this close to guessing's accuracy is listed as "at chance"
 _ACCURACIES = ("acc", "best_acc", "smallest_acc", "test_acc", "bsq_acc", "bsq_test_acc", "hessian_test_acc")
 _TEXT, _PERCENT = "%s", "%.1f %%"  # accuracies are shown as percentages, one decimal everywhere
 # each table's columns as the app shows them: header, printf format[, help[, width in px]] (narrow for 1024 px)
@@ -48,7 +49,9 @@ _TWIN_COLUMNS = {
 }
 _RUN_COLUMNS = {  # list_runs / sweep_table columns (not the sweep: a sweep's run names start with it)
     "name": ("run", _TEXT, "the run's folder name"),
-    "status": ("status", _TEXT, "running, finished, failed, damaged or stale (killed)"),
+    "status": ("status", _TEXT, "running, finished, failed, damaged or stale (killed); at chance: finished, its "
+                                f"accuracy is within {100 * AT_CHANCE:g} points of guessing's (10 % on ten classes), "
+                                "whatever its size"),
     "kind": ("kind", _TEXT, "bsq: trained with the bit penalty; uniform k-bit: fixed bits, the baseline; hessian: "
                             "each layer's bits chosen from its Hessian trace; float: the 32-bit model a sweep starts from",
              120),  # px: the grid sizes a column by its first rows, and "uniform 8-bit" comes late
@@ -100,6 +103,9 @@ def _select_run_columns(frame: pd.DataFrame) -> pd.DataFrame:
     uniform run's bits in its kind (one column less on a 1024 px screen)."""
     frame = frame.drop(columns=[c for c in ("path", "reason") if c in frame and not frame[c].astype(bool).any()])
     frame = frame.assign(alpha=pd.to_numeric(frame.alpha, errors="coerce"))
+    guessing = (frame.status == "finished") & (pd.to_numeric(frame.test_acc, errors="coerce") <=
+                                               pd.to_numeric(frame.chance, errors="coerce") + AT_CHANCE)
+    frame.loc[guessing, "status"] = "at chance"  # a collapsed run: its compression is no win
     uniform = frame.kind == "uniform"
     frame.loc[uniform, "kind"] = [f"uniform {b:g}-bit" for b in pd.to_numeric(frame.nbits[uniform])]
     return frame[[c for c in _RUN_COLUMNS if c in frame]]

@@ -48,6 +48,17 @@ def test_listing_reports_summary(tiny_run):
     info = json.loads((tiny_run / "run.json").read_text())
     assert row.kind == "bsq" and row.alpha == info["config"]["alpha"]
     assert row.test_acc == info["summary"]["test_acc"] and row.epochs == 10
+    assert row.chance == 1 / len(info["data"]["classes"])  # guessing's accuracy, from the run's data record
+
+
+def test_chance_is_one_over_the_classes_of_a_runs_data():
+    from bsq_explore.catalog import chance_accuracy
+    from bsq_explore.data import load_for
+
+    assert chance_accuracy("folder:pets", {"classes": ["cat", "dog", "fish", "bird"]}) == 0.25  # the record's
+    assert chance_accuracy("folder:pets", None) is None  # a folder's classes are its record's or unknown
+    digits = load_for(preset("digits-mlp"))  # a run from before the record: the kit's datasets have ten classes
+    assert chance_accuracy("digits", None) == 1 / len(digits.classes) == 0.1
 
 
 @pytest.mark.parametrize("bad", ["", "..", "a/b", "/abs", "../up", "a\\b", ".hidden", "x" * 200, "a b"])
