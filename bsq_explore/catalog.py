@@ -168,7 +168,7 @@ def schedule_text(config: BSQConfig) -> str:
     """'resnet20 on cifar10, all training images, 80 float + 11 BSQ + 6 finetune epochs' (a dataset
     folder:PATH: 'on NAME (a folder of images)', NAME the folder's own)."""
     kind, _, path = config.dataset.partition(":")
-    dataset = f"{Path(path).name} (a folder of images)" if kind == "folder" else config.dataset
+    dataset = f"{Path(path).name or path} (a folder of images)" if kind == "folder" else config.dataset
     return (f"{config.model} on {dataset}, {config.train_subset or 'all'} training images, "
             f"{config.pretrain_epochs} float + {config.bsq_epochs} BSQ + {config.finetune_epochs} finetune epochs")
 

@@ -289,8 +289,8 @@ def pareto(table: pd.DataFrame):
     holds the region where a choice is made: accuracies down to PARETO_BAND points below the float
     model (or the best run). A run below it (a collapsed run, a 1-bit baseline) is a triangle in a
     grey strip under the frame, without a line to it and without a y tick beside it, and is listed in
-    the strip with its true accuracy and compression; one also right of the frame is a corner
-    triangle past its right edge, in order of compression, apart from the others."""
+    the strip with its true accuracy and compression; a run right of the frame is in the strip too, a
+    corner triangle in a grey band past the frame's right edge, in order of compression."""
     go = _go()
     fig = go.Figure()
     done = table[(table.status == "finished") & table.compression.map(lambda c: c is not None and math.isfinite(c))]
@@ -316,13 +316,13 @@ def pareto(table: pd.DataFrame):
                                  **frame.hover([row])))
     _points_(fig, frame, hessian, "Hessian-chosen bits", "diamond", [colors.get(a, "#777777") for a in hessian.alpha])
     _points_(fig, frame, uniform, "uniform k-bit", "square", "#E69F00")
-    _name_baselines_(fig, uniform.nbits, frame.place(uniform)[0])
+    named = uniform[~uniform.name.isin(frame.beyond)]  # one right of the frame has no x to be named at
+    _name_baselines_(fig, named.nbits, named.compression)
     _below_note_(fig, frame, below)
     if len(floats):
         fig.add_hline(y=top, line_dash="dash", annotation_text="float model", annotation_position="bottom right",
                       annotation_font_size=16)
-    x_range = [math.log10(min(inside.compression) / 1.3), math.log10(1.03 * _BEYOND * frame.right)] if frame.right \
-        else None
+    x_range = [math.log10(min(inside.compression) / 1.3), math.log10(frame.end)] if frame.right else None
     return _style(fig, "test accuracy against compression", 600,
                   legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
                   xaxis=dict(title="compression (x, vs float32 weights)", range=x_range,
@@ -376,6 +376,11 @@ class _Frame(NamedTuple):
         return max(0.5, (self.top - self.lo) / 15)
 
     @property
+    def end(self) -> float:
+        """The x axis's end: room past the right edge for the runs right of the frame, if any."""
+        return self.right * (1.03 * _BEYOND if self.beyond else 1.15)
+
+    @property
     def bottom(self) -> float:
         return self.lo - self.row * (1 + max(1, self.lines))
 
@@ -420,8 +425,10 @@ def _below_note_(fig, frame: _Frame, below: pd.DataFrame) -> None:
     sizes = [f"{c:.0f}x" if math.isfinite(c) else "no weight left" for c in below.compression]
     entries = [f"{'◢ ' if run in frame.beyond else ''}{n}: {100 * a:.1f} %, {c}"
                for run, n, a, c in zip(below.name, names, below.test_acc, sizes)]
-    title = "▼ below the frame" + (", ◢ also right of it" if frame.beyond else "")
+    title = "▼ below the frame" + (", ◢ right of it" if frame.beyond else "")
     fig.add_hrect(y0=frame.bottom, y1=frame.lo, fillcolor="#e8e8e8", line_width=0, layer="below")
+    if frame.beyond:  # the same grey past the right edge: no x there is a compression
+        fig.add_vrect(x0=frame.right, x1=frame.end, fillcolor="#e8e8e8", line_width=0, layer="below")
     fig.add_annotation(x=0, xref="paper", y=frame.bottom, xanchor="left", yanchor="bottom", showarrow=False,
                        align="left", font_size=16, text=f"{title}: " + "<br>".join(
                            "; ".join(entries[i:i + _NOTE_ENTRIES]) for i in range(0, len(entries), _NOTE_ENTRIES)))
@@ -452,7 +459,7 @@ def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None =
 
 
 
-def _layer_tick_angle(layers: list[str]) -> float | None:
+def _layer_tick_angle(layers: list[str]) -> int | None:
     """Layer names under bars: plotly tilts them 30 degrees when they do not fit side by side, and at
     more than 12 names on a 1024 px page neighbours then touch (a ResNet-20's 20); 60 degrees parts them.
     None: plotly's own choice."""

@@ -167,13 +167,28 @@ def test_pareto_frames_where_the_choice_is_made_and_puts_collapsed_runs_in_a_str
     assert points["fashion-a0.02"].marker.symbol == "circle"
     assert points["fashion-a0.02"].y[0] == pytest.approx(100 * table.set_index("name").test_acc["fashion-a0.02"])
     assert dict(zip(uniform.customdata, uniform.marker.symbol))["fashion-u1"] == "triangle-down"
-    corner = next(a.text for a in fig.layout.annotations if a.text.startswith("▼ below the frame, ◢ also right of it:"))
+    corner = next(a.text for a in fig.layout.annotations if a.text.startswith("▼ below the frame, ◢ right of it:"))
     assert "◢ α=0.2: 10.0 %, 1006x" in corner and "◢ α=0.5: 10.0 %, 5736x" in corner
     assert "1-bit: 58.7 %, 32x" in corner and "◢ 1-bit" not in corner  # in the strip, not right of the frame
-    strip, = [s for s in fig.layout.shapes if s.type == "rect"]  # grey, under the frame: the collapsed runs sit in it
+    strip, = [s for s in fig.layout.shapes if s.type == "rect" and s.yref == "y"]  # grey, under the frame
     assert strip.y0 == pytest.approx(lo) and strip.y1 < 83.6 and strip.y0 < y < strip.y1
+    band, = [s for s in fig.layout.shapes if s.type == "rect" and s.xref == "x"]  # grey, right of it: no x is true
+    assert one_bit < band.x0 < min(10 ** b for b in beyond) and max(10 ** b for b in beyond) < band.x1 <= x_hi
     assert min(fig.layout.yaxis.tickvals) >= strip.y1  # no accuracy tick beside a point that is not at its accuracy
     assert 100 * table.set_index("name").test_acc["fashion-a0.1"] == pytest.approx(fig.data[0].y[-3])  # then gaps
+
+
+def test_pareto_names_no_baseline_right_of_its_frame_and_draws_no_band_without_one():
+    table = sweep_table(list_runs(EXAMPLES), "fashion")
+    narrow = table[~table.name.isin(["fashion-a0.03", "fashion-a0.05", "fashion-a0.1"])]  # the frame ends near 20x
+    fig = plots.pareto(narrow)
+    uniform = fig.data[-1]
+    assert dict(zip(uniform.customdata, uniform.marker.symbol))["fashion-u1"] == "triangle-se"  # 32x: past the edge
+    named = [a.text for a in fig.layout.annotations if a.yref == "paper" and a.y == 1]
+    assert "1-bit" not in named and "2-bit" in named, "a baseline's name stands at its true compression, or nowhere"
+    inside = plots.pareto(table[~table.name.isin(["fashion-a0.2", "fashion-a0.5"])])  # u1 the only run in the strip
+    assert not [s for s in inside.layout.shapes if s.type == "rect" and s.xref == "x"]
+    assert 10 ** inside.layout.xaxis.range[1] < 40, "no room kept past the edge for runs that are not there"
 
 
 def test_pareto_lists_many_collapsed_runs_in_lines_under_their_triangles():
@@ -181,7 +196,7 @@ def test_pareto_lists_many_collapsed_runs_in_lines_under_their_triangles():
     collapsed = table[table.name == "fashion-a0.5"]
     many = pd.concat([table] + [collapsed.assign(name=f"c{i}", alpha=1.0 + i) for i in range(7)])  # 10 runs below
     fig = plots.pareto(many)
-    strip, = [s for s in fig.layout.shapes if s.type == "rect"]
+    strip, = [s for s in fig.layout.shapes if s.type == "rect" and s.yref == "y"]
     note = next(a for a in fig.layout.annotations if a.text.startswith("▼ below the frame"))
     lines = note.text.split("<br>")
     assert len(lines) == 5 and all(line.count("%") <= 2 for line in lines) and note.text.count("%") == 10  # 2 a line
@@ -308,6 +323,12 @@ def test_twin_bits_shows_both_methods_bits_over_the_trace_per_weight():
     assert list(per.error_y.array) == pytest.approx([0.01, 0.0002, 0.05])
     assert fig.layout.yaxis.range[1] >= 9  # room above the 8-bit bar for its number
     assert fig.layout.yaxis2.dtick == 1  # labels at powers of ten only: no "2 3 4 5" crammed between them
+    assert fig.layout.xaxis2.tickangle is None  # three names: plotly's own angle, level
+    names = [f"layer{i}" for i in range(20)]  # a ResNet-20's twenty: tilted apart
+    twenty = lambda bits: pd.DataFrame(dict(layer=names, layer_index=range(20), nbits=bits))  # noqa: E731
+    many = plots.twin_bits(twenty([4] * 20), twenty([3] * 20), pd.DataFrame(dict(
+        layer=names, numel=[100] * 20, trace=[1.0] * 20, trace_std=[0.1] * 20)))
+    assert many.layout.xaxis2.tickangle == -60
 
 
 def test_pareto_hover_names_each_points_own_size_and_accuracy():
