@@ -40,7 +40,7 @@ bench: $(STAMP)
 # so a sweep can gain alphas later without retraining them.
 # Measured on 2 CPU cores: digits 2.5 min (machine busy), fashion 70 min; cifar10 (all 60k images, bf16,
 # 2 threads, one run at a time): 80 float epochs of 90-120 s each on a quiet machine (up to 280 s while tests
-# share the cores), then 9 alphas and 3 baselines of 17 epochs each (alpha 0.02: 55 min with tests sharing the
+# share the cores), then each alpha and baseline of 17 epochs (alpha 0.02: 55 min with tests sharing the
 # cores), then their Hessian twins of 17 epochs each: hours, across sessions.
 SWEEP  := $(BIN)/bsq-explore sweep --runs data/examples
 PRUNE  := find data/examples -name checkpoint.pt -delete

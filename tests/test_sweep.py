@@ -135,14 +135,16 @@ def cifar10_plan():
     from bsq_explore.sweep import plan_sweep
 
     float_run = load_run(EXAMPLES / "cifar10-float")
-    config = preset("cifar10-resnet20-cpu", dataset=float_run.config.dataset)
-    return config, plan_sweep(config, CIFAR10_ALPHAS, [2, 3, 4], EXAMPLES / "cifar10-float" / "float.pt",
-                              equal_compute=True)
+    config = preset(CIFAR10_SWEEP["preset"], dataset=float_run.config.dataset)
+    return config, plan_sweep(config, CIFAR10_ALPHAS, [int(b) for b in CIFAR10_SWEEP["uniform"].split(",")],
+                              EXAMPLES / "cifar10-float" / "float.pt", equal_compute="equal-compute" in CIFAR10_SWEEP)
 
 
 README = REPO / "README.md"
-CIFAR10_ALPHAS = [float(a) for a in re.search(r"^examples-cifar10:.*?--alphas ([\d.,]+)", (REPO / "Makefile").read_text(),
-                                                re.M | re.S).group(1).split(",")]  # what `make examples-cifar10` runs
+# the arguments `make examples-cifar10` gives the sweep (a flag maps to ""): the Makefile is their one place
+CIFAR10_SWEEP = dict(re.findall(r"--([\w-]+)(?: ([^-\s]\S*))?", re.search(
+    r"^examples-cifar10:.*?\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M).group(1)))
+CIFAR10_ALPHAS = [float(a) for a in CIFAR10_SWEEP["alphas"].split(",")]
 STEPS_PER_EPOCH = -(-50_000 // 128)  # all of CIFAR-10's training images, batch 128
 
 
