@@ -537,10 +537,12 @@ def bit_planes_image(w: torch.Tensor, nbits: int, max_side: int = 64, name: str 
                                  colorscale=[[0, NEG], [0.5, "#ffffff"], [1, POS]],
                                  hovertemplate=f"bit {b}: %{{z}}<extra></extra>"), i // cols + 1, i % cols + 1)
     q = from_bits(pos, neg, scale).numpy()
-    fig.add_trace(go.Heatmap(z=q, colorscale="RdBu", zmid=0, showscale=False,
+    fig.add_trace(go.Heatmap(z=q, colorscale="RdBu", zmid=0, colorbar=dict(title="weight", len=1 / rows, y=1,
+                                                                             yanchor="top", thickness=14),
                              hovertemplate="%{z:.4f}<extra></extra>"), nbits // cols + 1, nbits % cols + 1)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False, autorange="reversed")
+    # a frame around each panel: a plane's zeros are white, like the page
+    fig.update_xaxes(showticklabels=False, showline=True, mirror=True, linecolor="#999999")
+    fig.update_yaxes(showticklabels=False, autorange="reversed", showline=True, mirror=True, linecolor="#999999")
     title = (f"{name} {tuple(w.shape)}: " if name else "") + f"{nbits}-bit planes (blue: digit in pos, orange: in neg)"
     _style(fig, title, 220 * rows + 110)
     fig.update_layout(margin=dict(t=110))  # the figure title sits clear of the plane titles

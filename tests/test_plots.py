@@ -244,6 +244,8 @@ def test_bit_planes_image_shows_signed_digits():
     assert msb.z.tolist() == [[1, 0], [0, 1]] and lsb.z.tolist() == [[1, -1], [0, 0]]
     assert torch.allclose(torch.tensor(quantized.z), torch.tensor([[3.0, -1.0], [0.0, 2.0]]))
     assert (msb.zmin, msb.zmax) == (-1, 1)
+    assert not msb.showscale and quantized.colorbar.title.text == "weight"  # the weights' colours have a scale
+    assert all(fig.layout[a].showline and fig.layout[a].mirror for a in ("xaxis", "yaxis3"))  # a frame per panel
 
 
 def test_compare_metrics_aligns_stages_and_keeps_one_colour_per_run(tiny_run):

@@ -5,8 +5,8 @@ import torch
 from bsq_explore import dashboard, lessons, plots, uploads
 
 st.title("Playground")
-st.caption("Each weight is scale × (Σ 2^b (pos_b − neg_b)) / (2^n − 1): its sign decides whether its digits "
-           "sit in the pos planes or the neg planes.")
+st.caption(r"Each weight is $w = s \cdot \sum_b 2^b\,(\mathrm{pos}_b - \mathrm{neg}_b) \,/\, (2^n - 1)$, $s$ its "
+           r"layer's scale and $n$ its bits: its sign decides whether its digits sit in the pos planes or the neg planes.")
 source = st.radio("tensor", ["random", "upload (.npy, .pt, .csv)"], horizontal=True)
 if source == "random":
     c = st.columns(3)
