@@ -64,7 +64,7 @@ def _row(folder: Path) -> dict:
         kind = run_kind(config)
         row.update(status=info["status"], sweep=info.get("sweep"), kind=kind,
                    alpha=config.get("alpha") if kind in ("bsq", "hessian") else None, nbits=config.get("nbits"),
-                   epochs=epochs, chance=chance_accuracy(config["dataset"], info.get("data")),
+                   epochs=epochs, chance=chance_accuracy(config.get("dataset"), info.get("data")),
                    **{k: summary.get(k) for k in SUMMARY_KEYS})
         if info["status"] == "failed":
             row["reason"] = info.get("error") or ""
@@ -79,7 +79,7 @@ def _row(folder: Path) -> dict:
     return row
 
 
-def chance_accuracy(dataset: str, record) -> float | None:
+def chance_accuracy(dataset, record) -> float | None:
     """The test accuracy of guessing: 1 / the classes of a run's data (its run.json "data" record's,
     else DATASET_CLASSES for the kit's datasets); None when they are not known."""
     classes = record.get("classes") if isinstance(record, dict) else None
