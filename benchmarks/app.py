@@ -13,7 +13,7 @@ are medians of 5 page/floor pairs; the floor drew in 2.1 s):
     browser: / 1.13x, heatmap 1.22x, precision 1.21x, sweep 1.25x, compare 1.24x, playground 1.19x
     the floor (runs, whatif, train: drawn before the floor)
     browser: heatmap epoch slider 0.12 s; What-if slider 0.15 s (largest layer), 0.34 s (earliest
-    layer: the whole network runs again). Before runner.postScriptGC = false (.streamlit/config.toml),
+    layer: the whole network runs again). Before runner.postScriptGC = false (app/.streamlit/config.toml),
     the same sliders took 0.22-0.25 s, 0.30-0.37 s and 0.48-0.55 s: Streamlit's full garbage
     collection after every run held the GIL before each answer reached the browser.
 """

@@ -70,7 +70,8 @@ def test_bsq_explore_app_serves_the_installed_app(installed, tmp_path):
     import time
     import urllib.request
 
-    venv, _, env = installed
+    venv, site, env = installed
+    assert (site / "bsq_explore" / "app" / ".streamlit" / "config.toml").is_file(), "its settings: upload cap, theme"
     code = ("from streamlit.testing.v1 import AppTest\nimport bsq_explore.paths as p\n"
             "at = AppTest.from_file(str(p.APP), default_timeout=60).run()\n"
             "assert not at.exception, at.exception\nprint(at.title[0].value)")

@@ -73,18 +73,21 @@ def test_readme_shows_the_two_commands_and_every_module_as_its_docstring_says():
 def test_the_app_caps_uploads_just_above_the_largest_tensor_the_playground_reads():
     from bsq_explore.uploads import MAX_UPLOAD
 
-    limit = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"] * 2**20
+    limit = tomllib.loads((ROOT / "app" / ".streamlit" / "config.toml").read_text())["server"]["maxUploadSize"] * 2**20
     largest = 16 * MAX_UPLOAD + 65536  # a .pt of MAX_UPLOAD float64 elements, as read_tensor allows
     assert largest <= limit <= 2 * largest, "bigger files are refused before the server reads them whole"
 
 
-def test_the_served_app_skips_streamlits_full_collection_after_every_run(monkeypatch):
+def test_the_app_has_its_settings_from_any_folder_and_skips_streamlits_full_collection(monkeypatch, tmp_path):
     from streamlit import config
 
-    monkeypatch.chdir(ROOT)  # where `make app` serves from: streamlit reads ./.streamlit/config.toml
+    from bsq_explore.paths import APP
+
+    monkeypatch.chdir(tmp_path)  # not the checkout: `bsq-explore app` may start anywhere
+    monkeypatch.setattr(config, "_main_script_path", str(APP))  # as `streamlit run APP` sets it
     config.get_config_options(force_reparse=True)
-    try:  # with torch loaded, the collection delays each answer by 0.15 s (benchmarks/app.py)
-        assert config.get_option("runner.postScriptGC") is False
+    try:  # the upload cap, and no collection after every run: with torch loaded it delays each answer 0.15 s
+        assert config.get_option("server.maxUploadSize") == 17 and config.get_option("runner.postScriptGC") is False
     finally:
         monkeypatch.undo()
         config.get_config_options(force_reparse=True)
