@@ -437,6 +437,13 @@ def _below_note_(fig, frame: _Frame, below: pd.DataFrame) -> None:
 _NUMBERED_BARS = 40  # more bars than this on a 1024 px page are too narrow for their numbers: they would run together
 
 
+def _layer_tick_angle(layers: list[str]) -> int | None:
+    """Layer names under bars: plotly tilts them 30 degrees when they do not fit side by side, and at
+    more than 12 names on a 1024 px page neighbours then touch (a ResNet-20's 20); 60 degrees parts them.
+    None: plotly's own choice."""
+    return -60 if len(layers) > 12 else None
+
+
 def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None = None):
     """Final bits of each layer, one bar group per layer and one colour per alpha (analysis.sweep_layers),
     the bits printed on the bars. colors: alpha_colors of the whole sweep, so that an alpha keeps the
@@ -456,14 +463,6 @@ def layer_precision_bars(layers: pd.DataFrame, colors: dict[float, str] | None =
     return _style(fig, "final precision per layer", 460, barmode="group", legend_title_text="alpha",
                   xaxis=dict(title="layer (network order)", type="category", tickangle=_layer_tick_angle(order)),
                   yaxis=dict(title="bits per weight", range=[0, layers.nbits.max() + 1 if len(layers) else 9]))
-
-
-
-def _layer_tick_angle(layers: list[str]) -> int | None:
-    """Layer names under bars: plotly tilts them 30 degrees when they do not fit side by side, and at
-    more than 12 names on a 1024 px page neighbours then touch (a ResNet-20's 20); 60 degrees parts them.
-    None: plotly's own choice."""
-    return -60 if len(layers) > 12 else None
 
 
 def twin_bits(bsq: pd.DataFrame, hessian: pd.DataFrame, traces: pd.DataFrame):

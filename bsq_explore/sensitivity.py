@@ -22,7 +22,6 @@ from .store import TRACE_COLUMNS
 __all__ = ["layer_traces", "perturbation", "allocate_bits", "allocation_frame"]
 
 
-
 def layer_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, samples: int = 32, batch_size: int = 128,
                  filter_fn: Callable[[nn.Module, str], bool] | None = None, seed: int = 0) -> pd.DataFrame:
     """Hutchinson estimate of tr(H_l), the Hessian of the mean cross-entropy on (x, y) with respect to each layer's weight.
