@@ -55,37 +55,47 @@ def sweep_layers(runs: list[Run]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["alpha", "layer", "nbits"])
 
 
-VERDICT_COLUMNS = ["baseline", "bits", "acc", "best_bsq", "best_bits", "best_acc", "gain",
-                   "smallest_bsq", "smallest_bits", "smallest_acc", "size_ratio"]
+VERDICT_COLUMNS = ["baseline", "bits", "acc", "best_run", "best_bits", "best_acc", "gain",
+                   "smallest_run", "smallest_bits", "smallest_acc", "size_ratio"]
+METHODS = {"bsq": "BSQ", "hessian": "Hessian"}  # a sweep table's kinds of mixed-precision run, as sentences name them
 
 
-def verdict(table: pd.DataFrame, within: float = 0.005) -> pd.DataFrame:
-    """BSQ against each uniform baseline of a sweep table (runs.sweep_table), finished runs only.
+def verdict(table: pd.DataFrame, kind: str = "bsq", within: float = 0.005) -> pd.DataFrame:
+    """One method's runs (kind: "bsq", or "hessian" for the twins) against each uniform baseline of a
+    sweep table (runs.sweep_table), finished runs only.
 
-    One row per uniform k-bit run: the most accurate BSQ run of at most k average bits (best_*)
-    and gain, its accuracy minus the baseline's in percentage points (negative: uniform wins);
-    then the smallest BSQ run within `within` (0.005: half a point) of the baseline's accuracy
-    (smallest_*) and size_ratio, k over its average bits (above 1: BSQ is smaller). None where
-    no BSQ run qualifies. Accuracies are final test accuracies, as fractions.
+    One row per uniform k-bit run: the most accurate run of the method of at most k average bits
+    (best_*) and gain, its accuracy minus the baseline's in percentage points (negative: uniform
+    wins); then the method's smallest run within `within` (0.005: half a point) of the baseline's
+    accuracy (smallest_*) and size_ratio, k over its average bits (above 1: the method's run is
+    smaller). None where no run qualifies. Accuracies are final test accuracies, as fractions. The
+    frame's columns are named after the method (columns.name: "BSQ" or "Hessian"): verdict_sentence
+    says it.
+
+    Example:
+        >>> verdict(sweep_table(list_runs(EXAMPLES), "fashion"), "hessian").smallest_run.tolist()
+        ['fashion-h0.1', 'fashion-h0.02', 'fashion-h0.02', 'fashion-h0.02', 'fashion-h0.02']
     """
+    if kind not in METHODS:
+        raise ValueError(f"kind must be one of {', '.join(METHODS)}, got {kind!r}")
     done = table[table.status == "finished"]
-    bsq = done[done.kind == "bsq"].sort_values(["test_acc", "avg_bits"], ascending=[False, True])
+    runs = done[done.kind == kind].sort_values(["test_acc", "avg_bits"], ascending=[False, True])
     rows = []
     for base in done[done.kind == "uniform"].sort_values("nbits").itertuples():
         bits, acc = base.avg_bits, base.test_acc
-        best = bsq[bsq.avg_bits <= bits + 1e-9].head(1)
-        close = bsq[bsq.test_acc >= acc - within - 1e-12].sort_values(["avg_bits", "test_acc"],
-                                                                      ascending=[True, False]).head(1)
+        best = runs[runs.avg_bits <= bits + 1e-9].head(1)
+        close = runs[runs.test_acc >= acc - within - 1e-12].sort_values(["avg_bits", "test_acc"],
+                                                                        ascending=[True, False]).head(1)
         row = dict(baseline=base.name, bits=bits, acc=acc)
         for prefix, pick in (("best", best), ("smallest", close)):
             hit = pick.iloc[0] if len(pick) else None
-            row.update({f"{prefix}_bsq": hit["name"] if hit is not None else None,
+            row.update({f"{prefix}_run": hit["name"] if hit is not None else None,
                         f"{prefix}_bits": hit.avg_bits if hit is not None else None,
                         f"{prefix}_acc": hit.test_acc if hit is not None else None})
         row["gain"] = 100 * (row["best_acc"] - acc) if row["best_acc"] is not None else None
         row["size_ratio"] = bits / row["smallest_bits"] if row["smallest_bits"] else None
         rows.append(row)
-    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS).rename_axis(METHODS[kind], axis="columns")
 
 
 TWIN_COLUMNS = ["alpha", "bsq", "bsq_bits", "bsq_test_acc", "hessian", "hessian_bits", "hessian_test_acc", "gain"]
@@ -113,22 +123,23 @@ def twins_sentence(pairs: pd.DataFrame) -> str:
 
 
 def verdict_sentence(table: pd.DataFrame) -> str:
-    """verdict(table) in one plain sentence: which uniform baselines BSQ matches within half a
-    point with fewer bits (and how many times fewer), and which it does not."""
+    """verdict(table) in one plain sentence: which uniform baselines the method (BSQ, or the Hessian
+    twins) matches within half a point with fewer bits (and how many times fewer), and which not."""
+    method = table.columns.name or METHODS["bsq"]
     rows = table.sort_values("bits")
     if rows.empty:
-        return "This sweep has no finished uniform baseline yet to compare BSQ with."
-    if rows.best_bsq.isna().all() and rows.smallest_bsq.isna().all():
-        return "This sweep has no finished BSQ run yet to compare with its uniform baselines."
+        return f"This sweep has no finished uniform baseline yet to compare {method} with."
+    if rows.best_run.isna().all() and rows.smallest_run.isna().all():
+        return f"This sweep has no finished {method} run yet to compare with its uniform baselines."
     wins = rows[rows.size_ratio.astype(float) > 1]
     rest = rows.drop(wins.index)
     bits = lambda part: _listed([f"{b:g}-" for b in part.bits])[:-1] + "-bit"
     parts = []
     if len(wins):
-        parts.append(f"BSQ is as accurate as uniform {bits(wins)} quantization (within half a point) and "
+        parts.append(f"{method} is as accurate as uniform {bits(wins)} quantization (within half a point) and "
                      f"{_listed([f'{r:.2f}x' for r in wins.size_ratio])} smaller")
     if len(rest):
-        parts.append(f"no BSQ run is as accurate as uniform {bits(rest)} with fewer bits")
+        parts.append(f"no {method} run is as accurate as uniform {bits(rest)} with fewer bits")
     text = "; ".join(parts)
     return text[0].upper() + text[1:] + "."
 

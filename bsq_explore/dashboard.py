@@ -38,8 +38,8 @@ _ACCURACIES = ("acc", "best_acc", "smallest_acc", "test_acc", "bsq_acc", "bsq_te
 _TEXT, _PERCENT = "%s", "%.1f %%"  # accuracies are shown as percentages, one decimal everywhere
 # each table's columns as the app shows them: header, printf format[, help[, width in px]] (narrow for 1024 px)
 _VERDICT_COLUMNS = {
-    "baseline": ("baseline", _TEXT), "acc": ("accuracy", _PERCENT), "best_bsq": ("best BSQ", _TEXT),
-    "best_acc": ("its accuracy", _PERCENT), "gain": ("gain", "%+.1f"), "smallest_bsq": ("smallest as good", _TEXT),
+    "baseline": ("baseline", _TEXT), "acc": ("accuracy", _PERCENT), "best_run": ("best run", _TEXT),
+    "best_acc": ("its accuracy", _PERCENT), "gain": ("gain", "%+.1f"), "smallest_run": ("smallest as good", _TEXT),
     "smallest_bits": ("its bits", "%.2f"), "size_ratio": ("size ratio", "%.2fx"),
 }
 _TWIN_COLUMNS = {

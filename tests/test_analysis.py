@@ -24,15 +24,15 @@ def test_verdict_picks_the_best_bsq_run_at_each_size_and_the_smallest_one_as_goo
     v = verdict(sweep).set_index("baseline")
     assert list(v.reset_index().columns) == VERDICT_COLUMNS and list(v.index) == ["u1", "u2", "u4"]
     # at <= 2 bits the best BSQ run is a3 (87.0 %), 0.5 points below u2's 87.5 %
-    assert v.loc["u2", "best_bsq"] == "a3" and v.loc["u2", "gain"] == pytest.approx(-0.5)
+    assert v.loc["u2", "best_run"] == "a3" and v.loc["u2", "gain"] == pytest.approx(-0.5)
     # a3 is also the smallest BSQ run within half a point of u2: 2 / 1.5 bits
-    assert v.loc["u2", "smallest_bsq"] == "a3" and v.loc["u2", "size_ratio"] == pytest.approx(2 / 1.5)
+    assert v.loc["u2", "smallest_run"] == "a3" and v.loc["u2", "size_ratio"] == pytest.approx(2 / 1.5)
     # at <= 4 bits: a2 (88.0 %), 1 point below u4; the smallest within half a point of 89 % is a1 at 5 bits
-    assert v.loc["u4", "best_bsq"] == "a2" and v.loc["u4", "gain"] == pytest.approx(-1.0)
-    assert v.loc["u4", "smallest_bsq"] == "a1" and v.loc["u4", "size_ratio"] == pytest.approx(4 / 5)
+    assert v.loc["u4", "best_run"] == "a2" and v.loc["u4", "gain"] == pytest.approx(-1.0)
+    assert v.loc["u4", "smallest_run"] == "a1" and v.loc["u4", "size_ratio"] == pytest.approx(4 / 5)
     # at <= 1 bit only the collapsed a4 fits; every BSQ run beats u1's 30 %, the smallest live one is a3
-    assert v.loc["u1", "best_bsq"] == "a4" and v.loc["u1", "gain"] == pytest.approx(100 * (0.10 - 0.30))
-    assert v.loc["u1", "smallest_bsq"] == "a3"
+    assert v.loc["u1", "best_run"] == "a4" and v.loc["u1", "gain"] == pytest.approx(100 * (0.10 - 0.30))
+    assert v.loc["u1", "smallest_run"] == "a3"
 
 
 def test_the_verdict_in_one_sentence_names_what_bsq_matches_with_fewer_bits_and_what_it_does_not():
@@ -49,6 +49,27 @@ def test_the_verdict_in_one_sentence_names_what_bsq_matches_with_fewer_bits_and_
                                                                         "yet to compare BSQ with.")
 
 
+def test_the_hessian_twins_get_their_own_verdict_from_their_runs_alone():
+    sweep = table(("a1", "bsq", 1.5, 0.90), ("h1", "hessian", 1.5, 0.87), ("h2", "hessian", 3.0, 0.876),
+                  ("u2", "uniform", 2, 0.875), ("u4", "uniform", 4, 0.89))
+    v = verdict(sweep, "hessian").set_index("baseline")
+    # at <= 2 bits only h1 (87.0 %); the smallest twin within half a point of u2's 87.5 % is h1 (2 / 1.5)
+    assert v.loc["u2", "best_run"] == "h1" and v.loc["u2", "gain"] == pytest.approx(-0.5)
+    assert v.loc["u2", "smallest_run"] == "h1" and v.loc["u2", "size_ratio"] == pytest.approx(2 / 1.5)
+    # at <= 4 bits h2 (87.6 %) beats h1, 1.4 points below u4; no twin is within half a point of 89 %,
+    # though the BSQ run a1 is: a BSQ run never stands in for a twin
+    assert v.loc["u4", "best_run"] == "h2" and v.loc["u4", "gain"] == pytest.approx(-1.4)
+    assert pd.isna(v.loc["u4", "smallest_run"])
+    assert verdict_sentence(verdict(sweep, "hessian")) == ("Hessian is as accurate as uniform 2-bit quantization "
+                                                           "(within half a point) and 1.33x smaller; no Hessian run "
+                                                           "is as accurate as uniform 4-bit with fewer bits.")
+    assert verdict_sentence(verdict(sweep)).startswith("BSQ is as accurate as uniform 2- and 4-bit")
+    assert verdict_sentence(verdict(table(("u2", "uniform", 2, 0.9)), "hessian")) == (
+        "This sweep has no finished Hessian run yet to compare with its uniform baselines.")
+    with pytest.raises(ValueError, match="kind must be one of bsq, hessian, got 'uniform'"):
+        verdict(sweep, "uniform")
+
+
 def test_deaths_by_layer_lists_each_removed_bit_with_the_epoch_that_removed_it():
     from bsq_explore.analysis import deaths_by_layer
 
@@ -62,7 +83,7 @@ def test_deaths_by_layer_lists_each_removed_bit_with_the_epoch_that_removed_it()
 
 def test_verdict_says_none_where_no_bsq_run_qualifies():
     v = verdict(table(("a1", "bsq", 6.0, 0.80), ("u4", "uniform", 4, 0.90))).iloc[0]
-    assert v.best_bsq is None and v.gain is None and v.smallest_bsq is None and v.size_ratio is None
+    assert v.best_run is None and v.gain is None and v.smallest_run is None and v.size_ratio is None
     assert verdict(table(("a1", "bsq", 6.0, 0.80))).empty
 
 
