@@ -38,7 +38,7 @@ bench: $(STAMP)
 # `make examples` resumes) and never repeats a finished run; to remake a sweep, delete its folders
 # first (rm -rf data/examples/fashion-*). Checkpoints are dropped to stay small; the float models stay,
 # so a sweep can gain alphas later without retraining them.
-# Measured on 2 CPU cores: digits 2.5 min (machine busy), fashion 70 min; cifar10 (all 60k images, bf16,
+# Measured on 2 CPU cores: digits 2.5 min (machine busy), fashion 38 min with its Hessian twins; cifar10 (all 60k images, bf16,
 # 2 threads, one run at a time): 80 float epochs of 90-120 s each on a quiet machine (up to 280 s while tests
 # share the cores), then each alpha and baseline of 17 epochs (alpha 0.02: 55 min with tests sharing the
 # cores), then their Hessian twins of 17 epochs each: hours, across sessions.
@@ -54,7 +54,7 @@ examples-digits: $(STAMP)
 
 examples-fashion: $(STAMP)
 	$(SWEEP) --jobs 2 --preset fashion-lenet5 --name fashion --alphas 0,0.002,0.005,0.01,0.015,0.02,0.03,0.05,0.1,0.2,0.5 \
-	    --uniform 1,2,3,4,8
+	    --uniform 1,2,3,4,8 --hessian 32
 	$(PRUNE)
 
 # --jobs 1: the preset's runs take 2 threads each; then a Hessian twin of every BSQ run (32 samples)

@@ -183,9 +183,17 @@ def test_sweep_page_states_its_verdict_in_a_sentence_computed_from_its_runs(app)
     from bsq_explore.analysis import verdict, verdict_sentence
 
     at = app("sweep", sweep="fashion")
-    expected = verdict_sentence(verdict(sweep_table(list_runs(EXAMPLES), "fashion")))
-    assert expected.startswith("BSQ is as accurate as uniform 2-, 3-, 4- and 8-bit")
-    assert shown(at.markdown[0].value) == f"**{expected}**"
+    sweep = sweep_table(list_runs(EXAMPLES), "fashion")
+    expected, chosen = verdict_sentence(verdict(sweep)), verdict_sentence(verdict(sweep, "hessian"))
+    assert expected.startswith("BSQ is as accurate as uniform 3-, 4- and 8-bit")
+    assert chosen.startswith("Hessian is as accurate as uniform 3-, 4- and 8-bit")  # its twins at the same sizes
+    assert shown(at.markdown[0].value).startswith(f"**{expected}** {chosen} At the same size, BSQ is more accurate")
+    tables = [t.value for t in at.table]  # BSQ, then the twins, against the baselines; then BSQ beside its twins
+    assert [shown(n) for n in tables[1].index] == ["fashion-u1", "fashion-u2", "fashion-u3", "fashion-u4", "fashion-u8"]
+    assert shown(tables[1]["smallest as good"].iloc[2]) == "fashion-h0.02"  # beside uniform 3-bit
+    assert shown(tables[2]["Hessian twin"].iloc[0]) == "fashion-h0"
+    digits = app("sweep", sweep="digits")
+    assert shown(digits.markdown[0].value).startswith("**BSQ ") and " Hessian " in shown(digits.markdown[0].value)
 
 
 def test_sweep_page_opens_the_alpha_in_the_url(app):

@@ -172,11 +172,18 @@ def test_shipped_cifar10_runs_have_the_long_schedule_and_equal_compute_baselines
     for c in planned[len(CIFAR10_ALPHAS):]:  # a baseline trains as many steps as a BSQ run
         assert c.bsq_epochs == 0 and c.finetune_epochs == config.bsq_epochs + config.finetune_epochs
     table = sweep_table(list_runs(EXAMPLES), "cifar10")
-    shipped = [load_run(EXAMPLES / name).config for name in table.name]
+    shipped = {name: load_run(EXAMPLES / name).config for name in table.name}
     float_model = (EXAMPLES / "cifar10-float" / "float.pt").resolve()  # the Makefile passes a relative root
-    assert all(Path(EXAMPLES.parents[1], c.pretrained).resolve() == float_model for c in shipped if c.pretrained)
-    assert {c.replace(pretrained="") for c in shipped} <= {c.replace(pretrained="") for c in
-                                                           (config.replace(bsq_epochs=0, finetune_epochs=0), *planned)}
+    assert all(Path(EXAMPLES.parents[1], c.pretrained).resolve() == float_model for c in shipped.values() if c.pretrained)
+    twins = set(table.query("kind == 'hessian'").name)
+    assert {c.replace(pretrained="") for name, c in shipped.items() if name not in twins} <= {
+        c.replace(pretrained="") for c in (config.replace(bsq_epochs=0, finetune_epochs=0), *planned)}
+    for name in twins:  # a BSQ run's config with the bits chosen and the baselines' budget (hessian_twins)
+        twin = shipped[name]
+        assert twin.layer_bits and twin.bsq_epochs == 0 and twin.finetune_epochs == config.bsq_epochs + config.finetune_epochs
+        untwinned = twin.replace(layer_bits="", pretrained="", bsq_epochs=config.bsq_epochs,
+                                 finetune_epochs=config.finetune_epochs)
+        assert untwinned == config.replace(alpha=twin.alpha, pretrain_epochs=0, pretrained="")
     for name in table.query("kind == 'bsq' and status == 'finished'").name:
         run = load_run(EXAMPLES / name)
         last = run.layers[run.layers.step == run.layers.step.max()]
