@@ -451,6 +451,17 @@ def test_train_page_shows_why_a_run_did_not_start(app, tmp_path, monkeypatch):
     assert "did not start" in shown(at.error[0].value) and "mnist is not under" in shown(at.error[0].value)
 
 
+def test_home_page_states_every_shipped_sweeps_verdict_from_its_runs(app):
+    from bsq_explore.analysis import verdict, verdict_sentence
+
+    at = app("home")
+    said = [shown(m.value) for m in at.markdown]
+    table = list_runs(EXAMPLES)
+    for sweep in ("cifar10", "digits", "fashion"):
+        assert f"**{sweep}**: {verdict_sentence(verdict(sweep_table(table, sweep)))}" in said
+    assert "**cifar10**: No BSQ run is as accurate as uniform 2-, 3- and 4-bit with fewer bits." in said
+
+
 GARBAGE = {"run": "../" * 50, "other": "x" * 5000, "sweep": "²", "alpha": "-nan", "epoch": "--5", "colour": "\x00",
            "animate": "1e999", "root": "/dev/null/x"}
 

@@ -1,7 +1,7 @@
 """Start here: what BSQ does, how to read a bit heatmap (on a shipped run), and where to go next."""
 import streamlit as st
 
-from bsq_explore import analysis, dashboard, plots
+from bsq_explore import analysis, catalog, dashboard, plots
 
 st.title("Watch bits die")
 st.markdown(
@@ -29,6 +29,13 @@ if run is not None and not run.bits.empty:
         "- **grey** means the plane was removed: the layer no longer stores that bit.\n\n"
         "Top bits die first: few weights are large enough to need them, and big layers lose most, "
         "because the penalty weighs a plane by its layer's size.")
+sweeps = sorted(table.sweep.dropna().unique()) if len(table) else []
+if sweeps:  # each sweep's verdict, computed from its runs as they stand: a sweep still training says so
+    st.subheader("What the sweeps show")
+    for sweep in sweeps:
+        st.markdown(f"**{dashboard.plain(sweep)}**: "
+                    f"{dashboard.plain(analysis.verdict_sentence(analysis.verdict(catalog.sweep_table(table, sweep))))}")
+    st.page_link("views/sweep.py", label="Open a sweep: accuracy against size, run by run", icon=":material/scatter_plot:")
 st.subheader("Where next")
 links = [("views/sweep.py", "Sweep: accuracy against size for every alpha, and BSQ against uniform bits",
           ":material/scatter_plot:"),
@@ -50,4 +57,6 @@ with st.expander("Words used on these pages"):
         "- **compression**: 32 / average bits, against float32 weights.\n"
         "- **epochs** read as stage and epoch: *pretrain* (float), *bsq* (bit planes; epoch 0 is the model "
         "just converted to 8 bits), *finetune* (precision frozen).\n"
-        "- **uniform k-bit**: a baseline with every layer at k bits, finetuned as long as the BSQ runs.")
+        "- **uniform k-bit**: a baseline with every layer at k bits, finetuned as long as the BSQ runs.\n"
+        "- **Hessian twin**: a BSQ run's size, its bits per layer chosen from each layer's Hessian trace "
+        "(HAWQ), then finetuned as the baselines are.")
