@@ -45,6 +45,8 @@ def run_cli(*args):
     (["train", "--config", "/nonexistent.json"], "cannot read --config /nonexistent.json"),
     (["train", "--preset", "digits-mlp", "--config", "x.json"], "--preset and --config exclude each other"),
     (["sweep", "--alphas", "a,b"], "expected comma-separated numbers"),
+    (["sweep", "--alphas", "0.1", "--hessian", "0"], "--hessian: takes a whole number of samples >= 1"),
+    (["sweep", "--alphas", "0.1", "--hessian", "-3"], "--hessian: takes a whole number of samples >= 1"),
     (["sweep", "--alphas", "0.1", "--uniform", "0"], "nbits must be 1..16"),
     (["sweep", "--alphas", "0.1", "--uniform", "17"], "nbits must be 1..16"),
     (["sweep", "--alphas", "0.1,0.1"], "would share the name"),
