@@ -1,4 +1,5 @@
 """The tutorial notebooks: committed without outputs, thin, and run top to bottom in quick mode."""
+import json
 from pathlib import Path
 
 import nbformat
@@ -23,6 +24,8 @@ def test_the_six_tutorials_exist():
 def test_committed_without_outputs_and_thin(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
+    ids = [cell.get("id") for cell in json.loads(path.read_text())["cells"]]  # as committed: read() fills gaps in
+    assert None not in ids and len(set(ids)) == len(ids), "every cell has its own id (nbformat 4.5)"
     assert nb.metadata.kernelspec.name == "python3"
     assert nb.cells[0].cell_type == "markdown" and "BSQ_QUICK=1" in nb.cells[0].source, \
         "the first markdown cell documents the quick-mode switch"
