@@ -68,9 +68,7 @@ def verdict(table: pd.DataFrame, kind: str = "bsq", within: float = 0.005) -> pd
     (best_*) and gain, its accuracy minus the baseline's in percentage points (negative: uniform
     wins); then the method's smallest run within `within` (0.005: half a point) of the baseline's
     accuracy (smallest_*) and size_ratio, k over its average bits (above 1: the method's run is
-    smaller). None where no run qualifies. Accuracies are final test accuracies, as fractions. The
-    frame's columns are named after the method (columns.name: "BSQ" or "Hessian"): verdict_sentence
-    says it.
+    smaller). None where no run qualifies. Accuracies are final test accuracies, as fractions.
 
     Example:
         >>> verdict(sweep_table(list_runs(EXAMPLES), "fashion"), "hessian").smallest_run.tolist()
@@ -95,7 +93,7 @@ def verdict(table: pd.DataFrame, kind: str = "bsq", within: float = 0.005) -> pd
         row["gain"] = 100 * (row["best_acc"] - acc) if row["best_acc"] is not None else None
         row["size_ratio"] = bits / row["smallest_bits"] if row["smallest_bits"] else None
         rows.append(row)
-    return pd.DataFrame(rows, columns=VERDICT_COLUMNS).rename_axis(METHODS[kind], axis="columns")
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
 TWIN_COLUMNS = ["alpha", "bsq", "bsq_bits", "bsq_test_acc", "hessian", "hessian_bits", "hessian_test_acc", "gain"]
@@ -122,14 +120,19 @@ def twins_sentence(pairs: pd.DataFrame) -> str:
             f"pair{'s' * (len(pairs) != 1)}; BSQ minus Hessian is {pairs.gain.mean():+.1f} points on average.")
 
 
-def verdict_sentence(table: pd.DataFrame) -> str:
-    """verdict(table) in one plain sentence: which uniform baselines the method (BSQ, or the Hessian
-    twins) matches within half a point with fewer bits (and how many times fewer), and which not."""
-    method = table.columns.name or METHODS["bsq"]
-    rows = table.sort_values("bits")
+def verdict_sentence(table: pd.DataFrame, kind: str = "bsq") -> str:
+    """verdict(table, kind) in one plain sentence: which uniform baselines the method (BSQ, or the
+    Hessian twins) matches within half a point with fewer bits (and how many times fewer), and which not.
+
+    Args:
+        table: a sweep table (runs.sweep_table).
+        kind: "bsq" or "hessian", as for verdict.
+    """
+    rows = verdict(table, kind).sort_values("bits")
+    method = METHODS[kind]
     if rows.empty:
-        return f"This sweep has no finished uniform baseline yet to compare {method} with."
-    if rows.best_run.isna().all() and rows.smallest_run.isna().all():
+        return f"This sweep has no finished uniform baseline to compare {method} with."
+    if not ((table.kind == kind) & (table.status == "finished")).any():
         return f"This sweep has no finished {method} run yet to compare with its uniform baselines."
     wins = rows[rows.size_ratio.astype(float) > 1]
     rest = rows.drop(wins.index)

@@ -119,15 +119,11 @@ def _numbers(text: str, kind=float) -> list:
         raise UsageError(f"expected comma-separated {'integers' if kind is int else 'numbers'}, got {text!r}") from None
 
 
-def _samples(text: str) -> int:
+def _parse_samples(text: str) -> int:
     """--hessian's SAMPLES: a count of Hutchinson samples, at least 1 (leaving the option out means no twins)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
+    if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"takes a whole number of samples >= 1 (e.g. 32), got {text!r}")
-    return value
+    return int(text)
 
 
 _MAX_CONFIG = 1 << 20  # a config is a few hundred bytes; a run.json a few KB
@@ -200,7 +196,7 @@ def _add_sweep_command(sub) -> None:
     sweep.add_argument("--equal-compute", action="store_true",
                        help="finetune the uniform baselines for the BSQ and finetune epochs together "
                             "(as many steps as a BSQ run)")
-    sweep.add_argument("--hessian", type=_samples, default=0, metavar="SAMPLES",
+    sweep.add_argument("--hessian", type=_parse_samples, default=0, metavar="SAMPLES",
                        help="then a Hessian twin of every finished BSQ run: its bits chosen from the float model's "
                             "Hessian traces (SAMPLES Hutchinson samples, e.g. 32) at the BSQ run's average bits")
     sweep.add_argument("--runs")

@@ -39,14 +39,13 @@ def test_the_verdict_in_one_sentence_names_what_bsq_matches_with_fewer_bits_and_
     sweep = table(("f", "float", 32, 0.90), ("a1", "bsq", 5.0, 0.895), ("a2", "bsq", 2.5, 0.880),
                   ("a3", "bsq", 1.5, 0.870), ("u2", "uniform", 2, 0.875), ("u4", "uniform", 4, 0.890),
                   ("u1", "uniform", 1, 0.30))  # size ratios as worked out above: u2 2/1.5, u4 4/5, u1 1/1.5
-    assert verdict_sentence(verdict(sweep)) == ("BSQ is as accurate as uniform 2-bit quantization (within half a "
+    assert verdict_sentence(sweep) == ("BSQ is as accurate as uniform 2-bit quantization (within half a "
                                                 "point) and 1.33x smaller; no BSQ run is as accurate as uniform 1- "
                                                 "and 4-bit with fewer bits.")
-    everything = verdict(table(("a1", "bsq", 1.0, 0.9), ("u2", "uniform", 2, 0.9), ("u8", "uniform", 8, 0.9)))
+    everything = table(("a1", "bsq", 1.0, 0.9), ("u2", "uniform", 2, 0.9), ("u8", "uniform", 8, 0.9))
     assert verdict_sentence(everything) == ("BSQ is as accurate as uniform 2- and 8-bit quantization (within half a "
                                             "point) and 2.00x and 8.00x smaller.")
-    assert verdict_sentence(verdict(table(("a1", "bsq", 1.0, 0.9)))) == ("This sweep has no finished uniform baseline "
-                                                                        "yet to compare BSQ with.")
+    assert verdict_sentence(table(("a1", "bsq", 1.0, 0.9))) == "This sweep has no finished uniform baseline to compare BSQ with."
 
 
 def test_the_hessian_twins_get_their_own_verdict_from_their_runs_alone():
@@ -60,12 +59,15 @@ def test_the_hessian_twins_get_their_own_verdict_from_their_runs_alone():
     # though the BSQ run a1 is: a BSQ run never stands in for a twin
     assert v.loc["u4", "best_run"] == "h2" and v.loc["u4", "gain"] == pytest.approx(-1.4)
     assert pd.isna(v.loc["u4", "smallest_run"])
-    assert verdict_sentence(verdict(sweep, "hessian")) == ("Hessian is as accurate as uniform 2-bit quantization "
+    assert verdict_sentence(sweep, "hessian") == ("Hessian is as accurate as uniform 2-bit quantization "
                                                            "(within half a point) and 1.33x smaller; no Hessian run "
                                                            "is as accurate as uniform 4-bit with fewer bits.")
-    assert verdict_sentence(verdict(sweep)).startswith("BSQ is as accurate as uniform 2- and 4-bit")
-    assert verdict_sentence(verdict(table(("u2", "uniform", 2, 0.9)), "hessian")) == (
+    assert verdict_sentence(sweep).startswith("BSQ is as accurate as uniform 2- and 4-bit")
+    assert verdict_sentence(table(("u2", "uniform", 2, 0.9)), "hessian") == (
         "This sweep has no finished Hessian run yet to compare with its uniform baselines.")
+    # a finished twin that qualifies nowhere (larger and less accurate) is a verdict, not a missing run
+    assert verdict_sentence(table(("h1", "hessian", 6.0, 0.80), ("u4", "uniform", 4, 0.90)), "hessian") == (
+        "No Hessian run is as accurate as uniform 4-bit with fewer bits.")
     with pytest.raises(ValueError, match="kind must be one of bsq, hessian, got 'uniform'"):
         verdict(sweep, "uniform")
 
@@ -169,7 +171,7 @@ def test_what_if_on_every_test_image_gives_the_runs_own_score_with_quantized_act
 
 def test_the_verdict_sentence_says_when_no_bsq_run_has_finished_yet():
     sweep = table(("f", "float", 32, 0.90), ("a1", "bsq", 2.0, 0.88, "running"), ("u2", "uniform", 2, 0.85))
-    assert verdict_sentence(verdict(sweep)) == "This sweep has no finished BSQ run yet to compare with its uniform baselines."
+    assert verdict_sentence(sweep) == "This sweep has no finished BSQ run yet to compare with its uniform baselines."
 
 
 def test_what_if_reruns_only_the_steps_from_the_first_changed_layer_and_scores_as_evaluate_does():

@@ -163,6 +163,16 @@ def test_shipped_cifar10_float_model_is_a_resnet20_trained_on_all_of_cifar10_as_
     assert accuracy >= 0.875 and f"finished its 80 epochs at **{100 * accuracy:.1f} %**" in README.read_text()
 
 
+def test_the_readme_quotes_each_shipped_verdict_as_the_runs_give_it():
+    from bsq_explore.analysis import verdict_sentence
+
+    text = " ".join(README.read_text().split())  # as written, whatever the line breaks
+    listing = list_runs(EXAMPLES)
+    for name, kind in (("fashion", "bsq"), ("fashion", "hessian"), ("cifar10", "bsq")):
+        said = verdict_sentence(sweep_table(listing, name), kind)
+        assert f'"{said.removesuffix(".")}' in text, said
+
+
 def test_shipped_cifar10_runs_have_the_long_schedule_and_equal_compute_baselines():
     config, planned = cifar10_plan()
     assert config.bsq_epochs * STEPS_PER_EPOCH >= 4000 and config.finetune_epochs * STEPS_PER_EPOCH >= 2000

@@ -30,12 +30,14 @@ if run is not None and not run.bits.empty:
         "Top bits die first: few weights are large enough to need them, and big layers lose most, "
         "because the penalty weighs a plane by its layer's size.")
 sweeps = sorted(table.sweep.dropna().unique()) if len(table) else []
-if sweeps:  # each sweep's verdict, computed from its runs as they stand: a sweep still training says so
+if sweeps:  # each sweep's verdict, computed from its runs as they stand
     st.subheader("What the sweeps show")
     for sweep in sweeps:
-        st.markdown(f"**{dashboard.plain(sweep)}**: "
-                    f"{dashboard.plain(analysis.verdict_sentence(analysis.verdict(catalog.sweep_table(table, sweep))))}")
-    st.page_link("views/sweep.py", label="Open a sweep: accuracy against size, run by run", icon=":material/scatter_plot:")
+        part = catalog.sweep_table(table, sweep)
+        unfinished = int((part.status != "finished").sum())  # training, stopped, failed: the verdict may change
+        note = f" Not final: {unfinished} of its {len(part)} runs {'has' if unfinished == 1 else 'have'} not finished." \
+            if unfinished else ""
+        st.markdown(f"**{dashboard.plain(sweep)}**: {dashboard.plain(analysis.verdict_sentence(part))}{note}")
 st.subheader("Where next")
 links = [("views/sweep.py", "Sweep: accuracy against size for every alpha, and BSQ against uniform bits",
           ":material/scatter_plot:"),

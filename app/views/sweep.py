@@ -21,7 +21,7 @@ if schedule is not None:
         + (f" (the paper's recipe: {catalog.schedule_text(paper)}, on a GPU)" if schedule.model == paper.model else "")
         + "."))
 verdict, pairs = analysis.verdict(sweep), analysis.twins(sweep)
-st.markdown(f"**{dashboard.plain(analysis.verdict_sentence(verdict))}** {dashboard.plain(analysis.twins_sentence(pairs))}")
+st.markdown(f"**{dashboard.plain(analysis.verdict_sentence(sweep))}** {dashboard.plain(analysis.twins_sentence(pairs))}")
 event = dashboard.chart(plots.pareto(sweep), on_select="rerun", selection_mode="points", key="pareto")
 bsq = catalog.finished_bsq(sweep)
 if not bsq.empty:  # a clicked point opens its run right here, under the chart
@@ -48,10 +48,10 @@ if len(verdict):  # without a finished baseline the sentence above says so, and 
                "accuracy minus the baseline's, in points), and the smallest BSQ run within half a point of the "
                "baseline (size ratio above 1: BSQ is smaller). Final test accuracies.")
     dashboard.verdict_table(verdict)
-chosen = analysis.verdict(sweep, "hessian") if len(pairs) else []  # the twins against the same baselines
-if len(chosen):
+chosen = analysis.verdict(sweep, "hessian")  # the twins against the same baselines
+if len(pairs) and len(chosen):
     st.subheader("Hessian-chosen bits against uniform quantization")
-    st.markdown(f"**{dashboard.plain(analysis.verdict_sentence(chosen))}**")
+    st.markdown(f"**{dashboard.plain(analysis.verdict_sentence(sweep, 'hessian'))}**")
     st.caption("The same questions of the Hessian twins: the most accurate twin of at most k average bits, and the "
                "smallest twin within half a point of the baseline.")
     dashboard.verdict_table(chosen)
