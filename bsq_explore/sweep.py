@@ -277,12 +277,19 @@ def _run_twins(config: BSQConfig, root: Path, name: str, float_model: Path, samp
     twins, traces = hessian_twins(config, table, float_model, samples, equal_compute, kept)
     _check_names(twins, name)
     _check_same_configs(root, name, twins)
-    trained = [root / run_name(t, name) for t in twins if _state(root / run_name(t, name), name) in ("new", "resumable")]
+    folders = [root / run_name(t, name) for t in twins]
+    _keep_traces(folders, traces, name)  # twins that finished in a sweep killed before it wrote their traces
     errors = _run_all(twins, root, name, execute)
-    for path in trained:  # after the run: starting a run clears its folder's files, traces among them
-        if _state(path, name) == "finished":  # finished a twin's files are never written again
-            write_frame(path / TRACES, traces)
+    _keep_traces(folders, traces, name)
     return errors
+
+
+def _keep_traces(folders: list[Path], traces: pd.DataFrame, sweep: str) -> None:
+    """The traces, written into each finished twin of folders that has none: after its run, since
+    starting a run clears its folder (traces among its files), and never over a twin's own."""
+    for path in folders:
+        if _state(path, sweep) == "finished" and not (path / TRACES).exists():
+            write_frame(path / TRACES, traces)
 
 
 def _read_kept_traces(root: Path, table: pd.DataFrame, float_model: Path, samples: int) -> pd.DataFrame | None:

@@ -288,6 +288,21 @@ def test_a_rerun_takes_the_traces_its_finished_twins_keep_instead_of_measuring_t
         small_sweep(root, progress=False, hessian=3)
 
 
+def test_twins_that_finished_in_a_killed_sweep_get_their_traces_when_it_runs_again(twin_sweep):
+    from bsq_explore.store import TRACES
+
+    root, table = twin_sweep
+    names = table[table.kind == "hessian"].name
+    kept = {name: load_run(root / name).read_traces() for name in names}
+    runs = {p: p.stat().st_mtime_ns for p in root.glob("*/run.json")}
+    for name in names:  # killed after the twins finished, before the traces were written into them
+        (root / name / TRACES).unlink()
+    assert small_sweep(root, progress=False, hessian=4).equals(table)
+    for name in names:
+        pd.testing.assert_frame_equal(load_run(root / name).read_traces(), kept[name])  # seeded: the same traces
+    assert {p: p.stat().st_mtime_ns for p in root.glob("*/run.json")} == runs, "no twin trained again"
+
+
 @pytest.mark.parametrize("spoil", ["damaged", "older"])
 def test_a_rerun_measures_the_traces_again_when_the_kept_ones_are_damaged_or_older_than_the_float_model(
         twin_sweep, monkeypatch, spoil):
