@@ -186,6 +186,7 @@ def test_shipped_cifar10_runs_have_the_long_schedule_and_equal_compute_baselines
     float_model = (EXAMPLES / "cifar10-float" / "float.pt").resolve()  # the Makefile passes a relative root
     assert all(Path(EXAMPLES.parents[1], c.pretrained).resolve() == float_model for c in shipped.values() if c.pretrained)
     twins = set(table.query("kind == 'hessian'").name)
+    assert twins, "the sweep's Hessian twins ship as they finish (issue 28)"
     assert {c.replace(pretrained="") for name, c in shipped.items() if name not in twins} <= {
         c.replace(pretrained="") for c in (config.replace(bsq_epochs=0, finetune_epochs=0), *planned)}
     for name in twins:  # a BSQ run's config with the bits chosen and the baselines' budget (hessian_twins)
