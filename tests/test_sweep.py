@@ -168,9 +168,34 @@ def test_the_readme_quotes_each_shipped_verdict_as_the_runs_give_it():
 
     text = " ".join(README.read_text().split())  # as written, whatever the line breaks
     listing = list_runs(EXAMPLES)
-    for name, kind in (("fashion", "bsq"), ("fashion", "hessian"), ("cifar10", "bsq")):
+    for name, kind in (("fashion", "bsq"), ("fashion", "hessian"), ("cifar10", "bsq"), ("cifar10", "hessian")):
         said = verdict_sentence(sweep_table(listing, name), kind)
         assert f'"{said.removesuffix(".")}' in text, said
+
+
+def _stage_bits(bits: pd.Series) -> str:
+    """A ResNet-20's bits per layer as the README writes them: conv1 / stage 1 / 2 / 3 / fc, a stage as fewest-most."""
+    groups = [["conv1"], *([n for n in bits.index if n.startswith(f"layer{i}.")] for i in (1, 2, 3)), ["fc"]]
+    spans = [(int(bits[g].min()), int(bits[g].max())) for g in groups]
+    return " / ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in spans)
+
+
+def test_the_readmes_cifar10_table_has_every_finished_run_as_its_folder_gives_it():
+    rows = dict(re.findall(r"^\| (cifar10-[\w.]+) \| (.*) \|$", README.read_text(), re.M))
+    table = sweep_table(list_runs(EXAMPLES), "cifar10").query("status == 'finished'")
+    assert set(rows) == set(table.name), "a row for each finished run, and only those"
+    hours = 0
+    for name in table.name:
+        run = load_run(EXAMPLES / name)
+        summary, seconds = run.summary, run.metrics.seconds.sum()
+        hours += seconds / 3600
+        bits = run.final_layers().set_index("layer").nbits
+        after = "" if summary["bsq_acc"] is None else f"{100 * summary['bsq_acc']:.1f}"
+        _, *cells = [cell.strip() for cell in rows[name].split(" | ")]  # the method, then the numbers
+        assert cells == ["32" if bits.empty else f"{summary['avg_bits']:.2f}", f"{summary['compression']:.1f}x",
+                         "32" if bits.empty else _stage_bits(bits), after, f"{100 * summary['test_acc']:.1f}",
+                         f"{seconds / 60:.0f}"], name
+    assert f"{hours:.1f} hours** of logged epoch time" in README.read_text()
 
 
 def test_shipped_cifar10_runs_have_the_long_schedule_and_equal_compute_baselines():
