@@ -164,13 +164,15 @@ def test_shipped_cifar10_float_model_is_a_resnet20_trained_on_all_of_cifar10_as_
 
 
 def test_the_readme_quotes_each_shipped_verdict_as_the_runs_give_it():
-    from bsq_explore.analysis import verdict_sentence
+    from bsq_explore.analysis import twins, twins_sentence, verdict_sentence
 
     text = " ".join(README.read_text().split())  # as written, whatever the line breaks
     listing = list_runs(EXAMPLES)
     for name, kind in (("fashion", "bsq"), ("fashion", "hessian"), ("cifar10", "bsq"), ("cifar10", "hessian")):
         said = verdict_sentence(sweep_table(listing, name), kind)
         assert f'"{said.removesuffix(".")}' in text, said
+    said = twins_sentence(twins(sweep_table(listing, "cifar10")))
+    assert f'"{said.removesuffix(".")}' in text, said
 
 
 def _stage_bits(bits: pd.Series) -> str:
