@@ -193,7 +193,8 @@ def test_the_readmes_cifar10_table_has_every_finished_run_as_its_folder_gives_it
         hours += seconds / 3600
         bits = run.final_layers().set_index("layer").nbits
         after = "" if summary["bsq_acc"] is None else f"{100 * summary['bsq_acc']:.1f}"
-        _, *cells = [cell.strip() for cell in rows[name].split(" | ")]  # the method, then the numbers
+        method, *cells = [cell.strip() for cell in rows[name].split(" | ")]
+        assert run.kind in method.lower() and (run.kind not in ("bsq", "hessian") or f"alpha {run.config.alpha:g}" in method)
         assert cells == ["32" if bits.empty else f"{summary['avg_bits']:.2f}", f"{summary['compression']:.1f}x",
                          "32" if bits.empty else _stage_bits(bits), after, f"{100 * summary['test_acc']:.1f}",
                          f"{seconds / 60:.0f}"], name
