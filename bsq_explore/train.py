@@ -162,7 +162,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
     A model without bit planes (float, or frozen for finetuning) has no Lasso and nothing to
     clamp. dtype: the forward pass's compute type; torch.bfloat16 autocasts its convolutions and
-    matmuls (about 1.7x faster on a CPU with AVX-512 BF16), while the effective weights are
+    matmuls (faster on a CPU with AVX-512 BF16: benchmarks/engine.py), while the effective weights are
     computed in float32 before it and the loss, Lasso and update stay float32. Returns the
     logits (B, classes), the loss and the regularizer (0 without planes).
     """
