@@ -40,7 +40,7 @@ bench: $(STAMP)
 # so a sweep can gain alphas later without retraining them.
 # Measured on 2 CPU cores: digits 2.5 min (machine busy), fashion 38 min with its Hessian twins; cifar10 (all 60k images, bf16,
 # 2 threads, one run at a time): 80 float epochs in 2.9 h (median 97 s an epoch), then each BSQ run, baseline
-# and Hessian twin of 17 epochs in 24-30 min on a quiet machine (about 88 s an epoch; up to 75 min while tests
+# and Hessian twin of 17 epochs in 24-27 min on a quiet machine (82-89 s an epoch; up to 75 min while tests
 # share the cores), the twins after about 4 min to decode the JPEGs and measure traces: 15.5 h of logged epoch
 # time in all, across sessions (README, CIFAR-10).
 SWEEP  := $(BIN)/bsq-explore sweep --runs data/examples

@@ -1,6 +1,6 @@
 """Sensitivity benchmark (issue 28): Hessian traces of the shipped CIFAR-10 ResNet-20's float model.
 
-Run by hand: .venv/bin/python benchmarks/sensitivity.py [--samples 8,32]   (about 3 minutes)
+Run by hand: .venv/bin/python benchmarks/sensitivity.py [--samples 8,32]   (about 2 minutes)
 Target (issue 28, this machine): sensitivity.layer_traces within 5 minutes at the samples the shipped
 sweep uses (`--hessian 32`, on sweep.TRACE_IMAGES training images, fp32, the process's threads). The
 images are seeded random ones of CIFAR-10's shape: a Hessian-vector product costs the same whatever the
