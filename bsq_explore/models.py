@@ -43,26 +43,30 @@ class QuantReLU6(nn.Module):
 
 
 class _QuantReLU6(torch.autograd.Function):
-    """top * Q_k(relu6(x) / top), top = the batch max, straight through inside [0, 6]: the values and
-    gradients of the plain autograd formula, bit for bit, in 6 passes over the activation instead
-    of 10 forward and 3 instead of 4 backward (the quantizer was a quarter of a ResNet-20 step)."""
+    """top * Q_k(relu6(x) / top), top = the batch max; the gradient passes straight through inside (0, 6).
+
+    float32 arithmetic whatever x's type: under bf16 autocast only the convolutions and matmuls
+    change type, and a bf16 output is the float32 one rounded once. In place after relu6 and one
+    pass backward (the quantizer was a quarter of a ResNet-20 step written as plain autograd ops).
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-        a = F.relu6(x)
+        a = F.relu6(x.float())  # a new tensor even when x is float32: the steps below may write into it
         top = a.amax().clamp_min(1e-8)
         n = levels(bits)
-        out = (a / top).mul_(n).round_().div_(n).mul_(top)  # a / top <= 1: no clamp needed
-        ctx.save_for_backward(x, top)
+        out = a.div_(top).mul_(n).round_().div_(n).mul_(top).to(x.dtype)  # a / top <= 1: no clamp needed
+        ctx.save_for_backward(x)
         ctx.mark_non_differentiable(top)
         return out, top
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor, _) -> tuple[torch.Tensor, None]:
-        x, top = ctx.saved_tensors
-        # (grad * top) / top, as autograd through top * (a / top) computes it, then relu6's mask
-        return torch.ops.aten.hardtanh_backward(grad * top / top, x, 0.0, 6.0), None
+        x, = ctx.saved_tensors
+        # grad where 0 < x < 6, else 0, laid out as x: a head whose backward gives another memory layout
+        # (global pooling's is NCHW under channels_last) would otherwise send it down every shortcut
+        return torch.ops.aten.hardtanh_backward.grad_input(grad, x, 0.0, 6.0, grad_input=torch.empty_like(x)), None
 
 
 class PACT(nn.Module):

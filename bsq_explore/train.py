@@ -162,11 +162,13 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
     A model without bit planes (float, or frozen for finetuning) has no Lasso and nothing to
     clamp. dtype: the forward pass's compute type; torch.bfloat16 autocasts its convolutions and
-    matmuls (faster on a CPU with AVX-512 BF16: benchmarks/engine.py), while the effective weights are
-    computed in float32 before it and the loss, Lasso and update stay float32. Returns the
-    logits (B, classes), the loss and the regularizer (0 without planes).
+    matmuls and lays images out channels_last (faster on a CPU with AVX-512 BF16: benchmarks/engine.py),
+    while the effective weights are computed in float32 before it and the loss, Lasso and update
+    stay float32. Returns the logits (B, classes), the loss and the regularizer (0 without planes).
     """
     planes = bool(bit_weights(model))
+    if dtype != torch.float32 and x.dim() == 4:  # oneDNN's bf16 convolutions would reorder NCHW in and out
+        x = x.contiguous(memory_format=torch.channels_last)
     with weights_up_front(model), torch.autocast(x.device.type, dtype, enabled=dtype != torch.float32):
         out = model(x)
     loss = F.cross_entropy(out.float(), y)

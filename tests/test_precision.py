@@ -44,6 +44,19 @@ def test_bf16_step_runs_convolutions_in_bf16_and_keeps_every_parameter_float32()
         assert w.pos.min() >= 0 and w.pos.max() <= 2  # clamped after the step, as in fp32
 
 
+@pytest.mark.parametrize("dtype, layout", [(BF16, torch.channels_last), (torch.float32, torch.contiguous_format)])
+def test_a_bf16_step_runs_the_network_channels_last_and_an_fp32_step_as_it_was(dtype, layout):
+    """oneDNN's bf16 convolutions reorder an NCHW input and output every time; float32 keeps its numerics."""
+    model = _converted()
+    layouts = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # fed by every convolution, the shortcuts' too
+            m.register_forward_hook(lambda mod, args, out: layouts.append(out.is_contiguous(memory_format=layout)))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    train_step(model, optimizer(model, preset("cifar10-resnet20"), lr=0.05), x, y, alpha=5e-3, dtype=dtype)
+    assert len(layouts) == 21 and all(layouts)
+
+
 def test_requantizing_the_same_planes_gives_the_same_bits_after_an_fp32_or_a_bf16_step():
     model = _converted()
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
