@@ -24,7 +24,7 @@ class BSQConfig:
     epochs is skipped; a run with bsq_epochs = 0 is a uniform-precision baseline at nbits
     (quantization-aware finetuning). precision "bf16" runs the convolutions and matmuls of
     training steps in bfloat16 (autocast) on channels_last images; weights, bit planes, the Lasso,
-    re-quantization, the activation quantizers' arithmetic and evaluation stay float32.
+    re-quantization and evaluation stay float32.
     """
     dataset: str = "digits"           # digits | mnist | fashion-mnist | cifar10 | folder:PATH
     model: str = "mlp"                # mlp | lenet5 | resnet20 | resnet32 | resnet56 | torchvision:NAME
