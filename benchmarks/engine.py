@@ -18,13 +18,14 @@ from bsq_explore.config import preset
 from bsq_explore.layers import convert_
 from bsq_explore.models import not_shortcut, resnet20
 from bsq_explore.stats import bit_sparsity, layer_precision
-from bsq_explore.train import optimizer, train_step
+from bsq_explore.train import COMPUTE_DTYPES, laid_out, optimizer, train_step
 
 
-def step_fn(model, alpha, dtype=torch.float32):
-    """The training step of train_epoch, with the training code's optimizer."""
-    opt = optimizer(model, preset("cifar10-resnet20"), lr=0.05)
-    return lambda x, y: train_step(model, opt, x, y, alpha, dtype)
+def step_fn(model, alpha, precision="fp32"):
+    """The training step of train_epoch, with the training code's optimizer and image layout."""
+    config = preset("cifar10-resnet20-cpu", precision=precision)
+    opt = optimizer(model, config, lr=0.05)
+    return lambda x, y: train_step(model, opt, laid_out(x, config), y, alpha, COMPUTE_DTYPES[precision])
 
 
 def interleaved(a, b, x, y, steps):
@@ -60,13 +61,12 @@ def main():
     float_model = resnet20(act_bits=4)
     bsq_model = convert_(copy.deepcopy(float_model), 8, filter_fn=not_shortcut)
     floats, bsqs = interleaved(step_fn(float_model, 0.0), step_fn(bsq_model, 5e-3), x, y, args.steps)
-    bf16 = torch.bfloat16
     float32s, float16s = interleaved(step_fn(copy.deepcopy(float_model), 0.0),
-                                     step_fn(copy.deepcopy(float_model), 0.0, bf16), x, y, args.steps)
+                                     step_fn(copy.deepcopy(float_model), 0.0, "bf16"), x, y, args.steps)
     bsq32s, bsq16s = interleaved(step_fn(copy.deepcopy(bsq_model), 5e-3),
-                                 step_fn(copy.deepcopy(bsq_model), 5e-3, bf16), x, y, args.steps)
+                                 step_fn(copy.deepcopy(bsq_model), 5e-3, "bf16"), x, y, args.steps)
     tuned = freeze_(copy.deepcopy(bsq_model))
-    tune32s, tune16s = interleaved(step_fn(tuned, 0.0), step_fn(copy.deepcopy(tuned), 0.0, bf16), x, y, args.steps)
+    tune32s, tune16s = interleaved(step_fn(tuned, 0.0), step_fn(copy.deepcopy(tuned), 0.0, "bf16"), x, y, args.steps)
     sparsity, precision = [], []
     for _ in range(100):
         sparsity.append(timed(bit_sparsity, bsq_model)), precision.append(timed(layer_precision, bsq_model))

@@ -23,8 +23,8 @@ class BSQConfig:
     lr towards 0 along a half cosine over the stage's epochs (milestones unused). A stage with 0
     epochs is skipped; a run with bsq_epochs = 0 is a uniform-precision baseline at nbits
     (quantization-aware finetuning). precision "bf16" runs the convolutions and matmuls of
-    training steps in bfloat16 (autocast) on channels_last images; weights, bit planes, the Lasso,
-    re-quantization and evaluation stay float32.
+    training steps in bfloat16 (autocast), on images laid out channels_last (train.laid_out); weights,
+    bit planes, the Lasso, re-quantization and evaluation stay float32.
     """
     dataset: str = "digits"           # digits | mnist | fashion-mnist | cifar10 | folder:PATH
     model: str = "mlp"                # mlp | lenet5 | resnet20 | resnet32 | resnet56 | torchvision:NAME

@@ -65,7 +65,7 @@ class _QuantReLU6(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor, _) -> tuple[torch.Tensor, None]:
         x, = ctx.saved_tensors
         # grad where 0 < x < 6, else 0, laid out as x: a head whose backward gives another memory layout
-        # (global pooling's is NCHW under channels_last) would otherwise send it down every shortcut
+        # (global pooling's is NCHW under channels_last) would otherwise send it down the shortcuts above
         return torch.ops.aten.hardtanh_backward.grad_input(grad, x, 0.0, 6.0, grad_input=torch.empty_like(x)), None
 
 

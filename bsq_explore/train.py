@@ -29,7 +29,7 @@ from .runs import DamagedRun, load_run, read_checkpoint, read_info, read_torch, 
 from .stats import FLOAT_BITS, bit_sparsity, layer_precision, size_of
 from .store import CHECKPOINT, FRAME_COLUMNS, RunFolder, check_name, prepare_root
 
-__all__ = ["train", "resume", "fit", "train_step", "optimizer", "requantize_and_rebuild_", "evaluate", "Event",
+__all__ = ["train", "resume", "fit", "train_step", "laid_out", "optimizer", "requantize_and_rebuild_", "evaluate", "Event",
            "RunFailed", "Diverged", "COMPUTE_DTYPES"]
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # config.precision -> autocast type
@@ -162,13 +162,11 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
     A model without bit planes (float, or frozen for finetuning) has no Lasso and nothing to
     clamp. dtype: the forward pass's compute type; torch.bfloat16 autocasts its convolutions and
-    matmuls and lays images out channels_last (faster on a CPU with AVX-512 BF16: benchmarks/engine.py),
+    matmuls (faster on a CPU with AVX-512 BF16, on images laid_out for it: benchmarks/engine.py),
     while the effective weights are computed in float32 before it and the loss, Lasso and update
     stay float32. Returns the logits (B, classes), the loss and the regularizer (0 without planes).
     """
     planes = bool(bit_weights(model))
-    if dtype != torch.float32 and x.dim() == 4:  # oneDNN's bf16 convolutions would reorder NCHW in and out
-        x = x.contiguous(memory_format=torch.channels_last)
     with weights_up_front(model), torch.autocast(x.device.type, dtype, enabled=dtype != torch.float32):
         out = model(x)
     loss = F.cross_entropy(out.float(), y)
@@ -181,13 +179,25 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     return out, loss, reg
 
 
+def laid_out(x: torch.Tensor, config: BSQConfig) -> torch.Tensor:
+    """A batch as config's training steps read it: under bf16, images channels_last, since oneDNN's bf16
+    convolutions would reorder NCHW into their own layout and back around each one (about 1.2x a step).
+
+    fp32 steps keep NCHW (channels_last changes the order of their float sums), and so does a model
+    of one's own, whose .view() calls may need it; one-channel images are both layouts at once.
+    """
+    if config.precision == "fp32" or config.model.startswith(CUSTOM) or x.dim() != 4:
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def train_epoch(model: nn.Module, opt, ds: data.Dataset, config: BSQConfig, generator) -> dict:
     """One pass over the training set: mean loss, regularizer (NaN without planes) and accuracy."""
     model.train()
     dtype = COMPUTE_DTYPES[config.precision]
     totals = torch.zeros(3, dtype=torch.float64, device=ds.train_x.device)  # loss, reg, correct
     for x, y in data.batches(ds.train_x, ds.train_y, config.batch_size, generator, ds.augment):
-        out, loss, reg = train_step(model, opt, x, y, config.alpha, dtype)
+        out, loss, reg = train_step(model, opt, laid_out(x, config), y, config.alpha, dtype)
         totals += torch.stack([loss.detach() * len(y), reg.detach() * len(y), (out.argmax(1) == y).sum()]).double()
     loss, reg, correct = (totals / len(ds.train_y)).tolist()  # one host sync per epoch
     return dict(train_loss=loss, reg_loss=reg if bit_weights(model) else math.nan, train_acc=correct)

@@ -9,7 +9,7 @@ from bsq_explore.bsq import bit_weights, requantize_
 from bsq_explore.config import BSQConfig, preset
 from bsq_explore.layers import convert_
 from bsq_explore.models import not_shortcut, resnet20
-from bsq_explore.train import evaluate, optimizer, train_step
+from bsq_explore.train import COMPUTE_DTYPES, evaluate, laid_out, optimizer, train_step
 
 BF16 = torch.bfloat16
 
@@ -44,17 +44,34 @@ def test_bf16_step_runs_convolutions_in_bf16_and_keeps_every_parameter_float32()
         assert w.pos.min() >= 0 and w.pos.max() <= 2  # clamped after the step, as in fp32
 
 
-@pytest.mark.parametrize("dtype, layout", [(BF16, torch.channels_last), (torch.float32, torch.contiguous_format)])
-def test_a_bf16_step_runs_the_network_channels_last_and_an_fp32_step_as_it_was(dtype, layout):
-    """oneDNN's bf16 convolutions reorder an NCHW input and output every time; float32 keeps its numerics."""
+@pytest.mark.parametrize("precision, layout", [("bf16", torch.channels_last), ("fp32", torch.contiguous_format)])
+def test_a_bf16_step_runs_the_network_channels_last_both_ways_and_an_fp32_step_as_it_was(precision, layout):
+    """oneDNN's bf16 convolutions reorder NCHW in and out of each one; fp32 keeps its float sums. Backward
+    too: global pooling's gradient is NCHW, and it must not reach the last stage's batch norms so."""
     model = _converted()
-    layouts = []
+    config = preset("cifar10-resnet20-cpu", precision=precision)
+    outs, grads = [], []
+
+    def record(mod, args, out):
+        outs.append(out.is_contiguous(memory_format=layout))
+        out.register_hook(lambda g: grads.append(g.is_contiguous(memory_format=layout)))
+
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):  # fed by every convolution, the shortcuts' too
-            m.register_forward_hook(lambda mod, args, out: layouts.append(out.is_contiguous(memory_format=layout)))
+            m.register_forward_hook(record)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    train_step(model, optimizer(model, preset("cifar10-resnet20"), lr=0.05), x, y, alpha=5e-3, dtype=dtype)
-    assert len(layouts) == 21 and all(layouts)
+    train_step(model, optimizer(model, config, lr=0.05), laid_out(x, config), y, 5e-3, COMPUTE_DTYPES[precision])
+    assert len(outs) == len(grads) == 21 and all(outs) and all(grads)
+
+
+def test_laid_out_leaves_fp32_flat_and_own_models_batches_as_they_are():
+    images, flat = torch.randn(4, 3, 8, 8), torch.randn(4, 64)
+    bf16 = preset("cifar10-resnet20-cpu")
+    assert laid_out(images, bf16).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(laid_out(images, bf16), images)  # the same values, laid out anew
+    for config, x in ((bf16.replace(precision="fp32"), images), (bf16, flat),
+                      (bf16.replace(model="custom:Net"), images)):  # its .view() calls may need NCHW
+        assert laid_out(x, config) is x
 
 
 def test_requantizing_the_same_planes_gives_the_same_bits_after_an_fp32_or_a_bf16_step():
