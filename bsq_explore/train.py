@@ -181,7 +181,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 def laid_out(x: torch.Tensor, config: BSQConfig) -> torch.Tensor:
     """A batch as config's training steps read it: under bf16, images channels_last, since oneDNN's bf16
-    convolutions would reorder NCHW into their own layout and back around each one (about 1.2x a step).
+    convolutions would reorder NCHW into their own layout and back around each one (README: --precision).
 
     fp32 steps keep NCHW (channels_last changes the order of their float sums), and so does a model
     of one's own, whose .view() calls may need it; one-channel images are both layouts at once.
