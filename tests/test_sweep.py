@@ -183,7 +183,8 @@ def _stage_bits(bits: pd.Series) -> str:
 
 
 def test_the_readmes_cifar10_table_has_every_finished_run_as_its_folder_gives_it():
-    found = re.findall(r"^\| (cifar10-[\w.]+) \| (.*) \|$", README.read_text(), re.M)
+    readme = README.read_text()
+    found = re.findall(r"^\| (cifar10-[\w.]+) \| (.*) \|$", readme, re.M)
     rows = dict(found)
     table = sweep_table(list_runs(EXAMPLES), "cifar10").query("status == 'finished'")
     assert len(found) == len(rows) and set(rows) == set(table.name), "one row for each finished run, and only those"
@@ -201,7 +202,7 @@ def test_the_readmes_cifar10_table_has_every_finished_run_as_its_folder_gives_it
         assert cells == ["32" if bits.empty else f"{summary['avg_bits']:.2f}", f"{summary['compression']:.1f}x",
                          "32" if bits.empty else _stage_bits(bits), after, f"{100 * summary['test_acc']:.1f}",
                          f"{seconds / 60:.0f}"], name
-    assert f"{hours:.1f} hours** of logged epoch time" in " ".join(README.read_text().split())
+    assert f"{hours:.1f} hours** of logged epoch time" in " ".join(readme.split())
 
 
 def test_shipped_cifar10_runs_have_the_long_schedule_and_equal_compute_baselines():
