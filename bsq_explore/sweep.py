@@ -185,8 +185,17 @@ def _run_local(tasks: list, jobs: int = 1) -> list[str | None]:
     """Each task in a process of this machine, jobs at a time (in this process when jobs is 1)."""
     if jobs == 1 or len(tasks) == 1:
         return [_run_one(t) for t in tasks]
-    with multiprocessing.get_context("spawn").Pool(jobs, initializer=_start_worker) as pool:
-        return pool.map(_work, tasks, chunksize=1)
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_start_worker)
+    try:
+        results = pool.map(_work, tasks, chunksize=1)
+    except BaseException:  # Ctrl-C or a lost worker: stop the runs (each marked stopped, resumable)
+        pool.terminate()
+        raise
+    # done: idle workers leave on their own. terminate() (what `with Pool` does) could hang here: its
+    # SIGTERM may land on a worker's BLAS thread, leaving the main one waiting on the task queue's lock
+    pool.close()
+    pool.join()
+    return results
 
 
 def run_ray(tasks: list, address: str | None = None, cpus_per_trial: int = 1, gpus_per_trial: float = 0) -> list[str | None]:

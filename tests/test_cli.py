@@ -192,14 +192,17 @@ class FakePool:
     def __init__(self, *args, **kwargs):
         pass
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
     def map(self, fn, tasks, chunksize=1):
         return [fn(task) for task in tasks]
+
+    def close(self):
+        pass
+
+    def join(self):
+        pass
+
+    def terminate(self):
+        pass
 
 
 class FakeContext:

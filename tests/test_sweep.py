@@ -61,6 +61,17 @@ def test_sweep_shares_the_float_model_and_resumes(local_sweep):
     assert again.drop(columns="reason").equals(table.drop(columns="reason"))
 
 
+def test_a_finished_two_job_sweep_lets_its_workers_leave_instead_of_terminating_them(tmp_path, monkeypatch):
+    """terminate() sends each worker SIGTERM, which may land on a BLAS thread while the main one waits on
+    the task queue's lock: the worker never exits and the sweep hangs (it did, once, in CI)."""
+    import multiprocessing.pool
+
+    terminated = []
+    monkeypatch.setattr(multiprocessing.pool.Pool, "terminate", lambda pool: terminated.append(pool))
+    table = small_sweep(tmp_path, alphas=[0.3], jobs=2)  # two runs in the pool: alpha 0.3 and uniform 3-bit
+    assert terminated == [] and table.status.eq("finished").all() and len(table) == 3  # and the float model
+
+
 def test_one_job_and_two_jobs_give_the_same_frames(local_sweep, tmp_path):
     root, table = local_sweep
     serial = small_sweep(tmp_path, jobs=1)
